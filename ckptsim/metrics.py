@@ -1,0 +1,63 @@
+"""Results boundary: runs -> pandas DataFrames, and the one place each metric is defined."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+
+from .sim import Run
+
+# Each run-level metric, defined once (the README's "Metrics" glossary is generated from this).
+METRICS: dict[str, str] = {
+    "n_requests": "requests replayed",
+    "prompt_tokens": "Σ T, prompt tokens over all requests",
+    "reused_tokens": "Σ cache_n, prompt tokens taken from the slot's cache (after the restore step)",
+    "reprocessed_tokens": "Σ (T − cache_n), prompt tokens prefilled (the server's prompt_n)",
+    "true_prefix_tokens": "Σ LCP(slot cache, prompt): what a perfect rollback could have reused",
+    "lost_tokens": "Σ (LCP − cache_n): tokens in the common prefix re-processed for want of a checkpoint",
+    "reuse_ratio": "reused_tokens / prompt_tokens",
+    "prefill_s": "Σ prefill time by the cost profile, seconds",
+    "restore_s": "Σ checkpoint restore time, seconds",
+    "create_s": "Σ checkpoint creation time, seconds",
+    "ttft_p50_ms": "median time to first token: queue wait + restore + prefill + checkpoint creation",
+    "ttft_p95_ms": "95th percentile of the same",
+    "ttft_p99_ms": "99th percentile of the same",
+    "full_reprocess": "requests where a search found no usable checkpoint (\"forcing full prompt re-processing\")",
+    "restores": "requests that restored a checkpoint",
+    "created": "checkpoints created",
+    "evicted": "checkpoints dropped to stay within budget (FIFO/spacing/superseded/policy victim)",
+    "invalidated": "checkpoints erased because they lay past the restore point (\"erased invalidated\")",
+    "peak_ckpt_mib": "largest checkpoint memory held by all slots at once, MiB",
+    "peak_cache_ram_mib": "largest host prompt-cache (--cache-ram) use, MiB",
+    "cache_loads": "requests whose slot was loaded from the host prompt cache",
+    "makespan_s": "time at which the last request finished, seconds",
+}
+
+
+def results_frame(run: Run) -> pd.DataFrame:
+    """One row per request of a run."""
+    rows = [asdict(r) for r in run.results]
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["created_at"] = df["created_at"].map(lambda xs: " ".join(map(str, xs)))
+        df.insert(0, "policy", run.policy)
+    return df
+
+
+def summary_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per run with the run-level metrics, plus the flags it ran under."""
+    rows = []
+    for run in runs:
+        s = run.summary()
+        c = run.config
+        s.update(n_slots=c.n_slots, ctx_checkpoints=c.ctx_checkpoints, n_batch=c.n_batch,
+                 n_ubatch=c.n_ubatch, cache_ram_mib=c.cache_ram_mib)
+        rows.append(s)
+    return pd.DataFrame(rows)
+
+
+def events_frame(run: Run) -> pd.DataFrame:
+    """One row per event of a run."""
+    return pd.DataFrame([{"request_id": e.request_id, "slot": e.slot, "kind": e.kind.value,
+                          "n_tokens": e.n_tokens, "size_mib": e.size_mib, "detail": e.detail}
+                         for e in run.events])

@@ -1,0 +1,333 @@
+"""Checkpoint policies: where to take checkpoints while a prompt is prefilled, and which to drop.
+
+A policy answers two questions (design principle 2); the simulator owns everything else:
+- ``place(view)``: checkpoint positions (n_tokens) to create while prefilling [view.start, T);
+- ``victim(ckpts, new_k)``: which checkpoint goes when the count or byte budget is full.
+``pre_evict`` lets a policy drop checkpoints voluntarily before a create (llama-server's spacing
+rule). Policies are built from spec strings: ``every-n:n=2048``, ``llama-server:version=b10573``,
+and ``A+B`` combines A's placement with B's eviction (``every-n:n=2048+coverage``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .records import Checkpoint
+from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, parse_build, server_placement,
+                     spacing_victims)
+
+_CURRENT_RULES = ServerRules(DEFAULT_BUILD)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillView:
+    """What a policy may look at when it plans the checkpoints of one prompt."""
+
+    request_id: int
+    slot: int
+    start: int                     # first position prefilled (cache_n after the restore step)
+    n_prompt: int
+    user_starts: tuple[int, ...]
+    tool_starts: tuple[int, ...]
+    ckpt_n_tokens: tuple[int, ...]  # the slot's checkpoints, oldest first
+    n_batch: int
+    n_ubatch: int
+
+
+def n_batches_with_breaks(start: int, end: int, n_batch: int, breaks: list[int] | tuple[int, ...]) -> int:
+    """Number of decode calls for [start, end) when batches of ``n_batch`` must also end at ``breaks``."""
+    if end <= start:
+        return 0
+    n, s = 0, start
+    for b in sorted(set(x for x in breaks if start < x < end)) + [end]:
+        n += -(-(b - s) // n_batch)
+        s = b
+    return n
+
+
+class Policy:
+    """Base policy: no checkpoints, FIFO eviction, the current server's restore rule."""
+
+    name: ClassVar[str] = "base"
+    source: ClassVar[str] = ""
+
+    # restore rule this policy runs under (spec §2.2); only llama-server versions change it
+    @property
+    def rules(self) -> ServerRules:
+        return _CURRENT_RULES
+
+    @property
+    def ctx_checkpoints(self) -> int | None:
+        """A count cap the policy itself imposes (None: use the server config's)."""
+        return None
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        """Positions to checkpoint while prefilling [v.start, v.n_prompt)."""
+        return PrefillPlan((), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, ()))
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        """Indices of checkpoints to drop before ``new_k`` is created, budget or not."""
+        return []
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        """Index of the checkpoint to evict when over budget (default: the oldest)."""
+        return 0
+
+    @property
+    def spec(self) -> str:
+        """The spec string that rebuilds this policy."""
+        params = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)] \
+            if dataclasses.is_dataclass(self) else []
+        return self.name + (":" + ",".join(params) if params else "")
+
+
+def _plan_at(v: PrefillView, positions: list[int]) -> PrefillPlan:
+    """Checkpoints at ``positions`` inside (start, T]; batches break there."""
+    ps = sorted(set(p for p in positions if v.start < p <= v.n_prompt and p > 0))
+    return PrefillPlan(tuple(ps), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, ps))
+
+
+@dataclass
+class NoCheckpoints(Policy):
+    """No checkpoints at all: every rollback re-processes the whole prompt (the worst case)."""
+
+    name: ClassVar[str] = "none"
+    source: ClassVar[str] = "baseline"
+
+    @property
+    def ctx_checkpoints(self) -> int | None:
+        return 0
+
+
+@dataclass
+class Fifo(Policy):
+    """One checkpoint at the end of each prompt, oldest evicted (b6685-b8231; PRs #17428, #19970)."""
+
+    name: ClassVar[str] = "fifo"
+    source: ClassVar[str] = "llama-server b6685 #16382; complaints in #17428 and #19970"
+    offset: int = 0   # checkpoint at T - offset (0: the whole prompt, as b6685)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        return _plan_at(v, [v.n_prompt - self.offset])
+
+
+@dataclass
+class PerBatch(Policy):
+    """A checkpoint after every batch of the prompt (PR #19970)."""
+
+    name: ClassVar[str] = "per-batch"
+    source: ClassVar[str] = "PR #19970 (--checkpoint-every-nb)"
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        ps = list(range(v.start + v.n_batch, v.n_prompt, v.n_batch)) + [v.n_prompt]
+        return _plan_at(v, ps)
+
+
+@dataclass
+class EveryN(Policy):
+    """A checkpoint at every multiple of ``n`` tokens and at the end of the prompt (#20087)."""
+
+    name: ClassVar[str] = "every-n"
+    source: ClassVar[str] = "llama-server b8232 #20087 --checkpoint-every-n-tokens"
+    n: int = 8192
+    end: int = 1      # 1: also checkpoint the end of the prompt
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        if self.n <= 0:
+            raise ValueError("every-n: n must be > 0")
+        first = (v.start // self.n + 1) * self.n
+        ps = list(range(first, v.n_prompt, self.n))
+        if self.end:
+            ps.append(v.n_prompt)
+        return _plan_at(v, ps)
+
+
+@dataclass
+class UserTurn(Policy):
+    """A checkpoint just before each user message, and at the end of the prompt (PR #22929)."""
+
+    name: ClassVar[str] = "user-turn"
+    source: ClassVar[str] = "PR #22929 (checkpoint before the user message)"
+    end: int = 1
+    tools: int = 0    # 1: also before each tool output
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        ps = list(v.user_starts)
+        if self.tools:
+            ps += list(v.tool_starts)
+        if self.end:
+            ps.append(v.n_prompt)
+        return _plan_at(v, ps)
+
+
+@dataclass
+class LlamaServer(Policy):
+    """llama-server itself, per build: placement, eviction and restore rule (spec §2-§3)."""
+
+    name: ClassVar[str] = "llama-server"
+    source: ClassVar[str] = "tools/server/server-context.cpp; behaviour spec §2-§4"
+    version: str = f"b{DEFAULT_BUILD}"
+    ctx_checkpoints_flag: int = -1   # -ctxcp; -1: the server config's value
+    min_step: int = -1               # --checkpoint-min-step; -1: the build's default
+    every_n: int = 8192              # --checkpoint-every-n-tokens (b8232-b9314); -1 off
+    _rules: ServerRules = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rules = ServerRules(parse_build(self.version))
+        if self.min_step == -1:
+            self.min_step = self._rules.default_min_step
+        if self.min_step < 0:
+            raise ValueError("llama-server: min_step must be >= 0")
+
+    @property
+    def rules(self) -> ServerRules:
+        return self._rules
+
+    @property
+    def ctx_checkpoints(self) -> int | None:
+        return None if self.ctx_checkpoints_flag < 0 else self.ctx_checkpoints_flag
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        last = v.ckpt_n_tokens[-1] if v.ckpt_n_tokens else None
+        # Only the chat path gives the server user-message spans (spec §2.5); a trace without
+        # user positions behaves like /completion.
+        return server_placement(self._rules, v.start, v.n_prompt, v.user_starts, last,
+                                v.n_batch, v.n_ubatch, self.min_step, self.every_n)
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        out = spacing_victims(self._rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
+                              self.min_step, cap)
+        if self._rules.spacing_eviction_only_when_full:
+            # #28302 (c): a checkpoint at the same position is superseded.
+            out += [i for i, c in enumerate(ckpts) if c.n_tokens == new_k and i not in out]
+        return sorted(out)
+
+    @property
+    def spec(self) -> str:
+        parts = [f"version={self.version}", f"min_step={self.min_step}"]
+        if self.ctx_checkpoints_flag >= 0:
+            parts.append(f"ctx_checkpoints={self.ctx_checkpoints_flag}")
+        if self._rules.every_n:
+            parts.append(f"every_n={self.every_n}")
+        return "llama-server:" + ",".join(parts)
+
+
+@dataclass
+class Coverage(LlamaServer):
+    """The current server's placement with coverage-preserving eviction (PR #22826, not merged).
+
+    When full, evict the interior checkpoint whose neighbours are closest together, so the
+    kept positions stay spread over the context instead of crowding at its end.
+    """
+
+    name: ClassVar[str] = "coverage"
+    source: ClassVar[str] = "PR #22826 (closed, not merged)"
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        return []
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return coverage_victim([c.n_tokens for c in ckpts], new_k)
+
+    @property
+    def spec(self) -> str:
+        return "coverage"
+
+
+def coverage_victim(ks: list[int], new_k: int) -> int:
+    """Index of the interior checkpoint whose removal leaves the smallest gap (the new one counts)."""
+    pts = list(ks) + [new_k]
+    if len(pts) < 3:
+        return 0
+    best_i, best_gap = 1, None
+    for i in range(1, len(pts) - 1):
+        if i >= len(ks):
+            break
+        gap = pts[i + 1] - pts[i - 1]
+        if best_gap is None or gap < best_gap:
+            best_i, best_gap = i, gap
+    return best_i
+
+
+@dataclass
+class Combined(Policy):
+    """``A+B``: placement and restore rule of A, eviction of B."""
+
+    placement: Policy = field(default_factory=NoCheckpoints)
+    eviction: Policy = field(default_factory=Fifo)
+    name: ClassVar[str] = "combined"
+
+    @property
+    def rules(self) -> ServerRules:
+        return self.placement.rules
+
+    @property
+    def ctx_checkpoints(self) -> int | None:
+        return self.placement.ctx_checkpoints
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        return self.placement.place(v)
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        return self.eviction.pre_evict(ckpts, new_k, task_id, cap)
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return self.eviction.victim(ckpts, new_k)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.placement.spec}+{self.eviction.spec}"
+
+
+# The registry: adding a policy touches this file only.
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage)
+}
+# Short names users type for the server's historical eras (spec §3).
+ALIASES = {
+    "server": "llama-server",
+    "llama-server-b6685": "llama-server:version=b6685",
+    "llama-server-b8232": "llama-server:version=b8300",
+    "llama-server-b9985": "llama-server:version=b9985",
+}
+_PARAM_ALIASES = {"ctx_checkpoints": "ctx_checkpoints_flag", "checkpoint_min_step": "min_step",
+                  "ctx-checkpoints": "ctx_checkpoints_flag", "min-step": "min_step"}
+
+
+def make_policy(spec: str | Policy) -> Policy:
+    """Build a policy from a spec string such as ``every-n:n=2048+coverage``."""
+    if isinstance(spec, Policy):
+        return spec
+    spec = spec.strip()
+    if "+" in spec:
+        a, b = spec.split("+", 1)
+        return Combined(placement=make_policy(a), eviction=make_policy(b))
+    spec = ALIASES.get(spec, spec)
+    name, _, args = spec.partition(":")
+    name = name.strip()
+    if name == "oracle":
+        from .oracle import OraclePolicy  # offline: needs the whole trace
+        return OraclePolicy.from_args(args)
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}, oracle")
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict = {}
+    for part in filter(None, (p.strip() for p in args.split(","))):
+        k, eq, val = part.partition("=")
+        k = _PARAM_ALIASES.get(k.strip(), k.strip())
+        if not eq or k not in fields_:
+            raise ValueError(f"policy {name!r}: bad parameter {part!r}; expected one of "
+                             f"{', '.join(f'{n}=...' for n in fields_) or '(none)'}")
+        default = getattr(cls, k, None)
+        try:
+            kwargs[k] = val.strip() if isinstance(default, str) else int(val)
+        except ValueError:
+            raise ValueError(f"policy {name!r}: {k} must be an integer, got {val!r}") from None
+    return cls(**kwargs)
+
+
+def policy_names() -> list[str]:
+    """Names in the registry, plus the offline optimum."""
+    return sorted(POLICIES) + ["oracle"]

@@ -1,0 +1,344 @@
+"""llama-server's checkpoint behaviour per version: the restore rule, placement and eviction.
+
+Everything here mirrors ``../shared/docs/llama-server-checkpoints.md`` ("spec"), which was read off
+``tools/server/server-context.cpp`` at 3f545becc (b10573) and the git history before it. The
+restore rule is physics for every policy (design principle 3), so it lives here, once.
+
+Positions are in tokens. A hybrid/recurrent slot holding L tokens has pos_min = pos_max = L - 1,
+and a checkpoint with ``n_tokens = k`` has pos_min = pos_max = k - 1 (spec §0)::
+
+    cache:      |0 ........................................ L)
+    new prompt: |0 ..................... n_past)............... T)
+    checkpoints:     ^k1        ^k2          ^k3 (k3 > n_past: erased after the restore)
+    restore picks the newest k <= n_past (k <= n_past - 1 when the prompt is fully cached)
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+# Builds after b10573 whose exact tag for #28302 is unknown (spec §2, merged ~2026-09). The
+# wheels tested here (b11434, b11549) behave as #28302 describes; see tests/test_live*.py.
+PR28302_BUILD = 11000
+LATEST_BUILD = 11549
+DEFAULT_BUILD = LATEST_BUILD
+
+
+@dataclass(frozen=True)
+class ServerRules:
+    """The decision rules of one llama-server build for hybrid/recurrent, text-only prompts (spec §3)."""
+
+    build: int
+
+    # --- restore (spec §2.2, §3 "Search / Pick / Erase") ---
+    @property
+    def searches_every_request(self) -> bool:
+        """b9232-b9541 (#23280): thold = n_past - 1, so even pure extensions search."""
+        return 9232 <= self.build < 9542
+
+    @property
+    def has_new_rule(self) -> bool:
+        """b9542+ (#24110): thold = n_past - (0 if has_new else 1)."""
+        return self.build >= 9542
+
+    @property
+    def pick_pos_min_zero(self) -> bool:
+        """b8703+ (#21510): a checkpoint with pos_min == 0 (k == 1) is always acceptable."""
+        return self.build >= 8703
+
+    @property
+    def erase_always(self) -> bool:
+        """b8400+ (#20671): the invalidation pass runs for every request, against pos_next."""
+        return self.build >= 8400
+
+    @property
+    def full_on_resend(self) -> bool:
+        """Before b9232: n_past == T hits a failed seq_rm on recurrent memory => full re-processing."""
+        return self.build < 9232
+
+    # --- placement (spec §2.3, §3 "Place") ---
+    @property
+    def era(self) -> str:
+        """Name of the placement rule set this build uses."""
+        b = self.build
+        if b < 6713:
+            return "end"            # b6685: one checkpoint after the prompt, k = T
+        if b < 7973:
+            return "end-64"         # b6713 #16440: k = T - 64
+        if b < 8286:
+            return "end-batch"      # b7973 #19408: k = T - min(n_batch, 512)
+        if b < 9315:
+            return "near-end"       # b8286 #20288: k in {T-(4+ub), T-4} (+ every-N from b8232)
+        if b < 9775:
+            return "last-user"      # b9315 #22929: + last user message, min_step spacing
+        return "user"               # b9775 #24176: every user start
+
+    @property
+    def every_n(self) -> bool:
+        """b8232-b9314: ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
+        return 8232 <= self.build < 9315
+
+    @property
+    def min64(self) -> bool:
+        """b6713-b9314: checkpoints need >= 64 tokens and > 64 tokens after the previous one."""
+        return 6713 <= self.build < 9315
+
+    @property
+    def user_break_conditional(self) -> bool:
+        """b9936+ (#25420): break at a user start only if a checkpoint would be taken there."""
+        return self.build >= 9936
+
+    @property
+    def near_end_exempt(self) -> bool:
+        """b9985+ (#25472): near-end checkpoints ignore the min_step spacing."""
+        return self.build >= 9985
+
+    @property
+    def spacing_eviction(self) -> bool:
+        """b9985+ (#25472): creating a checkpoint first erases older tasks' too-close ones."""
+        return self.build >= 9985
+
+    @property
+    def spacing_eviction_only_when_full(self) -> bool:
+        """#28302: the spacing pass runs only when the list is full; same-position ones are superseded."""
+        return self.build >= PR28302_BUILD
+
+    @property
+    def default_ctx_checkpoints(self) -> int:
+        """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724), 32 (b8232) (spec §8)."""
+        return 3 if self.build < 6724 else 8 if self.build < 8232 else 32
+
+    @property
+    def default_min_step(self) -> int:
+        """``--checkpoint-min-step`` default: 256 (b9315), 8192 (b9775) (spec §8)."""
+        return 256 if self.build < 9775 else 8192
+
+
+def parse_build(version: str | int) -> int:
+    """'b10573', '10573' or 'latest' -> build number."""
+    if isinstance(version, int):
+        return version
+    v = str(version).strip().lower()
+    if v in ("latest", "current", "master"):
+        return LATEST_BUILD
+    if v.startswith("b"):
+        v = v[1:]
+    if not v.isdigit():
+        raise ValueError(f"bad llama-server version {version!r}: expected a build like b10573")
+    b = int(v)
+    if b < 6685:
+        raise ValueError(f"build b{b} predates checkpoints for hybrid/recurrent models (b6685, #16382)")
+    return b
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreDecision:
+    """Outcome of the restore step for one request (spec §2.2)."""
+
+    n_past: int           # cached tokens kept (the server's cache_n)
+    restored: int         # n_tokens of the restored checkpoint, -1 if none
+    full_reprocess: bool  # a search found nothing usable ("forcing full prompt re-processing")
+    searched: bool
+    keep_upto: int        # checkpoints with n_tokens > keep_upto are erased ("erased invalidated")
+
+
+def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int,
+                     ckpt_n_tokens: list[int]) -> RestoreDecision:
+    """Apply the server's restore rule to a slot holding ``n_cache`` tokens (spec §2.2, §3).
+
+    ``n_lcp`` is the common prefix of the cache and the new prompt, ``ckpt_n_tokens`` the
+    slot's checkpoints in creation order (= ascending n_tokens).
+    """
+    n_past = n_lcp
+    T, L = n_prompt, n_cache
+    b = rules.build
+    restored, full, searched = -1, False, False
+    pos_next = n_past
+    if rules.has_new_rule or rules.searches_every_request:
+        # b9232+: search if 0 < n_past <= L and pos_min (L-1) >= thold
+        has_new = n_past < T
+        if rules.searches_every_request:
+            thold = max(0, n_past - 1)
+        else:
+            thold = max(0, n_past - (0 if has_new else 1))
+        do_search = 0 < n_past <= L and (L - 1) >= thold
+    elif b >= 8461:
+        # b8461 #20726: n_swa = 0, thold = n_past; search if pos_min >= thold, i.e. n_past < L
+        thold = n_past
+        do_search = 0 < n_past <= L and (L - 1) >= thold
+    else:
+        # b6685 #16382: n_swa := 1, thold = n_past - 1; search if 0 < n_past < L
+        thold = n_past - 1
+        do_search = 0 < n_past < L
+    if do_search:
+        searched = True
+        chosen = -1
+        for k in reversed(ckpt_n_tokens):              # newest first
+            if b >= 9602 and k - 1 > pos_next:         # #24411: skip pos_max > pos_next
+                continue
+            if (k - 1) < thold or (rules.pick_pos_min_zero and k == 1):
+                chosen = k
+                break
+        if chosen >= 0:
+            restored = chosen
+            pos_next = min(pos_next, chosen)
+            n_past = min(pos_next, chosen)
+        else:
+            full = True
+            pos_next = n_past = 0
+    # Invalidation: b8400+ always, against pos_next (k - 1 > pos_next); before, only after a
+    # search, against the original n_past (pos_min > thold).
+    if rules.erase_always:
+        keep_upto = pos_next + 1
+    elif searched:
+        keep_upto = n_lcp
+    else:
+        keep_upto = 1 << 62
+    if n_past == T and n_past > 0:
+        # "need to evaluate at least 1 token": before b9232 the seq_rm of the last token fails on
+        # recurrent memory, the memory is cleared and the prompt re-processed (spec §3, last note).
+        if rules.full_on_resend:
+            n_past, full = 0, True
+        else:
+            n_past -= 1
+    return RestoreDecision(n_past=n_past, restored=restored, full_reprocess=full, searched=searched,
+                           keep_upto=keep_upto)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillPlan:
+    """Where checkpoints are created while one prompt is prefilled, and how many batches it takes."""
+
+    positions: tuple[int, ...]
+    n_batches: int
+
+
+def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts: tuple[int, ...],
+                     last_k: int | None, n_batch: int, n_ubatch: int, min_step: int,
+                     every_n: int, enabled: bool = True) -> PrefillPlan:
+    """Checkpoint positions the server creates while prefilling [start, n_prompt) (spec §2.3, §3).
+
+    ``last_k`` is the newest existing checkpoint (None if the slot has none). The loop walks
+    batches, not tokens: a batch ends at ``n_batch`` tokens or at the first break point.
+    """
+    T = n_prompt
+    nb = max(1, min(n_batch, max(T, 1)))
+    ub = max(1, min(nb, n_ubatch))
+    era = rules.era
+    if start >= T:
+        return PrefillPlan((), 0)
+    if not enabled:
+        return PrefillPlan((), -(-(T - start) // nb))
+    if era in ("end", "end-64", "end-batch"):
+        return _placement_single_end(rules, start, T, last_k, nb, era)
+    # Break points that do not depend on state (#20288): T-(4+ub) and T-4.
+    fixed = sorted({T - min(nb, 4 + ub), T - min(nb, 4)})
+    users = user_starts
+    last_user = users[-1] if users else -1
+    out: list[int] = []
+    n_batches = 0
+    pos = start
+
+    def spaced(p: int) -> bool:
+        return last_k is None or p > last_k + min_step
+
+    while pos < T:
+        n_start = pos
+        limit = min(n_start + nb, T)
+        end = limit
+        for f in fixed:
+            if n_start < f < end:
+                end = f
+                break
+        if era in ("last-user", "user") and users:
+            i = bisect.bisect_right(users, n_start)
+            while i < len(users) and users[i] < end:
+                u = users[i]
+                if era == "last-user":
+                    brk = u == last_user
+                elif rules.user_break_conditional:
+                    brk = u == last_user or spaced(u)
+                else:
+                    brk = True
+                if brk:
+                    end = u
+                    break
+                i += 1
+        pos = end
+        n_batches += 1
+        # Decide whether this batch gets a checkpoint at its start (state before the batch).
+        near_end = T < pos + ub
+        is_user = _contains(users, n_start) if era in ("last-user", "user") else False
+        if era == "last-user":
+            is_user = n_start == last_user
+        do = True
+        if pos != T and not is_user and not near_end:
+            do = False
+        if rules.every_n and every_n > 0 and not do and pos != T:
+            # b8232 #20087: a mid batch far enough from the last checkpoint gets one.
+            do = n_start - (last_k if last_k is not None else 0) >= every_n
+        if n_start == 0:
+            do = False          # memory empty: pos_min < 0 (spec §2.3)
+        if do:
+            if era == "near-end":
+                if rules.min64:
+                    do = n_start >= 64 and (last_k is None or n_start > last_k + 64)
+            elif era == "last-user":
+                do = spaced(n_start)       # last_user became exempt only in b9775
+            else:
+                do = (last_k is None or n_start == last_user
+                      or (near_end and rules.near_end_exempt) or n_start > last_k + min_step)
+        if do:
+            out.append(n_start)
+            last_k = n_start
+    return PrefillPlan(tuple(out), n_batches)
+
+
+def _contains(xs: tuple[int, ...], x: int) -> bool:
+    i = bisect.bisect_left(xs, x)
+    return i < len(xs) and xs[i] == x
+
+
+def _placement_single_end(rules: ServerRules, start: int, T: int, last_k: int | None, nb: int,
+                          era: str) -> PrefillPlan:
+    """b6685-b8285: at most one checkpoint per request, at the end of the prompt."""
+    if era == "end":
+        # b6685: taken after the last batch is decoded, so it covers the whole prompt.
+        n_batches = -(-(T - start) // nb)
+        k = T
+        ok = k > 0
+    else:
+        off = 64 if era == "end-64" else min(nb, 512)
+        brk = T - off
+        if start < brk:
+            n_batches = -(-(brk - start) // nb) + 1
+            k = brk
+        else:
+            n_batches = -(-(T - start) // nb)
+            k = start
+        ok = k >= 64 and (last_k is None or k > last_k + 64) and k > 0
+    return PrefillPlan((k,) if ok else (), n_batches)
+
+
+def spacing_victims(rules: ServerRules, ckpts: list[tuple[int, int]], task_id: int, min_step: int,
+                    n_ctx_checkpoints: int) -> list[int]:
+    """Indices erased by rule (a) before a create: older tasks' checkpoints too close to a kept one.
+
+    ``ckpts`` are (n_tokens, task_id) oldest first (spec §2.4 (a), #25472; #28302 only when full).
+    """
+    if not rules.spacing_eviction:
+        return []
+    if rules.spacing_eviction_only_when_full and len(ckpts) + 1 < n_ctx_checkpoints:
+        return []
+    out: list[int] = []
+    last = -1
+    n_left = len(ckpts)
+    for i, (k, tid) in enumerate(ckpts):
+        if rules.spacing_eviction_only_when_full and n_left + 1 < n_ctx_checkpoints:
+            break
+        if tid != task_id and last >= 0 and k <= last + min_step:
+            out.append(i)
+            n_left -= 1
+        else:
+            last = k
+    return out

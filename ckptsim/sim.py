@@ -1,0 +1,368 @@
+"""The simulator core: replay a trace through slots, the restore rule, a policy and a cost model.
+
+Per request (spec §9.1): choose a slot (§2.1) and possibly save/load the host prompt cache (§5);
+apply the restore rule (§2.2, ``server.restore_decision``); erase invalidated checkpoints; prefill
+[cache_n, T) while the policy places checkpoints (§2.3), evicting while over budget (§2.4);
+generation then appends the output, and the cache keeps prompt + generated[:-1] (§0).
+
+Time: a request starts when it has arrived, its session's previous request has finished, and a
+slot is idle (deferred requests are served in arrival order). Each slot's work is costed as if
+it ran alone: concurrent slots sharing one ``n_batch`` is not modelled (spec §9.3).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import CostProfile, load_profile
+from .policies import Policy, PrefillView, make_policy, n_batches_with_breaks
+from .records import Checkpoint, Event, EventKind, RequestResult
+from .server import PrefillPlan, restore_decision
+from .trace import Trace
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server flags the simulation runs under (names as llama-server's, spec §8)."""
+
+    n_slots: int = 1                       # -np
+    n_ctx: int = 262144                    # -c (per slot when not unified)
+    n_batch: int = 2048                    # -b
+    n_ubatch: int = 512                    # -ub
+    ctx_checkpoints: int = 32              # --ctx-checkpoints (per slot)
+    ckpt_budget_mib: float = math.inf      # host RAM for checkpoints per slot (not a server flag)
+    cache_ram_mib: float = 8192.0          # --cache-ram: 0 off, -1 unlimited
+    slot_prompt_similarity: float = 0.10   # -sps
+    cache_idle_slots: bool = True          # --cache-idle-slots
+    kv_unified: bool = True                # -kvu (auto with -np auto)
+
+    def __post_init__(self) -> None:
+        if self.n_slots < 1:
+            raise ValueError("n_slots must be >= 1")
+        if self.n_batch < 1 or self.n_ubatch < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if self.ctx_checkpoints < 0:
+            raise ValueError("ctx_checkpoints must be >= 0")
+
+    @property
+    def eff_n_batch(self) -> int:
+        """Effective -b: min(n_ctx, b) (spec §8)."""
+        return max(1, min(self.n_ctx, self.n_batch))
+
+    @property
+    def eff_n_ubatch(self) -> int:
+        """Effective -ub: min(b, ub)."""
+        return max(1, min(self.eff_n_batch, self.n_ubatch))
+
+
+@dataclass
+class _Slot:
+    id: int
+    seq: int = -1                  # request whose sequence the cache holds (-1: empty)
+    n_cache: int = 0
+    ckpts: list[Checkpoint] = field(default_factory=list)
+    t_last_used: float = -1.0
+    busy_until: float = 0.0
+
+    @property
+    def ckpt_mib(self) -> float:
+        return sum(c.size_mib for c in self.ckpts)
+
+
+@dataclass
+class _CacheEntry:
+    seq: int
+    n_tokens: int
+    ckpts: list[Checkpoint]
+    size_mib: float
+
+
+@dataclass
+class Run:
+    """Results of one simulation: per-request results, events, and what produced them."""
+
+    trace_name: str
+    policy: str
+    config: ServerConfig
+    profile: str
+    results: list[RequestResult]
+    events: list[Event]
+    peak_ckpt_mib: float = 0.0
+    peak_cache_ram_mib: float = 0.0
+
+    def summary(self) -> dict:
+        """Run-level metrics (definitions: README, "Metrics")."""
+        return summarize(self)
+
+
+def summarize(run: Run) -> dict:
+    """Aggregate a run's per-request results into the run-level metrics."""
+    rs = run.results
+    n = len(rs)
+    prompt = sum(r.n_prompt for r in rs)
+    cached = sum(r.n_cached for r in rs)
+    reproc = sum(r.n_reprocessed for r in rs)
+    ttft = np.array([r.ttft_ms for r in rs]) if rs else np.zeros(1)
+    kinds = [e.kind for e in run.events]
+    return {
+        "trace": run.trace_name,
+        "policy": run.policy,
+        "profile": run.profile,
+        "n_requests": n,
+        "prompt_tokens": prompt,
+        "reused_tokens": cached,
+        "reprocessed_tokens": reproc,
+        "true_prefix_tokens": sum(r.n_true_prefix for r in rs),
+        "lost_tokens": sum(r.n_lost for r in rs),
+        "reuse_ratio": cached / prompt if prompt else 0.0,
+        "prefill_s": sum(r.prefill_ms for r in rs) / 1000.0,
+        "restore_s": sum(r.restore_ms for r in rs) / 1000.0,
+        "create_s": sum(r.create_ms for r in rs) / 1000.0,
+        "ttft_p50_ms": float(np.percentile(ttft, 50)),
+        "ttft_p95_ms": float(np.percentile(ttft, 95)),
+        "ttft_p99_ms": float(np.percentile(ttft, 99)),
+        "full_reprocess": sum(1 for r in rs if r.full_reprocess),
+        "restores": sum(1 for r in rs if r.restored_n_tokens >= 0),
+        "created": sum(r.n_created for r in rs),
+        "evicted": sum(r.n_evicted for r in rs),
+        "invalidated": sum(r.n_invalidated for r in rs),
+        "peak_ckpt_mib": run.peak_ckpt_mib,
+        "peak_cache_ram_mib": run.peak_cache_ram_mib,
+        "cache_loads": kinds.count(EventKind.CACHE_LOAD),
+        "makespan_s": max((r.finish_s for r in rs), default=0.0),
+    }
+
+
+class _PromptCache:
+    """Host-RAM prompt cache (``--cache-ram``, spec §5): full states plus copies of checkpoints."""
+
+    def __init__(self, limit_mib: float, limit_tokens: int, trace: Trace, profile: CostProfile):
+        self.limit_mib = math.inf if limit_mib < 0 else limit_mib
+        self.limit_tokens = limit_tokens
+        self.entries: list[_CacheEntry] = []
+        self.trace = trace
+        self.profile = profile
+
+    @property
+    def size_mib(self) -> float:
+        return sum(e.size_mib for e in self.entries)
+
+    def _lcp_seq(self, seq_a: int, n_a: int, seq_b: int, n_b: int) -> int:
+        if seq_a < 0 or seq_b < 0:
+            return 0
+        return min(self.trace.seq_lcp(seq_a, seq_b), n_a, n_b)
+
+    def save(self, slot: _Slot, emit: Callable[..., None]) -> None:
+        """``prompt_save`` + ``alloc`` (st:1711)."""
+        if slot.n_cache <= 0:
+            return
+        for e in self.entries:
+            if self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) == slot.n_cache:
+                return                    # " - prompt is already in the cache, skipping"
+        size = self.profile.state_mib(slot.n_cache) + slot.ckpt_mib
+        if size > self.limit_mib:
+            return                        # #25070: bigger than the whole cache
+        # entries that are prefixes of the new one are obsolete
+        self.entries = [e for e in self.entries
+                        if self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) != e.n_tokens]
+        while self.entries and self.size_mib + size > self.limit_mib:
+            old = self.entries.pop(0)
+            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
+        self.entries.append(_CacheEntry(slot.seq, slot.n_cache, list(slot.ckpts), size))
+        emit(EventKind.CACHE_SAVE, slot.n_cache, size)
+
+    def load(self, slot: _Slot, req: int, n_prompt: int, emit: Callable[..., None]) -> None:
+        """``load`` (st:1793): take the entry better than the slot in both f_keep and f_sim."""
+        lcp = self.trace.prefix_with_state(slot.seq, slot.n_cache, req)
+        best_keep = lcp / slot.n_cache if slot.n_cache > 0 else -1.0
+        best_sim = lcp / n_prompt
+        best = -1
+        for i, e in enumerate(self.entries):
+            l_e = self.trace.prefix_with_state(e.seq, e.n_tokens, req)
+            f_keep, f_sim = l_e / e.n_tokens, l_e / n_prompt
+            if f_keep >= 0.25 and f_keep > best_keep and f_sim > best_sim:
+                best, best_keep, best_sim = i, f_keep, f_sim
+        if best >= 0:
+            e = self.entries.pop(best)
+            slot.seq, slot.n_cache, slot.ckpts = e.seq, e.n_tokens, list(e.ckpts)
+            emit(EventKind.CACHE_LOAD, e.n_tokens, e.size_mib)
+
+    def update(self, emit: Callable[..., None]) -> None:
+        """``update`` (st:1870): pop the oldest while over the byte or token limit."""
+        while self.entries and self.size_mib > self.limit_mib:
+            old = self.entries.pop(0)
+            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
+        total_mib = self.size_mib
+        n_tok = sum(e.n_tokens for e in self.entries)
+        if n_tok and math.isfinite(self.limit_mib):
+            lim_tok = max(self.limit_tokens, int(self.limit_mib / (total_mib / n_tok)))
+        else:
+            lim_tok = 1 << 62
+        while self.entries and sum(e.n_tokens for e in self.entries) > lim_tok:
+            old = self.entries.pop(0)
+            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
+
+
+def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = None,
+             profile: CostProfile | str | None = None, *, record_events: bool = True,
+             on_progress: Callable[[int], None] | None = None) -> Run:
+    """Replay ``trace`` under ``policy`` and ``config``, costing it with ``profile``."""
+    config = config or ServerConfig()
+    pol = make_policy(policy)
+    prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
+    if hasattr(pol, "prepare"):
+        pol.prepare(trace, config, prof)       # offline policies see the whole trace first
+    rules = pol.rules
+    cap = pol.ctx_checkpoints if pol.ctx_checkpoints is not None else config.ctx_checkpoints
+    budget = config.ckpt_budget_mib
+    nb, ub = config.eff_n_batch, config.eff_n_ubatch
+    slots = [_Slot(i) for i in range(config.n_slots)]
+    pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
+        if config.cache_ram_mib != 0 else None
+    session_free: dict[str, float] = {}
+    results: list[RequestResult] = []
+    events: list[Event] = []
+    peak_ckpt = peak_ram = 0.0
+    order = np.argsort(trace.t_s, kind="stable")
+    ckpt_total = 0.0
+
+    for done, r in enumerate(order.tolist()):
+        T = int(trace.n_prompt[r])
+        n_out = int(trace.n_output[r])
+        arrival = float(trace.t_s[r])
+        session = trace.session[r]
+        start_s = max(arrival, session_free.get(session, 0.0))
+        idle = [s for s in slots if s.busy_until <= start_s]
+        if not idle:
+            start_s = min(s.busy_until for s in slots)
+            idle = [s for s in slots if s.busy_until <= start_s]
+        slot_ref: list[_Slot] = []
+
+        def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "") -> None:
+            if record_events:
+                events.append(Event(kind, r, slot_ref[0].id if slot_ref else -1, n_tokens, size_mib, detail))
+
+        slot, update_cache = _select_slot(trace, r, T, idle, config.slot_prompt_similarity)
+        slot_ref.append(slot)
+        emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
+        before_mib = sum(s.ckpt_mib for s in slots)
+        if pcache is not None:
+            if update_cache:
+                pcache.save(slot, emit)
+                pcache.load(slot, r, T, emit)
+                pcache.update(emit)
+            if config.cache_idle_slots:
+                # spec §2.1: after launch every other idle slot is saved; unified KV also clears it
+                for s in idle:
+                    if s is not slot and s.n_cache > 0:
+                        pcache.save(s, emit)
+                        if config.kv_unified:
+                            s.seq, s.n_cache, s.ckpts = -1, 0, []
+                pcache.update(emit)
+
+        # --- restore decision (spec §2.2) ---
+        n_lcp = trace.prefix_with_state(slot.seq, slot.n_cache, r)
+        dec = restore_decision(rules, n_lcp, slot.n_cache, T, [c.n_tokens for c in slot.ckpts])
+        n_invalid = 0
+        kept = []
+        for c in slot.ckpts:
+            if c.n_tokens > dec.keep_upto:
+                n_invalid += 1
+                emit(EventKind.ERASED_INVALIDATED, c.n_tokens, c.size_mib)
+            else:
+                kept.append(c)
+        slot.ckpts = kept
+        restore_ms = 0.0
+        if dec.restored >= 0:
+            size = next(c.size_mib for c in reversed(kept) if c.n_tokens == dec.restored)
+            restore_ms = prof.restore_ms(size)
+            emit(EventKind.RESTORED, dec.restored, size)
+        if dec.full_reprocess:
+            emit(EventKind.FULL_REPROCESS, 0)
+        n_past = dec.n_past
+
+        # --- prefill with checkpoint placement (spec §2.3) and eviction (§2.4) ---
+        if cap > 0:
+            plan = pol.place(PrefillView(r, slot.id, n_past, T, trace.user_starts[r],
+                                         trace.tool_starts[r],
+                                         tuple(c.n_tokens for c in slot.ckpts), nb, ub))
+        else:
+            plan = PrefillPlan((), n_batches_with_breaks(n_past, T, nb, ()))
+        n_created = n_evicted = 0
+        create_ms = 0.0
+        created_at = []
+        for k in plan.positions:
+            size = prof.ckpt_mib(k)
+            if size > budget:
+                continue
+            drops = pol.pre_evict(slot.ckpts, k, r, cap)
+            for i in sorted(drops, reverse=True):
+                c = slot.ckpts.pop(i)
+                n_evicted += 1
+                emit(EventKind.SUPERSEDED if c.n_tokens == k else EventKind.ERASED_SPACING,
+                     c.n_tokens, c.size_mib)
+            while slot.ckpts and (len(slot.ckpts) >= cap or slot.ckpt_mib + size > budget):
+                i = pol.victim(slot.ckpts, k)
+                c = slot.ckpts.pop(i)
+                n_evicted += 1
+                emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
+            slot.ckpts.append(Checkpoint(k, size, r, start_s))
+            created_at.append(k)
+            n_created += 1
+            create_ms += prof.create_ms(size)
+            emit(EventKind.CREATED, k, size, f"{len(slot.ckpts)} of {cap}")
+        prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches)
+        decode_ms = prof.decode_ms(T, n_out)
+
+        slot.seq = r
+        slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
+        work_ms = restore_ms + prefill_ms + create_ms
+        finish = start_s + (work_ms + decode_ms) / 1000.0
+        slot.busy_until = finish
+        slot.t_last_used = finish
+        session_free[session] = finish
+        ckpt_total = sum(s.ckpt_mib for s in slots)
+        peak_ckpt = max(peak_ckpt, ckpt_total, before_mib)
+        ram = pcache.size_mib if pcache is not None else 0.0
+        peak_ram = max(peak_ram, ram)
+        results.append(RequestResult(
+            request_id=r, session=session, slot=slot.id, arrival_s=arrival, start_s=start_s,
+            n_prompt=T, n_output=n_out, n_true_prefix=n_lcp, n_cached=n_past,
+            n_reprocessed=T - n_past, restored_n_tokens=dec.restored,
+            full_reprocess=dec.full_reprocess, n_created=n_created, n_evicted=n_evicted,
+            n_invalidated=n_invalid, prefill_ms=prefill_ms, restore_ms=restore_ms,
+            create_ms=create_ms, ttft_ms=(start_s - arrival) * 1000.0 + work_ms, finish_s=finish,
+            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(created_at)))
+        if on_progress is not None and (done & 255) == 255:
+            on_progress(256)
+    if on_progress is not None:
+        on_progress(len(order) & 255)
+    return Run(trace.name, pol.spec, config, prof.name, results, events, peak_ckpt, peak_ram)
+
+
+def _select_slot(trace: Trace, r: int, T: int, idle: list[_Slot], sps: float) -> tuple[_Slot, bool]:
+    """``get_available_slot`` (spec §2.1): best LCP similarity above -sps, else LRU."""
+    ret = None
+    update_cache = False
+    if sps != 0:
+        best, best_lcp = 0.0, 0
+        for s in idle:
+            if s.n_cache == 0:
+                continue
+            lcp = trace.prefix_with_state(s.seq, s.n_cache, r)
+            f = lcp / T
+            if f > best and f > sps:           # ties: the first slot wins
+                best, best_lcp, ret = f, lcp, s
+        if ret is not None and best_lcp / ret.n_cache < 0.5:
+            update_cache = True
+    if ret is None:
+        t_last = 0.0
+        for s in idle:
+            # '<=': among equal t_last_used the LAST index wins (a fresh -np 4 server starts on slot 3)
+            if ret is None or s.t_last_used <= t_last:
+                ret, t_last = s, s.t_last_used
+        update_cache = True
+    return ret, update_cache

@@ -1,0 +1,45 @@
+"""Checkpoint placement of llama-server per era, checked against the spec's worked examples and real logs."""
+from __future__ import annotations
+
+from ckptsim.server import ServerRules, server_placement
+
+
+def test_spec_example_current():
+    """Spec §2.3: T=20000, n_past=0, -b 2048, -ub 512 => batches ..., [18432,19484), [19484,19996),
+    [19996,20000) and checkpoints at 19484 and 19996."""
+    plan = server_placement(ServerRules(10573), 0, 20000, (), None, 2048, 512, 8192, -1)
+    assert plan.positions == (19484, 19996)
+    assert plan.n_batches == 9 + 1 + 1 + 1   # 9 full batches to 18432, then 1052, 512 and 4 tokens
+
+
+def test_user_start_gets_checkpoint():
+    """A user message start after n_past gets a checkpoint (b9775+, last_user exempt from spacing)."""
+    plan = server_placement(ServerRules(10573), 5000, 9000, (100, 6000), 4996, 2048, 512, 8192, -1)
+    assert 6000 in plan.positions
+    assert plan.positions[-2:] == (8484, 8996)
+
+
+def test_log_009_task0_every_n_era():
+    """009_* lines 64-83 (b8286-b9314 era, every-N 8192): a 33191-token cold prompt got checkpoints
+    at 8192, 16384, 24576 (every-N), 32675 (T-516) and 33187 (T-4); T = 33187 + 4."""
+    plan = server_placement(ServerRules(9000), 0, 33191, (), None, 2048, 512, 256, 8192)
+    assert plan.positions == (8192, 16384, 24576, 32675, 33187)
+
+
+def test_log_009_task23_min64():
+    """009_* line 101: after restoring 32675, task 23 created only 33215 (= T-4): T-516 = 32703
+    is not more than 64 tokens after 32675 (the b6713-b9314 spacing rule)."""
+    plan = server_placement(ServerRules(9000), 32675, 33219, (), 32675, 2048, 512, 256, 8192)
+    assert plan.positions == (33215,)
+
+
+def test_log_009_task170():
+    """009_* lines 140-141: restored at 32675, T = 33426 => checkpoints at 32910 (T-516) and 33422 (T-4)."""
+    plan = server_placement(ServerRules(9000), 32675, 33426, (), 32675, 2048, 512, 256, 8192)
+    assert plan.positions == (32910, 33422)
+
+
+def test_old_era_single_end_checkpoint():
+    """b6685-b6712: one checkpoint per request, after the whole prompt (k = T)."""
+    plan = server_placement(ServerRules(6700), 0, 5000, (), None, 2048, 512, 256, -1)
+    assert plan.positions == (5000,)
