@@ -207,7 +207,7 @@ def request_from_json(rec: object, line_no: int, path: str,
 
 def request_to_json(r: Request, parent_user: tuple[int, ...] = (), parent_tool: tuple[int, ...] = ()) -> dict:
     """The JSON object written for one request (positions before n_shared are left out)."""
-    d: dict = {"id": r.id, "session": r.session, "t": round(r.t_s, 6), "n_prompt": r.n_prompt,
+    d: dict = {"id": r.id, "session": r.session, "t": r.t_s, "n_prompt": r.n_prompt,
                "n_output": r.n_output}
     if r.parent >= 0:
         d["parent"] = r.parent
@@ -252,7 +252,11 @@ def iter_trace(path: str | os.PathLike) -> tuple[TraceHeader, Iterator[Request]]
     if not first.strip():
         f.close()
         raise TraceError(f"{path_s}:1: empty file; expected the ckptsim trace header")
-    header = read_header(first, path_s)
+    try:
+        header = read_header(first, path_s)
+    except TraceError:
+        f.close()
+        raise
 
     def gen() -> Iterator[Request]:
         # Only the position lists are kept per request: they are needed to resolve inheritance.

@@ -1,0 +1,103 @@
+"""Trace format: round trip, validation errors with line numbers, exact prefix queries."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from ckptsim.records import Request
+from ckptsim.trace import Trace, TraceError, TraceHeader, load_trace, save_trace
+from strategies import materialise, traces
+
+
+def _lcp(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@settings(max_examples=60, deadline=None)
+@given(traces())
+def test_seq_lcp_matches_explicit_tokens(trace):
+    seqs = materialise(trace)
+    for a in range(len(trace)):
+        for b in range(len(trace)):
+            assert trace.seq_lcp(a, b) == _lcp(seqs[a], seqs[b])
+
+
+@settings(max_examples=40, deadline=None)
+@given(traces())
+def test_round_trip(tmp_path_factory, trace):
+    p = tmp_path_factory.mktemp("t") / "x.jsonl"
+    save_trace(p, trace.header, trace)
+    back = load_trace(p)
+    assert [r for r in back] == [r for r in trace]
+
+
+def test_compact_for_long_repeated_prompts(tmp_path):
+    """A 120k-token prompt sent 200 times must stay small on disk (no per-token entries)."""
+    reqs = [Request(0, "s", 0.0, 120_000, 10)]
+    reqs += [Request(i, "s", float(i), 120_000, 10, parent=i - 1, n_shared=120_000) for i in range(1, 200)]
+    p = tmp_path / "big.jsonl"
+    save_trace(p, TraceHeader(name="big"), reqs)
+    assert p.stat().st_size < 200 * 150
+    assert load_trace(p).total_prompt_tokens() == 200 * 120_000
+
+
+def test_user_positions_are_inherited(tmp_path):
+    reqs = [Request(0, "s", 0.0, 1000, 10, user_starts=(0, 500)),
+            Request(1, "s", 1.0, 1500, 10, parent=0, n_shared=1010, user_starts=(0, 500, 1200))]
+    p = tmp_path / "u.jsonl"
+    save_trace(p, TraceHeader(), reqs)
+    line = json.loads(p.read_text().splitlines()[2])
+    assert line["user"] == [1200]                 # only positions past the shared prefix are stored
+    assert load_trace(p)[1].user_starts == (0, 500, 1200)
+
+
+HEADER = json.dumps({"schema": "ckptsim-trace", "version": 1})
+
+
+@pytest.mark.parametrize("body,line,msg", [
+    ('{"id":0,"session":"s","t":0,"n_prompt":10}', 2, "missing field(s) n_output"),
+    ('{"id":0,"session":"s","t":0,"n_prompt":10,"n_output":1}\n{"id":1', 3, "not valid JSON"),
+    ('{"id":0,"session":"s","t":0,"n_prompt":10,"n_output":1}\n'
+     '{"id":1,"session":"s","t":1,"n_prompt":30,"n_output":1,"parent":0,"n_shared":20}', 3, "exceeds the parent"),
+    ('{"id":5,"session":"s","t":0,"n_prompt":10,"n_output":1}', 2, "expected id 0"),
+    ('{"id":0,"session":"s","t":-1,"n_prompt":10,"n_output":1}', 2, "non-negative"),
+    ('{"id":0,"session":"s","t":0,"n_prompt":10,"n_output":1,"colour":"red"}', 2, "unknown field"),
+    ('{"id":0,"session":"s","t":0,"n_prompt":"10","n_output":1}', 2, "must be an integer"),
+])
+def test_bad_files_name_the_line(tmp_path, body, line, msg):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(HEADER + "\n" + body + "\n")
+    with pytest.raises(TraceError) as e:
+        load_trace(p)
+    assert f"bad.jsonl:{line}:" in str(e.value) and msg in str(e.value)
+
+
+@pytest.mark.parametrize("content,msg", [(b"", "empty file"), (b"\x00\xff\xfe garbage", "not"),
+                                         (b"hello world\n", "not JSON"),
+                                         (b'{"schema":"ckptsim-trace","version":9}\n', "unsupported")])
+def test_bad_headers(tmp_path, content, msg):
+    p = tmp_path / "h.jsonl"
+    p.write_bytes(content)
+    with pytest.raises(TraceError, match=msg):
+        load_trace(p)
+
+
+def test_writer_refuses_overwrite(tmp_path):
+    p = tmp_path / "x.jsonl"
+    save_trace(p, TraceHeader(), [Request(0, "s", 0.0, 5, 1)])
+    with pytest.raises(FileExistsError):
+        save_trace(p, TraceHeader(), [Request(0, "s", 0.0, 5, 1)])
+    save_trace(p, TraceHeader(), [Request(0, "s", 0.0, 7, 1)], overwrite=True)
+    assert load_trace(p)[0].n_prompt == 7
+
+
+def test_trace_rejects_bad_parent():
+    with pytest.raises(TraceError):
+        Trace(TraceHeader(), [Request(0, "s", 0.0, 5, 1, parent=0, n_shared=1)])
