@@ -26,7 +26,7 @@ from .records import Request
 SCHEMA = "ckptsim-trace"
 SCHEMA_VERSION = 1
 _REQUIRED = ("id", "session", "t", "n_prompt", "n_output")
-_KNOWN = set(_REQUIRED) | {"parent", "n_shared", "user", "tool", "obs"}
+_KNOWN = set(_REQUIRED) | {"parent", "n_shared", "user", "tool", "user_all", "tool_all", "obs"}
 
 
 class TraceError(ValueError):
@@ -188,17 +188,25 @@ def request_from_json(rec: object, line_no: int, path: str,
     parent = -1 if parent is None else _as_int(rec, "parent", where)
     n_shared = _as_int(rec, "n_shared", where, 0)
     n_prompt = _as_int(rec, "n_prompt", where)
-    # Files list only the positions at or after n_shared; earlier ones come from the parent.
-    new_user = _positions(rec, "user", where)
-    new_tool = _positions(rec, "tool", where)
-    if any(x < n_shared for x in new_user + new_tool):
-        raise TraceError(f"{where}: 'user'/'tool' positions must be >= n_shared ({n_shared}); "
-                         "earlier ones are inherited from the parent")
-    user, tool = new_user, new_tool
-    if inherited is not None:
-        pu, pt = inherited
-        user = tuple(x for x in pu if x < n_shared) + new_user
-        tool = tuple(x for x in pt if x < n_shared) + new_tool
+    # Files list only the positions at or after n_shared; earlier ones come from the parent,
+    # unless "user_all"/"tool_all" give the whole list (a chat re-rendered so that a user turn
+    # starts on a token the parent shares but where the parent had another role).
+    lists = []
+    for key in ("user", "tool"):
+        if f"{key}_all" in rec:
+            if key in rec:
+                raise TraceError(f"{where}: give either '{key}' or '{key}_all', not both")
+            lists.append(_positions(rec, f"{key}_all", where))
+            continue
+        new = _positions(rec, key, where)
+        if any(x < n_shared for x in new):
+            raise TraceError(f"{where}: '{key}' positions must be >= n_shared ({n_shared}); earlier "
+                             f"ones are inherited from the parent (or give '{key}_all')")
+        if inherited is not None:
+            par = inherited[0] if key == "user" else inherited[1]
+            new = tuple(x for x in par if x < n_shared) + new
+        lists.append(new)
+    user, tool = lists
     obs = rec.get("obs")
     if obs is not None and not isinstance(obs, dict):
         raise TraceError(f"{where}: field 'obs' must be an object")
@@ -217,12 +225,11 @@ def request_to_json(r: Request, parent_user: tuple[int, ...] = (), parent_tool: 
     if r.parent >= 0:
         d["parent"] = r.parent
         d["n_shared"] = r.n_shared
-    user = [x for x in r.user_starts if x >= r.n_shared]
-    tool = [x for x in r.tool_starts if x >= r.n_shared]
-    if user:
-        d["user"] = user
-    if tool:
-        d["tool"] = tool
+    for key, xs, par in (("user", r.user_starts, parent_user), ("tool", r.tool_starts, parent_tool)):
+        if tuple(x for x in xs if x < r.n_shared) != tuple(x for x in par if x < r.n_shared):
+            d[f"{key}_all"] = list(xs)          # the inherited part differs from the parent's
+        elif any(x >= r.n_shared for x in xs):
+            d[key] = [x for x in xs if x >= r.n_shared]
     if r.observed:
         d["obs"] = r.observed
     return d
@@ -343,10 +350,6 @@ class TraceWriter:
             if r.n_shared > self._seq[r.parent]:
                 raise TraceError(f"request {r.id}: n_shared {r.n_shared} exceeds parent's sequence")
             pu, pt = self._users[r.parent], self._tools[r.parent]
-            # Inherited positions must agree with the parent's, or the file could not say them.
-            if tuple(x for x in r.user_starts if x < r.n_shared) != tuple(x for x in pu if x < r.n_shared):
-                raise TraceError(f"request {r.id}: user-turn positions inside the shared prefix "
-                                 "differ from the parent's")
         self._f.write(json.dumps(request_to_json(r, pu, pt), separators=(",", ":")) + "\n")
         self._users.append(r.user_starts)
         self._tools.append(r.tool_starts)

@@ -101,3 +101,13 @@ def test_writer_refuses_overwrite(tmp_path):
 def test_trace_rejects_bad_parent():
     with pytest.raises(TraceError):
         Trace(TraceHeader(), [Request(0, "s", 0.0, 5, 1, parent=0, n_shared=1)])
+
+
+def test_positions_that_differ_from_the_parent_are_kept(tmp_path):
+    """A re-rendered chat can put a user start on a shared token where the parent had another role."""
+    reqs = [Request(0, "s", 0.0, 1000, 10, user_starts=(0, 500)),
+            Request(1, "s", 1.0, 1500, 10, parent=0, n_shared=900, user_starts=(0, 800))]
+    p = tmp_path / "u.jsonl"
+    save_trace(p, TraceHeader(), reqs)
+    assert json.loads(p.read_text().splitlines()[2])["user_all"] == [0, 800]
+    assert load_trace(p)[1].user_starts == (0, 800)

@@ -1,0 +1,179 @@
+"""``ckptsim parse LOG... -o TRACE`` and ``ckptsim validate LOG``: replay real llama-server logs."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ._app import EXIT_FAILED, UserError, app, cli_errors, err, out, print_json, progress
+
+
+def _size(path: str) -> int | None:
+    p = Path(path)
+    return p.stat().st_size if path != "-" and p.is_file() and not path.endswith(".gz") else None
+
+
+def _read(path: str, show: bool):
+    """Parse one log into a LogTrace, with a progress bar over its bytes."""
+    from ..ingest.log_trace import trace_from_log
+    size = _size(path)
+    # small logs read in a blink; a bar only for big files (or .gz, whose size is unknown)
+    show = show and path != "-" and (size is None or size > 16 << 20)
+    with progress(size, f"reading {Path(path).name}", enabled=show) as bar:
+        task = bar.add_task(f"reading {Path(path).name}", total=size)
+        return trace_from_log(path, on_bytes=lambda n: bar.advance(task, n))
+
+
+def _warn(lt, quiet: bool) -> None:
+    s = lt.log.stats
+    if quiet:
+        return
+    for i in s.issues[:10]:
+        err.print(f"[yellow]warning:[/] {s.path}:{i.line}: {i.message}", highlight=False)
+    if s.malformed > 10:
+        err.print(f"[yellow]warning:[/] {s.malformed - 10} more malformed lines", highlight=False)
+    if s.truncated_last_line:
+        err.print(f"[yellow]warning:[/] {s.path}: the last line is cut off (an excerpt?)", highlight=False)
+    if s.binary:
+        err.print(f"[yellow]warning:[/] {s.path}: {s.binary} binary / non-UTF-8 lines skipped", highlight=False)
+
+
+def _summary(lt) -> dict:
+    s = lt.log.stats
+    ev = Counter()
+    for r in lt.requests:
+        for k, _, _ in (r.observed or {}).get("events", []):
+            ev[k] += 1
+    return {"log": s.path, "lines": s.lines, "known_lines": s.known, "unknown_lines": s.unknown,
+            "malformed_lines": s.malformed, "binary_lines": s.binary,
+            "truncated_last_line": s.truncated_last_line,
+            "issues": [{"line": i.line, "kind": i.kind, "message": i.message} for i in s.issues],
+            "prefixes": sorted(s.prefixes), "tasks": len(lt.log.tasks), "requests": len(lt.requests),
+            "left_out": lt.left_out, "events": dict(ev), "settings": lt.log.settings,
+            "build": lt.log.build, "build_printed": bool(lt.log.settings.get("build")),
+            "build_range": [lt.log.build_lo, lt.log.build_hi],
+            "checkpoint_lines_visible": lt.log.visible}
+
+
+def _concat(traces: list) -> tuple:
+    """Several logs in one trace: ids and parents shifted, each log after the previous one."""
+    from ..trace import TraceHeader
+    reqs, metas, t_off = [], [], 0.0
+    for i, lt in enumerate(traces):
+        base = len(reqs)
+        for r in lt.requests:
+            reqs.append(dataclasses.replace(
+                r, id=r.id + base, parent=r.parent + base if r.parent >= 0 else -1,
+                session=f"{i}:{r.session}" if len(traces) > 1 else r.session, t_s=r.t_s + t_off))
+        if reqs:
+            t_off = reqs[-1].t_s + 1.0
+        metas.append(lt.header.meta)
+    if len(traces) == 1:
+        return traces[0].header, reqs
+    h = traces[0].header
+    return TraceHeader(name=h.name, source="llama-server logs " + ", ".join(
+        lt.header.source.removeprefix("llama-server log ") for lt in traces), derived=True,
+        notes=h.notes, meta={"logs": metas}), reqs
+
+
+@app.command("parse")
+@cli_errors
+def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
+                                               help="llama-server log(s): text, .gz, or - for stdin."),
+              output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                    help="Write the trace here (.jsonl or .jsonl.gz)."),
+              name: Optional[str] = typer.Option(None, "--name", help="Trace name (default: the log's)."),
+              force: bool = typer.Option(False, "--force", help="Overwrite the output file."),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
+    """Read llama-server logs (any build, any prefix) into a trace plus the events the server logged."""
+    from ..trace import save_trace
+    if output is not None and output.exists() and not force:
+        raise UserError(f"{output} exists; pass --force to overwrite it")
+    if logs.count("-") > 1:
+        raise UserError("stdin (-) can be read only once")
+    traces = [_read(p, show=not as_json) for p in logs]
+    for lt in traces:
+        _warn(lt, quiet=as_json)
+    header, reqs = _concat(traces)
+    if name:
+        header = dataclasses.replace(header, name=name)
+    n = 0
+    if output is not None:
+        n = save_trace(output, header, reqs, overwrite=force)
+    doc = {"logs": [_summary(lt) for lt in traces], "output": str(output) if output else None,
+           "requests_written": n}
+    if as_json:
+        print_json(doc)
+        return
+    for lt, s in zip(traces, doc["logs"]):
+        t = Table(title=f"{s['log']}", title_justify="left", show_header=False)
+        t.add_column("what")
+        t.add_column("value")
+        t.add_row("lines", f"{s['lines']:,} ({s['known_lines']:,} known, {s['unknown_lines']:,} skipped, "
+                           f"{s['malformed_lines']} malformed)")
+        t.add_row("build", f"b{s['build']}" + ("" if s["build_printed"] else
+                                               f" (not printed; wording fits b{s['build_range'][0]}"
+                                               f"–b{s['build_range'][1]})"))
+        t.add_row("tasks", f"{s['tasks']} ({s['requests']} usable as requests)")
+        t.add_row("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none")
+        t.add_row("settings", ", ".join(f"{k}={v}" for k, v in sorted(s["settings"].items())) or "none")
+        if not s["checkpoint_lines_visible"]:
+            t.add_row("note", "no checkpoint lines: since b9838 they need -lv 4")
+        out.print(t)
+    if output is not None:
+        out.print(f"wrote {n} requests to {output}")
+
+
+@app.command("validate")
+@cli_errors
+def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-server log (text, .gz, -)."),
+                 version: Optional[str] = typer.Option(None, "--version", help="Build to replay, e.g. b9161 "
+                                                       "(default: printed in the log, else dated from its wording)."),
+                 profile: Optional[str] = typer.Option(None, "--profile", help="Cost profile for prompt times."),
+                 n_slots: Optional[int] = typer.Option(None, "--n-slots", "-np", help="Override -np."),
+                 ctx_checkpoints: Optional[int] = typer.Option(None, "--ctx-checkpoints", "-ctxcp"),
+                 min_step: Optional[int] = typer.Option(None, "--checkpoint-min-step", "-cms"),
+                 batch: Optional[int] = typer.Option(None, "--batch", "-b"),
+                 ubatch: Optional[int] = typer.Option(None, "--ubatch", "-ub"),
+                 cache_ram: Optional[float] = typer.Option(None, "--cache-ram", help="MiB; 0 off, -1 unlimited."),
+                 min_agreement: Optional[float] = typer.Option(None, "--min-agreement",
+                                                               help="Exit 1 when agreement is below this (0-1)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
+    """Replay a log through the llama-server policy and compare each decision with the log."""
+    from ..validate import DECISIONS, validate_log
+    overrides = {"n_slots": n_slots, "ctx_checkpoints": ctx_checkpoints, "n_batch": batch,
+                 "n_ubatch": ubatch, "cache_ram_mib": cache_ram}
+    v = validate_log(log, version=version, profile=profile, overrides=overrides, min_step=min_step)
+    doc = v.to_json()
+    if as_json:
+        print_json(doc)
+    else:
+        t = Table(title=f"{log}: {v.policy}", title_justify="left")
+        for c in ("decision", "agreed", "mismatch", "unknown"):
+            t.add_column(c, justify="left" if c == "decision" else "right")
+        by = v.by_decision()
+        for d in DECISIONS:
+            t.add_row(d, str(by[d]["agreed"]), str(by[d]["mismatch"]), str(by[d]["unknown"]))
+        ag = v.agreement
+        t.add_row("all", str(v.agreed), str(len(v.known) - v.agreed),
+                  str(len(v.decisions) - len(v.known)))
+        out.print(t)
+        out.print(f"{doc['tasks']} tasks, {doc['decisions']} known decisions, agreement "
+                  + (f"{ag:.1%}" if ag is not None else "n/a (nothing the log could settle)"))
+        for m in doc["mismatches"]:
+            out.print(f"  mismatch line {m['line']}: task {m['task']} {m['decision']}: "
+                      f"log {m['logged']} vs simulated {m['simulated']}", highlight=False)
+        for why, n in doc["unknown_reasons"].items():
+            out.print(f"  unknown ({n}): {why}", highlight=False)
+        pt = doc["prompt_time"]
+        if pt["mean_abs_error_pct"] is not None:
+            out.print(f"prompt time: predicted vs logged, mean |error| {pt['mean_abs_error_pct']:.1f}% "
+                      f"over {len(pt['tasks'])} tasks (profile {v.profile})")
+    if min_agreement is not None and (v.agreement is None or v.agreement < min_agreement):
+        if not as_json:
+            err.print(f"agreement below {min_agreement:.0%}")
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,569 @@
+"""From log facts to a ckptsim trace: one request per task, prefix structure from ``n_past``.
+
+Each task becomes a ``Request``. Its parent is the sequence the chosen slot held when the task
+started (the slot's previous task, or a prompt-cache entry it loaded), and ``n_shared`` is the
+logged common prefix with it, read from the first of these that the build prints::
+
+    probe   "n_past = 8381, slot.prompt.tokens.size() = 8759"   (b6766-b9314, before any restore)
+    scan    "checking checkpoint with [a, b] against 8381"      (against = n_past before the restore)
+    select  " - checking sim = 0.948 (8381/8842)"               (b10184+, per candidate slot)
+    rm      "cached n_tokens = 8381, memory_seq_rm [8381, end)" (after the restore: exact only if none)
+
+What the server did is kept in ``Request.observed`` in the simulator's vocabulary
+(``records.EventKind`` values), with the log line of each event, so that validation is a diff.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..records import EventKind, Request
+from ..trace import TraceHeader
+from .llama_log import Fact, FactKind, LogStats, check_is_log, iter_facts
+
+# Build ranges implied by the wording of a line (spec §6). (feature, lo, hi): lo <= build <= hi.
+_LATEST = 11549
+_FORMAT_RANGES: dict[str, tuple[int, int]] = {
+    "created_no_n_tokens": (6685, 8156),
+    "created_n_tokens": (8157, _LATEST),
+    "restored_n_past": (8265, _LATEST),
+    "restored_no_n_past": (8157, 8264),
+    "erased_pos_next": (8400, _LATEST),
+    "erased_no_pos_next": (8157, 8399),
+    "probe_prompt_tokens": (6766, 9314),
+    "probe_cache_tokens": (6173, 6765),
+    "Checking_upper": (8232, 9837),
+    "checking_lower": (9838, _LATEST),
+    "every_n": (8232, 9314),
+    "create_check_func": (8852, _LATEST),
+    "pp_new_progress": (9161, _LATEST),
+    "pp_old_progress": (6970, 9160),
+    "prompt_processing_done": (8157, 9160),
+    "seq_rm_cached": (9161, _LATEST),
+    "seq_rm_n_tokens": (6970, 9160),
+    "new_prompt_task_n_tokens": (6970, _LATEST),
+    "min_spacing_startup": (9315, _LATEST),
+    "f_sim_best": (10184, _LATEST),
+    "sim_best": (6724, 10183),
+    "check_sim": (10184, _LATEST),
+    "n_gen": (10574, _LATEST),
+    "spacing_erase": (9985, _LATEST),
+    "superseded": (11000, _LATEST),
+}
+
+
+@dataclass(frozen=True)
+class TaskObs:
+    """What the log says about one task (one request), with the line of each fact."""
+
+    task: int
+    slot: int
+    line: int                        # first line of the task (slot selection or "processing task")
+    t_s: float | None
+    n_prompt: int | None             # T
+    n_prompt_source: str             # how T was read: new_prompt, check_sim, timings, init_sampler, inferred
+    n_lcp: int | None                # common prefix with the slot's sequence before any restore
+    n_lcp_source: str
+    cache_n: int | None              # tokens kept after the restore decision (the server's cache_n)
+    cache_n_source: str              # restored, full, seq_rm, need_one, prompt_n, empty, inferred
+    restored: int                    # n_tokens of the restored checkpoint, -1 none
+    restored_line: int
+    full_reprocess: bool
+    full_line: int
+    searched: bool                   # a probe / scan / restore / reset line was printed
+    created: tuple[tuple[int, float, int], ...]          # (n_tokens, MiB, line)
+    erased: tuple[tuple[str, int, int], ...]             # (EventKind value, n_tokens, line)
+    cache: tuple[tuple[str, int, int], ...]              # prompt-cache events (kind, n_tokens, line)
+    selected: str                    # lcp | lru | id | ""
+    prompt_ms: float | None
+    prompt_n: int | None
+    gen_n: int | None
+    n_cache_after: int | None        # "stop processing: n_tokens" = the slot's cache afterwards
+    cancelled: bool
+    complete: bool                   # prefill finished inside the log (timings or release seen)
+    user_starts: tuple[int, ...]
+    parent_task: int                 # task id of the sequence the slot held (-1: none or unknown)
+    parent_n_cache: int              # its length (the slot's cache length L)
+    history_known: bool = True       # the slot's whole history (tokens, checkpoints) is in the log
+
+    def observed(self, visible: bool) -> dict:
+        """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
+        ev: list[list] = []
+        if self.restored >= 0:
+            ev.append([EventKind.RESTORED.value, self.restored, self.restored_line])
+        if self.full_reprocess:
+            ev.append([EventKind.FULL_REPROCESS.value, 0, self.full_line])
+        ev += [[k, n, ln] for k, n, ln in self.erased]
+        ev += [[EventKind.CREATED.value, n, ln] for n, _, ln in self.created]
+        ev += [[k, n, ln] for k, n, ln in self.cache]
+        return {"task": self.task, "slot": self.slot, "line": self.line,
+                "visible": visible, "history_known": self.history_known, "complete": self.complete, "cancelled": self.cancelled,
+                "n_prompt_source": self.n_prompt_source,
+                "n_lcp": self.n_lcp, "n_lcp_source": self.n_lcp_source,
+                "cache_n": self.cache_n, "cache_n_source": self.cache_n_source,
+                "restored": self.restored, "full_reprocess": self.full_reprocess,
+                "searched": self.searched, "selected": self.selected,
+                "created": [n for n, _, _ in self.created],
+                "erased": [n for _, n, _ in self.erased],
+                "prompt_ms": self.prompt_ms, "prompt_n": self.prompt_n, "gen_n": self.gen_n,
+                "n_cache_after": self.n_cache_after, "events": ev}
+
+
+@dataclass
+class _Acc:
+    """A task being assembled while the log streams by."""
+
+    task: int
+    slot: int
+    line: int
+    t_s: float | None
+    selected: str = ""
+    sel_f_keep: float | None = None
+    check_sim: tuple[int, int] | None = None          # (lcp, T) for this slot
+    n_prompt_logged: int | None = None
+    n_prompt_src: str = ""
+    probe: tuple[int, int] | None = None              # (n_past, n_cache)
+    against: int | None = None
+    restored: int = -1
+    restored_n_past: int | None = None
+    restored_line: int = -1
+    full_line: int = -1
+    erased: list[tuple[str, int, int]] = field(default_factory=list)
+    created: list[tuple[int, float, int]] = field(default_factory=list)
+    cache: list[tuple[str, int, int]] = field(default_factory=list)
+    seq_rm: int | None = None
+    need_one: tuple[int, int] | None = None
+    n_past_set: int | None = None
+    prompt_ms: float | None = None
+    prompt_n: int | None = None
+    gen_n: int | None = None
+    stop_n: int | None = None
+    cancelled: bool = False
+    user: set[int] = field(default_factory=set)
+    parent_task: int = -1
+    parent_n_cache: int = 0
+    state_known: bool = True
+    load_unresolved: bool = False
+
+
+@dataclass
+class LogTasks:
+    """All tasks of a log, the parse counts, the settings and the build range the wording implies."""
+
+    tasks: list[TaskObs]
+    stats: LogStats
+    settings: dict[str, Any]
+    build_lo: int
+    build_hi: int
+    visible: bool                    # checkpoint lines can be seen at this verbosity
+    ckpt_sizes: list[tuple[int, float]] = field(default_factory=list)    # (n_tokens, MiB) created
+    state_sizes: list[tuple[int, float]] = field(default_factory=list)   # (n_tokens, MiB) cache saves
+
+    @property
+    def build(self) -> int:
+        """The build the log most likely comes from: printed, else dated from its wording.
+
+        An open range (wording still printed today) means a recent build: take the newest. A
+        closed range (wording that was later changed) is taken at its start.
+        """
+        b = self.settings.get("build")
+        if b:
+            return int(b)
+        return self.build_hi if self.build_hi >= _LATEST else self.build_lo
+
+
+def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> LogTasks:
+    """Stream a log and assemble its tasks (raises LogError when the file is not a log)."""
+    stats = LogStats()
+    builder = _Builder(stats.settings)
+    for f in iter_facts(path, stats, on_bytes):
+        builder.add(f)
+    check_is_log(stats)
+    tasks = builder.finish()
+    lo, hi = _build_range(stats.formats)
+    visible = builder.n_ckpt_lines > 0 or int(stats.settings.get("verbosity", 3)) >= 4
+    settings = dict(stats.settings)
+    if builder.ckpt_max is not None:
+        settings.setdefault("ctx_checkpoints", builder.ckpt_max)
+    if builder.every_n is not None:
+        settings.setdefault("every_n", builder.every_n)
+    return LogTasks(tasks, stats, settings, lo, hi, visible, builder.ckpt_sizes, builder.state_sizes)
+
+
+def _build_range(features: set[str]) -> tuple[int, int]:
+    lo, hi = 6685, _LATEST
+    for ft in features:
+        a, b = _FORMAT_RANGES[ft]
+        if max(lo, a) <= min(hi, b):      # a fork's mixture of wordings: keep what agrees so far
+            lo, hi = max(lo, a), min(hi, b)
+    return lo, hi
+
+
+class _Builder:
+    """Folds facts into tasks, tracking what each slot holds and what the prompt cache holds."""
+
+    def __init__(self, settings: dict) -> None:
+        self.settings = settings                                # filled live by the parser
+        self.ckpt_sizes: list[tuple[int, float]] = []           # (n_tokens, MiB) of created checkpoints
+        self.state_sizes: list[tuple[int, float]] = []          # (n_tokens, MiB) of prompt-cache saves
+        self.every_n: int | None = None
+        self.tasks: dict[int, _Acc] = {}
+        self.order: list[int] = []
+        self.slot_state: dict[int, tuple[int, int]] = {}       # slot -> (task id, n_cache)
+        self.entries: list[tuple[int, int]] = []                # prompt cache: (task id, n_tokens)
+        self.pending: dict[int, list[Fact]] = {}                # slot -> facts before its task starts
+        self.pending_srv: list[Fact] = []                       # srv lines before the next start
+        self.idle_saving: int = -1                              # slot being saved as idle
+        self.sel_slot: int = -1
+        self.n_ckpt_lines = 0
+        self.ckpt_max: int | None = None
+        self.last_task_on_slot: dict[int, int] = {}
+        self.synthetic_id = -2
+
+    # -- helpers --
+    def _task(self, f: Fact) -> _Acc | None:
+        if f.task >= 0:
+            acc = self.tasks.get(f.task)
+            if acc is None:          # the excerpt starts inside this task
+                acc = self._start(f.task, f.slot, f.line, f.t_s, started=False)
+            return acc
+        if f.slot >= 0 and f.slot in self.last_task_on_slot:
+            return self.tasks[self.last_task_on_slot[f.slot]]
+        if f.slot < 0 and self.order:   # poster-abbreviated lines without id/task
+            return self.tasks[self.order[-1]]
+        return None
+
+    def _start(self, task: int, slot: int, line: int, t_s: float | None, started: bool) -> _Acc:
+        acc = _Acc(task, slot, line, t_s)
+        st = self.slot_state.get(slot)
+        if st is not None:
+            acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
+            acc.state_known = self._known(st)
+        else:
+            # every slot starts empty: known when the log shows the server starting up
+            acc.state_known = "n_slots" in self.settings or "n_ctx_slot" in self.settings
+            acc.parent_task, acc.parent_n_cache = -1, 0
+        self.tasks[task] = acc
+        self.order.append(task)
+        self.last_task_on_slot[slot] = task
+        return acc
+
+    def add(self, f: Fact) -> None:
+        k = f.kind
+        if k in (FactKind.CREATED, FactKind.RESTORED, FactKind.ERASED_INVALIDATED, FactKind.CHECKING,
+                 FactKind.FULL_REPROCESS, FactKind.PROBE, FactKind.ERASED_SPACING, FactKind.SUPERSEDED):
+            self.n_ckpt_lines += 1
+        if k is FactKind.SLOT_SELECTED or k is FactKind.CHECK_SIM:
+            if k is FactKind.SLOT_SELECTED:
+                self.sel_slot = f.slot
+            self.pending.setdefault(f.slot, []).append(f)
+            return
+        if k in (FactKind.CACHE_UPDATE, FactKind.CACHE_SAVE, FactKind.CACHE_LOOK, FactKind.CACHE_LOAD,
+                 FactKind.CACHE_CANDIDATE, FactKind.CACHE_EVICT, FactKind.CACHE_SKIP,
+                 FactKind.CACHE_LOAD_FAILED, FactKind.CACHE_STATE, FactKind.CACHE_ENTRY):
+            self._cache_fact(f)
+            return
+        if k is FactKind.USER_SPAN and f.task < 0:
+            self.pending_srv.append(f)
+            return
+        if k is FactKind.IDLE_SAVE:
+            self.idle_saving = f.slot
+            return
+        if k is FactKind.PROMPT_CLEAR:
+            self.slot_state[f.slot] = (-1, 0)
+            self.idle_saving = -1
+            return
+        if k is FactKind.TASK_START:
+            self._on_start(f)
+            return
+        if k is FactKind.EVERY_N:
+            # "%d tokens since last checkpoint": the value printed is the --checkpoint-every-n flag
+            self.every_n = min(self.every_n or f.v["n_since"], f.v["n_since"])
+        if k is FactKind.CANCEL:
+            acc = self.tasks.get(f.task)
+            if acc is not None:
+                acc.cancelled = True
+            return
+        acc = self._task(f)
+        if acc is None:
+            return
+        v = f.v
+        if k is FactKind.NEW_PROMPT:
+            acc.n_prompt_logged, acc.n_prompt_src = v["n_prompt"], "new_prompt"
+        elif k is FactKind.INIT_SAMPLER and acc.n_prompt_logged is None:
+            acc.n_prompt_logged, acc.n_prompt_src = v["n_prompt"], "init_sampler"
+        elif k is FactKind.PROBE:
+            acc.probe = (v["n_past"], v["n_cache"])
+        elif k is FactKind.CHECKING:
+            if acc.against is None:
+                acc.against = v["against"]
+        elif k is FactKind.RESTORED:
+            acc.restored, acc.restored_line = v["n_tokens"], f.line
+            acc.restored_n_past = v.get("n_past")
+        elif k is FactKind.FULL_REPROCESS:
+            acc.full_line = f.line
+        elif k is FactKind.ERASED_INVALIDATED:
+            acc.erased.append((EventKind.ERASED_INVALIDATED.value, v["n_tokens"], f.line))
+        elif k is FactKind.ERASED_OLD:
+            acc.erased.append((EventKind.ERASED_OLD.value, v["n_tokens"], f.line))
+        elif k is FactKind.ERASED_SPACING:
+            acc.erased.append((EventKind.ERASED_SPACING.value, v["n_tokens"], f.line))
+        elif k is FactKind.SUPERSEDED:
+            acc.erased.append((EventKind.SUPERSEDED.value, v["n_tokens"], f.line))
+        elif k is FactKind.CREATED:
+            acc.created.append((v["n_tokens"], float(v.get("size_mib", 0.0)), f.line))
+            if "size_mib" in v:
+                self.ckpt_sizes.append((v["n_tokens"], v["size_mib"]))
+            if "max" in v:
+                self.ckpt_max = v["max"]
+        elif k is FactKind.SEQ_RM:
+            if acc.seq_rm is None:
+                acc.seq_rm = v["n_cached"]
+        elif k is FactKind.NEED_ONE:
+            acc.need_one = (v["n_past"], v["n_prompt"])
+        elif k is FactKind.N_PAST_SET:
+            acc.n_past_set = v["n_past"]
+        elif k is FactKind.TIMING_PROMPT:
+            acc.prompt_ms, acc.prompt_n = v["ms"], int(v["n_tokens"])
+        elif k is FactKind.TIMING_EVAL:
+            acc.gen_n = int(v["n_tokens"])
+        elif k is FactKind.STOP:
+            acc.stop_n = v["n_cache"]
+            self.slot_state[acc.slot] = (acc.task, v["n_cache"])
+        elif k is FactKind.USER_SPAN:
+            acc.user.add(v["n_tokens"])
+
+    def _cache_fact(self, f: Fact) -> None:
+        k, v = f.kind, f.v
+        if k is FactKind.CACHE_SAVE:
+            self.state_sizes.append((v["n_tokens"], v["size_mib"]))
+            src = self.idle_saving if self.idle_saving >= 0 else self.sel_slot
+            st = self.slot_state.get(src, (-1, 0))
+            self.entries.append((st[0], v["n_tokens"]))
+        elif k is FactKind.CACHE_LOAD:
+            # Which entry? The candidate listing (newer builds) says; else match the probe later.
+            slot = self.sel_slot
+            self.slot_state[slot] = (-2, -1)      # unknown until resolved
+        elif k is FactKind.CACHE_CANDIDATE:
+            self.pending_srv.append(f)
+        elif k is FactKind.CACHE_EVICT and v.get("why") == "obsolete":
+            n = v["n_tokens"]
+            self.entries = [e for e in self.entries if e[1] != n]
+        self.pending_srv.append(f)
+
+    def _on_start(self, f: Fact) -> None:
+        slot = f.slot
+        pend = self.pending.pop(slot, [])
+        # a CACHE_LOAD earlier marked the slot unknown: resolve with the best-listed candidate
+        if self.slot_state.get(slot, (0, 0))[0] == -2:
+            cands = [p for p in self.pending_srv if p.kind is FactKind.CACHE_CANDIDATE]
+            resolved = False
+            if cands:
+                best = max(cands, key=lambda p: (p.v["f_keep"], p.v["sim"]))
+                for i in range(len(self.entries) - 1, -1, -1):
+                    if self.entries[i][1] == best.v["n_tokens"]:
+                        self.slot_state[slot] = self.entries.pop(i)
+                        resolved = True
+                        break
+            if not resolved:
+                self.slot_state[slot] = (-3, 0)    # holds an entry we cannot name
+
+        acc = self.tasks.get(f.task) or self._start(f.task, slot, f.line, f.t_s, started=True)
+        sel = [p for p in pend if p.kind is FactKind.SLOT_SELECTED]
+        if sel:
+            acc.selected = sel[-1].v.get("how", "")
+            acc.sel_f_keep = sel[-1].v.get("f_keep")
+            acc.line, acc.t_s = sel[-1].line, sel[-1].t_s if sel[-1].t_s is not None else acc.t_s
+        sims = [p for p in pend if p.kind is FactKind.CHECK_SIM]
+        if sims:
+            acc.check_sim = (sims[-1].v["lcp"], sims[-1].v["n_prompt"])
+        for p in self.pending_srv:
+            if p.kind is FactKind.USER_SPAN:
+                acc.user.add(p.v["n_tokens"])
+            elif p.kind is FactKind.CACHE_SAVE:
+                acc.cache.append((EventKind.CACHE_SAVE.value, p.v["n_tokens"], p.line))
+            elif p.kind is FactKind.CACHE_LOAD:
+                acc.cache.append((EventKind.CACHE_LOAD.value, -1, p.line))
+            elif p.kind is FactKind.CACHE_EVICT:
+                acc.cache.append((EventKind.CACHE_EVICT.value, int(p.v.get("n_tokens", -1)), p.line))
+        self.pending_srv = []
+        st = self.slot_state.get(slot)
+        if st is not None:
+            acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
+            acc.state_known = self._known(st)
+
+    def _known(self, st: tuple[int, int]) -> bool:
+        """Whether a slot holding ``st`` has a history we saw whole (tokens and checkpoints)."""
+        if st[0] == -1:
+            return True          # cleared or never used: empty
+        if st[0] < -1:
+            return False         # loaded from the prompt cache, entry unknown
+        parent = self.tasks.get(st[0])
+        return parent is not None and parent.state_known
+
+    def finish(self) -> list[TaskObs]:
+        out = []
+        for tid in self.order:
+            out.append(_finalize(self.tasks[tid]))
+        return out
+
+
+def _finalize(a: _Acc) -> TaskObs:
+    searched = a.probe is not None or a.against is not None or a.restored >= 0 or a.full_line >= 0
+    # --- the common prefix before the restore decision ---
+    n_lcp: int | None = None
+    lcp_src = ""
+    if a.probe is not None:
+        n_lcp, lcp_src = a.probe[0], "probe"
+        if a.parent_n_cache <= 0 or a.parent_task == -1 and a.probe[1] > 0:
+            a.parent_n_cache = a.probe[1]
+    elif a.against is not None:
+        n_lcp, lcp_src = a.against, "checking"
+    elif a.check_sim is not None:
+        n_lcp, lcp_src = a.check_sim[0], "check_sim"
+    elif a.need_one is not None:
+        n_lcp, lcp_src = a.need_one[1], "need_one"
+    # --- cache_n after the restore decision ---
+    cache_n: int | None = None
+    cn_src = ""
+    if a.need_one is not None:
+        cache_n, cn_src = (a.n_past_set if a.n_past_set is not None else a.need_one[0] - 1), "need_one"
+    if a.full_line >= 0:
+        cache_n, cn_src = 0, "full"
+    elif a.restored >= 0:
+        cache_n = a.restored_n_past if a.restored_n_past is not None else a.restored
+        cn_src = "restored"
+    elif a.seq_rm is not None and cache_n is None:
+        cache_n, cn_src = a.seq_rm, "seq_rm"
+    # --- the prompt length ---
+    T: int | None = a.n_prompt_logged
+    t_src = a.n_prompt_src if T is not None else ""
+    if T is None and a.check_sim is not None:
+        T, t_src = a.check_sim[1], "check_sim"
+    if T is not None and cache_n is None and a.prompt_n is not None:
+        cache_n, cn_src = T - a.prompt_n, "prompt_n"
+    if cache_n is None and not searched:
+        if a.parent_task == -1 and a.parent_n_cache == 0 and a.state_known:
+            cache_n, cn_src = 0, "empty"
+            n_lcp, lcp_src = 0, "empty"
+        elif a.parent_n_cache > 0:
+            # No search was printed: either a pure extension (n_past = L) or nothing shared.
+            # A choice by LCP similarity means something was shared (spec §2.1, §2.2).
+            if a.selected == "lcp" or (a.sel_f_keep or 0) > 0:
+                cache_n, cn_src = a.parent_n_cache, "inferred"
+            elif a.selected == "lru":
+                cache_n, cn_src = 0, "inferred"
+    if cache_n is not None and n_lcp is None and not searched and a.need_one is None:
+        n_lcp, lcp_src = cache_n, cn_src
+    if T is None and cache_n is not None and a.prompt_n is not None:
+        T, t_src = cache_n + a.prompt_n, "timings"
+    if T is None and a.created:
+        # near-end checkpoints sit at T-4 (spec §2.3): an inference, so placement becomes unknown
+        T, t_src = max(n for n, _, _ in a.created) + 4, "inferred"
+    if T is None and a.stop_n is not None and a.gen_n is not None:
+        T, t_src = a.stop_n - a.gen_n + 1, "inferred"
+    complete = (a.prompt_ms is not None or a.stop_n is not None) and not (a.cancelled and a.prompt_ms is None)
+    return TaskObs(
+        task=a.task, slot=a.slot, line=a.line, t_s=a.t_s, n_prompt=T, n_prompt_source=t_src,
+        n_lcp=n_lcp, n_lcp_source=lcp_src, cache_n=cache_n, cache_n_source=cn_src,
+        restored=a.restored, restored_line=a.restored_line, full_reprocess=a.full_line >= 0,
+        full_line=a.full_line, searched=searched, created=tuple(a.created), erased=tuple(a.erased),
+        cache=tuple(a.cache), selected=a.selected, prompt_ms=a.prompt_ms, prompt_n=a.prompt_n,
+        gen_n=a.gen_n, n_cache_after=a.stop_n, cancelled=a.cancelled, complete=complete,
+        user_starts=tuple(sorted(a.user)), parent_task=a.parent_task, parent_n_cache=a.parent_n_cache,
+        history_known=a.state_known)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogTrace:
+    """A trace built from a log: header, requests (with ``observed``), and what was left out."""
+
+    header: TraceHeader
+    requests: list[Request]
+    log: LogTasks
+    left_out: list[dict]              # tasks without a usable prompt length: {"task", "line", "why"}
+
+
+def trace_from_log(path: str | Path, name: str | None = None,
+                   on_bytes: Callable[[int], None] | None = None) -> LogTrace:
+    """Read a log and turn its tasks into trace requests (ids in log order)."""
+    lt = read_tasks(path, on_bytes)
+    reqs: list[Request] = []
+    left_out: list[dict] = []
+    id_of_task: dict[int, int] = {}
+    n_seq: list[int] = []
+    sessions: list[str] = []
+    users: list[tuple[int, ...]] = []
+    t_prev = 0.0
+    t0 = next((t.t_s for t in lt.tasks if t.t_s is not None), None)
+    mutable_out: list[int] = []
+    for t in lt.tasks:
+        if t.n_prompt is None or t.n_prompt < 1:
+            left_out.append({"task": t.task, "line": t.line,
+                             "why": "prompt length not in the log (excerpt cut or started mid-task)"})
+            continue
+        T = t.n_prompt
+        rid = len(reqs)
+        parent = id_of_task.get(t.parent_task, -1) if t.parent_task >= 0 else -1
+        n_shared = 0
+        if parent >= 0:
+            n_shared = t.n_lcp if t.n_lcp is not None else (t.cache_n or 0)
+            n_shared = max(0, min(n_shared, T))
+            if n_shared > n_seq[parent]:
+                # the parent's output length was not in the log (cut): lengthen it to fit
+                mutable_out[parent] += n_shared - n_seq[parent]
+                n_seq[parent] = n_shared
+            if n_shared == 0:
+                parent = -1
+        if t.n_cache_after is not None:
+            n_out = max(0, t.n_cache_after - T + 1)   # the cache keeps prompt + generated[:-1] (spec §0)
+        elif t.gen_n is not None:
+            n_out = t.gen_n
+        else:
+            n_out = 1
+        session = sessions[parent] if parent >= 0 else f"s{t.task}"
+        starts = set(t.user_starts)
+        if lt.build >= 9315 and t.complete and t.cache_n is not None:
+            # Since #22929 (b9315) a checkpoint that is neither near the end (T-(4+ub), T-4) nor at
+            # the resume point marks a user-message start (spec §2.3): the log reveals them so.
+            nb = min(int(lt.settings.get("n_batch", 2048)), T)
+            ub = min(int(lt.settings.get("n_ubatch", 512)), nb)
+            near = {T - min(nb, 4 + ub), T - min(nb, 4), t.cache_n}
+            starts |= {n for n, _, _ in t.created if n not in near}
+        # Positions inside the shared prefix come from the parent, except that a re-rendered chat
+        # can diverge just after "<|im_start|>": the user start then sits one token inside the
+        # common prefix, where the parent had an assistant start (the trace stores it as user_all).
+        pu = users[parent] if parent >= 0 else ()
+        inside = {x for x in starts if n_shared - 16 <= x < n_shared}
+        user = tuple(sorted({x for x in pu if x < n_shared} | inside
+                            | {x for x in starts if n_shared <= x < T}))
+        if t.t_s is not None and t0 is not None:
+            ts = max(t_prev, t.t_s - t0)
+        else:
+            ts = t_prev + 1.0 if reqs else 0.0
+        t_prev = ts
+        obs = t.observed(lt.visible)
+        reqs.append(Request(id=rid, session=session, t_s=ts, n_prompt=T, n_output=n_out, parent=parent,
+                            n_shared=n_shared, user_starts=user, observed=obs))
+        mutable_out.append(n_out)
+        id_of_task[t.task] = rid
+        n_seq.append(T + n_out)
+        sessions.append(session)
+        users.append(user)
+    reqs = [dataclasses.replace(r, n_output=mutable_out[i]) if mutable_out[i] != r.n_output else r
+            for i, r in enumerate(reqs)]
+    p = Path(str(path))
+    meta = {"settings": lt.settings, "build": lt.build, "build_range": [lt.build_lo, lt.build_hi],
+            "build_printed": bool(lt.settings.get("build")), "checkpoint_lines_visible": lt.visible,
+            "log_lines": lt.stats.lines, "unknown_lines": lt.stats.unknown,
+            "malformed_lines": lt.stats.malformed, "tasks": len(lt.tasks), "left_out": left_out}
+    header = TraceHeader(name=name or (p.name.split(".")[0] if str(path) != "-" else "stdin"),
+                         source=f"llama-server log {p.name if str(path) != '-' else '(stdin)'}",
+                         derived=True, notes="parsed by ckptsim.ingest.llama_log; obs = what the server "
+                                             "logged per task (EventKind vocabulary, with log lines)",
+                         meta=meta)
+    return LogTrace(header, reqs, lt, left_out)

@@ -1,0 +1,255 @@
+"""Replay a llama-server log through the simulator and compare, decision by decision.
+
+For each task the log shows, five decisions are compared with what the ``llama-server`` policy
+(the build the log comes from, with the flags read from the log) does on the same trace:
+
+=============  ==================================================================================
+cache_n        tokens kept after the restore decision (the server's ``cache_n``)
+restored       which checkpoint was restored (its n_tokens), or none
+full           whether the prompt was re-processed from 0 ("forcing full prompt re-processing")
+created        positions of the checkpoints created while the prompt was processed
+erased         positions of the checkpoints erased (invalidated, old, too close, superseded)
+=============  ==================================================================================
+
+A decision is *unknown* (neither agreed nor a mismatch) when the log lacks what it needs:
+checkpoint lines not visible at this verbosity, a slot whose earlier history is not in the
+excerpt, a prompt cut before it finished, or a value that was only inferred (e.g. ``cache_n``
+of a pure extension at ``-lv 3`` in builds that print no ``cached n_tokens`` line).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cost import CostProfile, load_profile
+from .ingest.log_trace import LogTrace, trace_from_log
+from .records import EventKind
+from .trace import Trace
+
+DECISIONS = ("cache_n", "restored", "full", "created", "erased")
+# sources of cache_n that are read off the log, not inferred from the absence of a line
+_DIRECT_CACHE_N = {"restored", "full", "seq_rm", "need_one", "prompt_n", "empty"}
+_ERASE_KINDS = {EventKind.ERASED_INVALIDATED, EventKind.ERASED_OLD, EventKind.ERASED_SPACING,
+                EventKind.SUPERSEDED}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One compared decision of one task."""
+
+    task: int
+    request: int
+    decision: str
+    status: str              # agreed | mismatch | unknown
+    logged: Any
+    simulated: Any
+    line: int                # log line of the fact (the task's first line when none)
+    why: str = ""            # for unknown: what the log lacks
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Outcome of a validation: counts, every decision, prompt-time errors, and the setup used."""
+
+    log: str
+    policy: str
+    config: dict
+    profile: str
+    n_tasks: int
+    decisions: list[Decision]
+    timings: list[dict]
+    left_out: list[dict]
+
+    @property
+    def known(self) -> list[Decision]:
+        """Decisions that the log could settle."""
+        return [d for d in self.decisions if d.status != "unknown"]
+
+    @property
+    def agreed(self) -> int:
+        """Number of known decisions where the simulator did what the server did."""
+        return sum(1 for d in self.decisions if d.status == "agreed")
+
+    @property
+    def agreement(self) -> float | None:
+        """agreed / known decisions (None when nothing could be compared)."""
+        k = len(self.known)
+        return self.agreed / k if k else None
+
+    def by_decision(self) -> dict[str, dict[str, int]]:
+        """Counts per decision kind and status."""
+        out: dict[str, dict[str, int]] = {d: {"agreed": 0, "mismatch": 0, "unknown": 0} for d in DECISIONS}
+        for d in self.decisions:
+            out[d.decision][d.status] += 1
+        return out
+
+    def to_json(self) -> dict:
+        """The ``--json`` document."""
+        errs = [t["error_pct"] for t in self.timings if t.get("error_pct") is not None]
+        return {
+            "log": self.log, "tasks": self.n_tasks, "decisions": len(self.known),
+            "agreed": self.agreed, "agreement": self.agreement,
+            "unknown": sum(1 for d in self.decisions if d.status == "unknown"),
+            "by_decision": self.by_decision(),
+            "mismatches": [_d_json(d) for d in self.decisions if d.status == "mismatch"],
+            "unknown_reasons": dict(Counter(d.why for d in self.decisions if d.status == "unknown")),
+            "policy": self.policy, "config": self.config, "profile": self.profile,
+            "prompt_time": {"tasks": self.timings,
+                            "mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None},
+            "left_out": self.left_out,
+        }
+
+
+def _d_json(d: Decision) -> dict:
+    return {"task": d.task, "request": d.request, "decision": d.decision, "line": d.line,
+            "logged": d.logged, "simulated": d.simulated}
+
+
+def config_from_log(settings: dict, overrides: dict | None = None):
+    """The ServerConfig a log's start-up lines imply (spec §8 defaults elsewhere), then overrides."""
+    from .sim import ServerConfig
+    n_slots = int(settings.get("n_slots", 1))
+    kv_unified = bool(settings.get("kv_unified", n_slots > 1))
+    ram = settings.get("cache_ram_mib", 8192)
+    kw: dict[str, Any] = {
+        "n_slots": n_slots,
+        "n_ctx": int(settings.get("n_ctx_slot", settings.get("n_ctx", 262144))),
+        "n_batch": int(settings.get("n_batch", 2048)),
+        "n_ubatch": int(settings.get("n_ubatch", 512)),
+        "ctx_checkpoints": int(settings.get("ctx_checkpoints", 32)),
+        "cache_ram_mib": float(ram),
+        "slot_prompt_similarity": float(settings.get("slot_prompt_similarity", 0.10)),
+        "cache_idle_slots": bool(settings.get("cache_idle_slots", kv_unified)),
+        "kv_unified": kv_unified,
+    }
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            kw[k] = v
+    return ServerConfig(**kw)
+
+
+def profile_from_log(lt: LogTrace, base: CostProfile) -> CostProfile:
+    """``base`` with checkpoint and state sizes measured in the log (they steer prompt-cache eviction)."""
+    ck = lt.log.ckpt_sizes
+    prof = base
+    if ck:
+        a, b = _linfit([n / 1000.0 for n, _ in ck], [m for _, m in ck])
+        prof = dataclasses.replace(prof, ckpt_size_mib=max(a, 0.0), ckpt_size_mib_per_ktok=max(b, 0.0))
+    st = lt.log.state_sizes
+    if st:
+        # total state = attention KV (grows with n) + the recurrent part (one checkpoint's worth)
+        per_k = [(m - prof.ckpt_mib(n)) / (n / 1000.0) for n, m in st if n > 0]
+        if per_k:
+            prof = dataclasses.replace(prof, kv_mib_per_ktok=max(0.0, sum(per_k) / len(per_k)))
+    if prof is not base:
+        prov = dict(base.provenance)
+        prov["sizes"] = f"checkpoint and state sizes fitted to {len(ck)} + {len(st)} lines of the log"
+        prof = dataclasses.replace(prof, name=base.name + "+log-sizes", provenance=prov)
+    return prof
+
+
+def _linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 1e-12:
+        return my, 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+def policy_for_log(lt: LogTrace, version: str | None = None, min_step: int | None = None) -> str:
+    """The ``llama-server`` policy spec matching the log's build and flags."""
+    s = lt.log.settings
+    build = version or f"b{lt.log.build}"
+    parts = [f"version={build}"]
+    ms = min_step if min_step is not None else s.get("min_step")
+    if ms is not None:
+        parts.append(f"min_step={int(ms)}")
+    if s.get("every_n"):
+        parts.append(f"every_n={int(s['every_n'])}")
+    return "llama-server:" + ",".join(parts)
+
+
+def validate_log(path: str | Path, *, version: str | None = None, profile: str | None = None,
+                 overrides: dict | None = None, min_step: int | None = None,
+                 log_sizes: bool = True) -> Validation:
+    """Parse ``path``, replay it through the matching llama-server policy, compare per task."""
+    from .sim import simulate
+    lt = trace_from_log(path)
+    trace = Trace(lt.header, lt.requests)
+    config = config_from_log(lt.log.settings, overrides)
+    base = load_profile(profile)
+    prof = profile_from_log(lt, base) if log_sizes else base
+    spec = policy_for_log(lt, version, min_step)
+    decisions: list[Decision] = []
+    timings: list[dict] = []
+    if len(trace):
+        run = simulate(trace, spec, config, prof)
+        ev_by_req: dict[int, list] = {}
+        for e in run.events:
+            ev_by_req.setdefault(e.request_id, []).append(e)
+        res_by_req = {r.request_id: r for r in run.results}
+        for req in trace:
+            obs = req.observed or {}
+            res = res_by_req[req.id]
+            decisions += compare_task(req.id, obs, res, ev_by_req.get(req.id, []))
+            if obs.get("prompt_ms") is not None and obs.get("prompt_n"):
+                pred = res.prefill_ms + res.create_ms + res.restore_ms
+                logged = float(obs["prompt_ms"])
+                timings.append({"task": obs.get("task"), "line": obs.get("line"), "prompt_n": obs["prompt_n"],
+                                "logged_ms": logged, "predicted_ms": round(pred, 2),
+                                "error_pct": round(100.0 * (pred - logged) / logged, 1) if logged > 0 else None})
+    cfg = {k: (v if not (isinstance(v, float) and math.isinf(v)) else "inf")
+           for k, v in dataclasses.asdict(config).items()}
+    return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
+                      decisions=decisions, timings=timings, left_out=lt.left_out)
+
+
+def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
+    """The five decisions of one task: logged (``obs``) against simulated (result + events)."""
+    task, line = int(obs.get("task", -1)), int(obs.get("line", -1))
+    lines: dict[str, int] = {}
+    for k, _, ln in obs.get("events", []):
+        lines.setdefault(k, ln)          # the first line of each kind
+    why = ""
+    if not obs.get("visible", False):
+        why = "checkpoint lines not visible (use -lv 4)"
+    elif not obs.get("history_known", False):
+        why = "the slot's earlier history is not in the log"
+    out: list[Decision] = []
+
+    def add(name: str, logged: Any, sim: Any, known_why: str, ln: int) -> None:
+        w = why or known_why
+        if w:
+            out.append(Decision(task, rid, name, "unknown", logged, sim, ln, w))
+        else:
+            out.append(Decision(task, rid, name, "agreed" if logged == sim else "mismatch", logged, sim, ln))
+
+    src = obs.get("cache_n_source", "")
+    add("cache_n", obs.get("cache_n"), res.n_cached,
+        "" if src in _DIRECT_CACHE_N else "cache_n not printed (inferred only)", line)
+    complete = bool(obs.get("complete"))
+    # anything logged after the decision point shows the decision was taken
+    decided = complete or obs.get("restored", -1) >= 0 or obs.get("full_reprocess") \
+        or bool(obs.get("created"))
+    add("restored", obs.get("restored", -1), res.restored_n_tokens,
+        "" if decided else "the log ends before the restore decision", lines.get("restored", line))
+    add("full", bool(obs.get("full_reprocess")), bool(res.full_reprocess),
+        "" if decided else "the log ends before the restore decision", lines.get("full_reprocess", line))
+    sim_created = [e.n_tokens for e in events if e.kind is EventKind.CREATED]
+    created_why = "" if complete else "the prompt was not finished inside the log"
+    if not created_why and obs.get("n_prompt_source") == "inferred":
+        created_why = "prompt length only inferred"
+    add("created", list(obs.get("created", [])), sim_created, created_why,
+        lines.get("created", line))
+    sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)
+    erased_line = min((ln for k, _, ln in obs.get("events", []) if k.startswith("erased")
+                       or k == "superseded"), default=line)
+    add("erased", sorted(obs.get("erased", [])), sim_erased,
+        "" if complete else "the prompt was not finished inside the log", erased_line)
+    return out
