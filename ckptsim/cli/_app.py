@@ -18,8 +18,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+# Piped output gets a wide console so tables are not cut to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class UserError(Exception):
