@@ -1,0 +1,59 @@
+"""Policy comparison on the bundled real traces (traces/real/); prints the markdown for docs/real-traces.md.
+
+    python bench/real_table.py > /tmp/real-table.md      # then paste under "Results" in docs/real-traces.md
+
+Runs ``ckptsim compare TRACE --json`` (default policies, profile and server flags) on each
+bundled trace, exactly what a user would run, and formats one table per trace.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRACES = ["weka-sample.jsonl", "weka-sample-strict.jsonl", "mooncake-conversation.jsonl",
+          "mooncake-synthetic.jsonl"]
+
+
+def compare(trace: Path) -> dict:
+    """The JSON document ``ckptsim compare --json`` prints for one trace."""
+    res = subprocess.run([sys.executable, "-c", "from ckptsim.cli import main; main()", "compare", str(trace),
+                          "--json"],
+                         capture_output=True, text=True, cwd=REPO, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"ckptsim compare {trace} failed:\n{res.stderr}")
+    return json.loads(res.stdout)
+
+
+def table(doc: dict, name: str) -> str:
+    """One markdown table: a row per policy."""
+    pols = doc["policies"]
+    first = pols[0]
+    c = doc["config"]
+    lines = [f"**{name}**: {first['n_requests']:,} requests, {first['prompt_tokens']:,} prompt tokens; "
+             f"profile `{first['profile']}`; " + ", ".join(f"{k}={v}" for k, v in c.items()), "",
+             "| policy | re-processed tokens | reuse | prefill s | TTFT p95 ms | full re-process | "
+             "lost tokens | peak ckpt MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in pols:
+        lines.append(f"| `{s['policy']}` | {s['reprocessed_tokens']:,} | {s['reuse_ratio']:.1%} | "
+                     f"{s['prefill_s']:,.0f} | {s['ttft_p95_ms']:,.0f} | {s['full_reprocess']:,} | "
+                     f"{s['lost_tokens']:,} | {s['peak_ckpt_mib']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print every table."""
+    for name in TRACES:
+        path = REPO / "traces" / "real" / name
+        if not path.exists():
+            print(f"(skipped {name}: not bundled)", file=sys.stderr)
+            continue
+        print(table(compare(path), f"traces/real/{name}"))
+        print()
+
+
+if __name__ == "__main__":
+    main()
