@@ -40,3 +40,13 @@ def materialise(trace: Trace) -> list[list[int]]:
         seqs.append(base + list(range(fresh, fresh + n_new)))
         fresh += n_new
     return seqs
+
+
+def token_lcp(a, b) -> int:
+    """Length of the common prefix of two explicit token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -4,16 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 
 from ckptsim.sim import ServerConfig, simulate
-from strategies import materialise, traces
-
-
-def _lcp(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+from strategies import materialise, token_lcp, traces
 
 
 @settings(max_examples=80, deadline=None)
@@ -27,7 +18,7 @@ def test_true_prefix_is_the_token_lcp_single_slot(trace):
         r = res.request_id
         prompt = seqs[r][:trace[r].n_prompt]
         state = [] if prev is None else seqs[prev][:trace[prev].n_prompt + max(trace[prev].n_output - 1, 0)]
-        assert res.n_true_prefix == _lcp(state, prompt)
+        assert res.n_true_prefix == token_lcp(state, prompt)
         assert res.n_cached <= res.n_true_prefix
         prev = r
 

@@ -15,6 +15,7 @@ from ckptsim.cli import app
 from ckptsim.synth import (HEADER_TOKENS, KINDS, USER_HEADER_TOKENS, _requests_and_turns, generate,
                            get_kind, make_params, write_synth)
 from ckptsim.trace import load_trace
+from strategies import token_lcp
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {"agent-append": "agent-append.jsonl", "agent-edit": "agent-edit.jsonl",
@@ -42,15 +43,6 @@ def _tokens(segs):
     return [(sid, i) for sid, n, *_ in segs for i in range(n)]
 
 
-def _lcp(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 # --- the trace invariants, checked against explicit token sequences ----------------------------
 
 @settings(max_examples=40, deadline=None)
@@ -65,7 +57,7 @@ def test_parent_is_the_longest_common_prefix(kind, seed, n, think_frac, keep_thi
     for r, turn in _requests_and_turns(get_kind(kind), p, n, seed):
         prompt = _tokens(turn.prompt)
         assert len(prompt) == r.n_prompt
-        lcps = [_lcp(prompt, s) for s in seqs]
+        lcps = [token_lcp(prompt, s) for s in seqs]
         best = max(lcps, default=0)
         assert r.n_shared == best
         if best == 0:

@@ -8,16 +8,7 @@ from hypothesis import given, settings
 
 from ckptsim.records import Request
 from ckptsim.trace import Trace, TraceError, TraceHeader, load_trace, save_trace
-from strategies import materialise, traces
-
-
-def _lcp(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+from strategies import materialise, token_lcp, traces
 
 
 @settings(max_examples=60, deadline=None)
@@ -26,7 +17,7 @@ def test_seq_lcp_matches_explicit_tokens(trace):
     seqs = materialise(trace)
     for a in range(len(trace)):
         for b in range(len(trace)):
-            assert trace.seq_lcp(a, b) == _lcp(seqs[a], seqs[b])
+            assert trace.seq_lcp(a, b) == token_lcp(seqs[a], seqs[b])
 
 
 @settings(max_examples=40, deadline=None)
