@@ -71,6 +71,7 @@ class Trace:
         self._parent = self.parent.tolist()
         self._shared = self.n_shared.tolist()
         self._prompt = self.n_prompt.tolist()
+        self._lift: tuple | None = None
         for r in reqs:
             _check_request(r, self, where=f"request {r.id}")
 
@@ -94,11 +95,13 @@ class Trace:
     def seq_lcp(self, a: int, b: int) -> int:
         """Common prefix, in tokens, of the full sequences (prompt + output) of requests a and b."""
         if a == b:
-            return int(self.n_prompt[a] + self.n_output[a])
+            return self._prompt[a] + int(self.n_output[a])
         best = 1 << 62
         parent, n_shared = self._parent, self._shared
         # Walk the later one up its parent chain; the min along the way is the LCP (trie property).
-        while a != b:
+        # Most queries end within a few steps (the slot holds the parent or a close relative);
+        # long chains (sessions linked through a shared system prompt) go to binary lifting.
+        for _ in range(24):
             if a < b:
                 a, b = b, a
             p = parent[a]
@@ -108,7 +111,33 @@ class Trace:
             if s < best:
                 best = s
             a = p
-        return best
+            if a == b:
+                return best
+        return min(best, self._lifted_lcp(a, b))
+
+    def _lifted_lcp(self, a: int, b: int) -> int:
+        """min of n_shared over the tree path between a and b (binary lifting; roots hang off a
+        virtual node n whose edges share 0 tokens)."""
+        if self._lift is None:
+            self._lift = _build_lift(self._parent, self._shared)
+        depth, up, mn = self._lift
+        best = 1 << 62
+        if depth[a] < depth[b]:
+            a, b = b, a
+        diff, j = depth[a] - depth[b], 0
+        while diff:
+            if diff & 1:
+                best = min(best, mn[j][a])
+                a = up[j][a]
+            diff >>= 1
+            j += 1
+        if a == b:
+            return best
+        for j in range(len(up) - 1, -1, -1):
+            if up[j][a] != up[j][b]:
+                best = min(best, mn[j][a], mn[j][b])
+                a, b = up[j][a], up[j][b]
+        return min(best, mn[0][a], mn[0][b])
 
     def prefix_with_state(self, seq: int, n_cached: int, req: int) -> int:
         """LCP of request ``req``'s prompt with a slot holding the first ``n_cached`` tokens of ``seq``."""
@@ -123,6 +152,23 @@ class Trace:
     def total_prompt_tokens(self) -> int:
         """Sum of prompt lengths."""
         return int(self.n_prompt.sum())
+
+
+def _build_lift(parent: list[int], shared: list[int]) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Depths and 2^j-ancestor / path-min tables of the parent forest, for O(log n) LCP queries."""
+    n = len(parent)
+    big = 1 << 62
+    par = np.array([p if p >= 0 else n for p in parent] + [n], dtype=np.int64)
+    mn0 = np.array([s if p >= 0 else 0 for p, s in zip(parent, shared)] + [big], dtype=np.int64)
+    depth = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):  # parents come before children
+        depth[i] = depth[par[i]] + 1 if par[i] != n else 1
+    ups, mns = [par], [mn0]
+    for _ in range(max(1, int(depth.max()).bit_length())):
+        up, mn = ups[-1], mns[-1]
+        ups.append(up[up])
+        mns.append(np.minimum(mn, mn[up]))
+    return depth.tolist(), [u.tolist() for u in ups], [m.tolist() for m in mns]
 
 
 def _check_request(r: Request, trace: Trace | None, where: str) -> None:

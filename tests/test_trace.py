@@ -102,3 +102,24 @@ def test_positions_that_differ_from_the_parent_are_kept(tmp_path):
     save_trace(p, TraceHeader(), reqs)
     assert json.loads(p.read_text().splitlines()[2])["user_all"] == [0, 800]
     assert load_trace(p)[1].user_starts == (0, 800)
+
+
+def test_deep_chains_use_exact_lifting():
+    """Sessions chained through a shared system prompt make parent chains thousands deep; the
+    O(log n) path (binary lifting) must give the same LCP as explicit tokens."""
+    import random
+    rnd = random.Random(7)
+    reqs: list[Request] = []
+    for i in range(600):
+        n_prompt = rnd.randint(1, 40)
+        parent = i - 1 if i and rnd.random() < 0.9 else (rnd.randrange(i) if i else -1)
+        n_shared = 0
+        if parent >= 0:
+            n_shared = rnd.randint(0, min(n_prompt, reqs[parent].n_seq))
+        reqs.append(Request(i, "s", float(i), n_prompt, rnd.randint(0, 5), parent, n_shared))
+    t = Trace(TraceHeader(), reqs)
+    seqs = materialise(t)
+    for _ in range(3000):
+        a, b = rnd.randrange(600), rnd.randrange(600)
+        assert t.seq_lcp(a, b) == token_lcp(seqs[a], seqs[b])
+    assert t._lift is not None          # the deep path was exercised
