@@ -159,15 +159,14 @@ class _PromptCache:
         """``prompt_save`` + ``alloc`` (st:1711)."""
         if slot.n_cache <= 0:
             return
-        for e in self.entries:
-            if self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) == slot.n_cache:
-                return                    # " - prompt is already in the cache, skipping"
+        lcps = [self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) for e in self.entries]
+        if slot.n_cache in lcps:
+            return                        # " - prompt is already in the cache, skipping"
         size = self.profile.state_mib(slot.n_cache) + slot.ckpt_mib
         if size > self.limit_mib:
             return                        # #25070: bigger than the whole cache
         # entries that are prefixes of the new one are obsolete
-        self.entries = [e for e in self.entries
-                        if self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) != e.n_tokens]
+        self.entries = [e for e, lcp in zip(self.entries, lcps) if lcp != e.n_tokens]
         while self.entries and self.size_mib + size > self.limit_mib:
             old = self.entries.pop(0)
             emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)

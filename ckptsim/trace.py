@@ -101,7 +101,7 @@ class Trace:
         # Walk the later one up its parent chain; the min along the way is the LCP (trie property).
         # Most queries end within a few steps (the slot holds the parent or a close relative);
         # long chains (sessions linked through a shared system prompt) go to binary lifting.
-        for _ in range(24):
+        for _ in range(6):
             if a < b:
                 a, b = b, a
             p = parent[a]
@@ -127,17 +127,25 @@ class Trace:
         diff, j = depth[a] - depth[b], 0
         while diff:
             if diff & 1:
-                best = min(best, mn[j][a])
+                m = mn[j][a]
+                if m < best:
+                    best = m
                 a = up[j][a]
             diff >>= 1
             j += 1
         if a == b:
             return best
         for j in range(len(up) - 1, -1, -1):
-            if up[j][a] != up[j][b]:
-                best = min(best, mn[j][a], mn[j][b])
-                a, b = up[j][a], up[j][b]
-        return min(best, mn[0][a], mn[0][b])
+            uj = up[j]
+            if uj[a] != uj[b]:
+                mj = mn[j]
+                if mj[a] < best:
+                    best = mj[a]
+                if mj[b] < best:
+                    best = mj[b]
+                a, b = uj[a], uj[b]
+        m0 = mn[0]
+        return min(best, m0[a], m0[b])
 
     def prefix_with_state(self, seq: int, n_cached: int, req: int) -> int:
         """LCP of request ``req``'s prompt with a slot holding the first ``n_cached`` tokens of ``seq``."""
