@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -22,5 +23,162 @@ def compare_bars(summary: pd.DataFrame, title: str = "") -> plt.Figure:
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title or "policy comparison")
+    fig.tight_layout()
+    return fig
+
+
+# --- analysis figures (sweep curves, TTFT CDF, slot timelines, memory) ---------------------------
+
+_MARKERS = "os^vD<>ph*"
+
+
+def cost_curves(sweep: pd.DataFrame, metric: str = "reprocessed_tokens", title: str = "",
+                bound: float | None = None) -> plt.Figure:
+    """Cost vs --ctx-checkpoints per policy (a miss-ratio-curve view), with the proven lower bound."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    scale, unit = (1e3, " (thousands)") if metric.endswith("tokens") else (1.0, "")
+    for i, (pol, g) in enumerate(sweep.groupby("policy", sort=False)):
+        g = g.groupby("ctx_checkpoints", as_index=False)[metric].min().sort_values("ctx_checkpoints")
+        ax.plot(g["ctx_checkpoints"], g[metric] / scale, marker=_MARKERS[i % len(_MARKERS)], label=pol)
+    if bound is not None:
+        ax.axhline(bound / scale, color="black", ls="--", lw=1, label="lower bound (any policy)")
+    ax.set_xscale("log", base=2)
+    ticks = sorted(sweep["ctx_checkpoints"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("--ctx-checkpoints (per slot)")
+    ax.set_ylabel(metric.replace("_", " ") + unit)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title or f"{metric.replace('_', ' ')} vs checkpoint count")
+    fig.tight_layout()
+    return fig
+
+
+def ttft_cdf(results: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Empirical CDF of time to first token per policy (``results``: per-request rows with ``policy``)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for pol, g in results.groupby("policy", sort=False):
+        x = np.sort(g["ttft_ms"].to_numpy() / 1000.0)
+        y = np.arange(1, len(x) + 1) / len(x)
+        ax.step(x, y, where="post", label=pol)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("time to first token (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.axhline(0.95, color="gray", lw=0.8, ls=":")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "TTFT distribution")
+    fig.tight_layout()
+    return fig
+
+
+def slot_timeline(results: pd.DataFrame, title: str = "", max_requests: int = 120) -> plt.Figure:
+    """Per slot, request by request: prompt length, common prefix, reused tokens, checkpoints, restores,
+    full re-processing (``results``: one policy's per-request rows, in processing order)."""
+    df = results.head(max_requests).reset_index(drop=True)
+    slots = sorted(df["slot"].unique()) or [0]
+    fig, axes = plt.subplots(len(slots), 1, figsize=(11, 2.6 * len(slots) + 1.2), squeeze=False,
+                             sharex=True)
+    for ax, s in zip(axes[:, 0], slots):
+        g = df[df["slot"] == s]
+        x = g.index.to_numpy()
+        ax.bar(x, g["n_prompt"] / 1e3, color="#d9d9d9", width=0.9, label="prompt length")
+        ax.bar(x, g["n_cached"] / 1e3, color="#55a868", width=0.9, label="reused (cache_n)")
+        ax.plot(x, g["n_true_prefix"] / 1e3, "_", color="#4c72b0", ms=9, mew=2, label="common prefix")
+        cx, cy = [], []
+        for xi, created in zip(x, g["created_at"]):
+            for k in _positions(created):
+                cx.append(xi)
+                cy.append(k / 1e3)
+        ax.scatter(cx, cy, s=6, color="black", marker=".", label="checkpoint created", zorder=3)
+        rs = g[g["restored_n_tokens"] >= 0]
+        ax.scatter(rs.index, rs["restored_n_tokens"] / 1e3, s=28, color="#dd8452", marker="^",
+                   label="restored", zorder=4)
+        fr = g[g["full_reprocess"]]
+        ax.scatter(fr.index, fr["n_prompt"] / 1e3, s=40, color="#c44e52", marker="x",
+                   label="full re-processing", zorder=5)
+        ax.set_ylabel(f"slot {s}\nk tokens")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0, 1.02), frameon=False)
+    axes[-1, 0].set_xlabel(f"request (processing order, first {len(df)})")
+    fig.suptitle(title or "slot timeline", y=0.995)
+    fig.tight_layout()
+    return fig
+
+
+def _positions(created) -> list[int]:
+    if isinstance(created, str):
+        return [int(t) for t in created.split()]
+    return [int(t) for t in (created or ())]
+
+
+def memory_over_time(results: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Checkpoint memory and prompt-cache memory over time per policy (per-request rows)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for pol, g in results.groupby("policy", sort=False):
+        g = g.sort_values("finish_s")
+        ax1.step(g["finish_s"] / 60.0, g["ckpt_mib_after"], where="post", label=pol)
+        ax2.step(g["finish_s"] / 60.0, g["cache_ram_mib_after"], where="post", label=pol)
+    ax1.set_ylabel("checkpoint memory, all slots (MiB)")
+    ax2.set_ylabel("host prompt cache (MiB)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("time (min)")
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    fig.suptitle(title or "memory over time")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_plot(table: pd.DataFrame, front: pd.DataFrame, metric: str, title: str = "") -> plt.Figure:
+    """Every flag set tried (grey) and the Pareto front (memory vs the objective)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(table["ram_mib"], table[metric], s=12, color="#bbbbbb", label="flag sets tried")
+    ax.plot(front["ram_mib"], front[metric], "o-", color="#4c72b0", label="Pareto front")
+    ax.set_xlabel("host RAM for checkpoints + prompt cache (MiB)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "memory vs time")
+    fig.tight_layout()
+    return fig
+
+
+def trace_overview(requests: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Prompt lengths, how much of each prompt an earlier sequence shares, and arrivals over time."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].hist(requests["n_prompt"] / 1e3, bins=40, color="#4c72b0")
+    axes[0].set_xlabel("prompt length (k tokens)")
+    axes[0].set_ylabel("requests")
+    frac = requests["n_shared"] / requests["n_prompt"].clip(lower=1)
+    axes[1].hist(frac, bins=40, color="#55a868")
+    axes[1].set_xlabel("shared with an earlier sequence (fraction of prompt)")
+    axes[2].plot(requests["t_s"] / 60.0, requests["n_prompt"] / 1e3, ".", ms=3, color="#8172b2")
+    axes[2].set_xlabel("arrival (min)")
+    axes[2].set_ylabel("prompt length (k tokens)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "trace overview")
+    fig.tight_layout()
+    return fig
+
+
+def profile_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
+    """A cost profile: prefill time of a prompt from scratch vs from a checkpoint, and the copy costs."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(curves["n_tokens"] / 1e3, curves["prefill_ms"] / 1e3, label="prefill from 0")
+    ax1.plot(curves["n_tokens"] / 1e3, curves["resume_last_1k_ms"] / 1e3,
+             label="restore a checkpoint 1k tokens back + prefill 1k")
+    ax1.set_xlabel("prompt length (k tokens)")
+    ax1.set_ylabel("seconds")
+    ax1.legend(fontsize=8)
+    ax2.plot(curves["n_tokens"] / 1e3, curves["ckpt_mib"], label="checkpoint size (MiB)")
+    ax2.plot(curves["n_tokens"] / 1e3, curves["create_ms"], label="create (ms)")
+    ax2.plot(curves["n_tokens"] / 1e3, curves["restore_ms"], label="restore (ms)")
+    ax2.set_xlabel("checkpoint position (k tokens)")
+    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "cost profile")
     fig.tight_layout()
     return fig

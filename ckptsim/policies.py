@@ -74,6 +74,14 @@ class Policy:
         """Index of the checkpoint to evict when over budget (default: the oldest)."""
         return 0
 
+    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        """Indices of checkpoints to let go after a request, budget or not (default: none).
+
+        Only an offline policy knows a checkpoint is dead; dropping it early keeps prompt-cache
+        entries (which carry copies of the slot's checkpoints, spec §5) small.
+        """
+        return []
+
     @property
     def spec(self) -> str:
         """The spec string that rebuilds this policy."""
@@ -274,6 +282,9 @@ class Combined(Policy):
 
     def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
         return self.eviction.victim(ckpts, new_k)
+
+    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        return self.eviction.prune(ckpts)
 
     @property
     def spec(self) -> str:

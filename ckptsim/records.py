@@ -19,6 +19,7 @@ class EventKind(str, Enum):
     ERASED_OLD = "erased_old"                # "erasing old context checkpoint (...)" (count/byte cap)
     ERASED_SPACING = "erased_spacing"        # "erasing context checkpoint too close to an earlier one"
     SUPERSEDED = "superseded"                # "superseding context checkpoint at n_tokens = %ld"
+    DROPPED = "dropped"                      # a policy let go of a checkpoint it will not need (no server line)
     FULL_REPROCESS = "full_reprocess"        # "forcing full prompt re-processing due to lack of cache data"
     CACHE_SAVE = "cache_save"                # prompt cache: " - saving prompt with length %d"
     CACHE_LOAD = "cache_load"                # prompt cache: " - found better prompt with f_keep ..."

@@ -314,6 +314,10 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             n_created += 1
             create_ms += prof.create_ms(size)
             emit(EventKind.CREATED, k, size, f"{len(slot.ckpts)} of {cap}")
+        for i in sorted(pol.prune(slot.ckpts), reverse=True):
+            c = slot.ckpts.pop(i)
+            n_evicted += 1
+            emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
         prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches)
         decode_ms = prof.decode_ms(T, n_out)
 

@@ -59,7 +59,7 @@ def test_policy_contract(spec, trace, cap, budget_n, n_slots, nb):
             ks.append(e.n_tokens)
             assert len(ks) <= cap
         elif e.kind in (EventKind.ERASED_OLD, EventKind.ERASED_INVALIDATED, EventKind.ERASED_SPACING,
-                        EventKind.SUPERSEDED):
+                        EventKind.SUPERSEDED, EventKind.DROPPED):
             assert e.n_tokens in ks
             ks.remove(e.n_tokens)
         elif e.kind == EventKind.RESTORED:

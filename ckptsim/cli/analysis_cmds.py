@@ -1,0 +1,184 @@
+"""``ckptsim sweep``, ``recommend`` and ``report``."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ._app import UserError, app, cli_errors, err, out, print_json, progress
+from .sim_cmds import split_policies
+
+TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+ProfileOpt = typer.Option(None, "--profile", help="Cost profile: a shipped name or a JSON file.")
+JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes (default: all cores).")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _check_traces(paths: list[Path]) -> None:
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p}: no such file")
+
+
+def _with_bar(total: int, label: str, enabled: bool):
+    """A progress bar and the callback that advances it by one finished simulation."""
+    bar = progress(total, label, enabled=enabled)
+    task = bar.add_task(label, total=total)
+    return bar, (lambda _row: bar.advance(task, 1))
+
+
+@app.command()
+@cli_errors
+def sweep(traces: List[Path] = TracesArg,
+          policy: List[str] = typer.Option(["llama-server"], "--policy", "-p",
+                                           help="Policy spec; repeat, or separate with ';'."),
+          ctx_checkpoints: str = typer.Option("4,8,16,32,64,128", "--ctx-checkpoints", "-ctxcp",
+                                              help="Comma-separated checkpoint counts per slot."),
+          min_step: Optional[str] = typer.Option(None, "--min-step", help="Comma-separated "
+                                                 "--checkpoint-min-step values (llama-server, coverage)."),
+          cache_ram: str = typer.Option("8192", "--cache-ram", help="Comma-separated prompt-cache MiB."),
+          n_slots: str = typer.Option("1", "--n-slots", "-np", help="Comma-separated slot counts."),
+          batch: int = typer.Option(2048, "--batch", "-b"), ubatch: int = typer.Option(512, "--ubatch", "-ub"),
+          profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
+          output: Path = typer.Option(..., "-o", "--output", help="OUT.csv or OUT.parquet."),
+          force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
+          as_json: bool = JsonOpt) -> None:
+    """Simulate traces x policies x flags on all cores; write one tidy table (one row per run)."""
+    from ..sim import ServerConfig
+    from ..sweep import expand, run_sweep, write_table
+    _check_traces(traces)
+    if output.suffix not in (".csv", ".parquet"):
+        raise UserError(f"{output}: output must end in .csv or .parquet")
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
+    specs = [s for p in policy for s in split_policies(p)]
+    steps = _ints(min_step, "--min-step") if min_step else [None]
+    tasks = expand([str(t) for t in traces], specs, _ints(ctx_checkpoints, "--ctx-checkpoints"), steps,
+                   _floats(cache_ram, "--cache-ram"), _ints(n_slots, "--n-slots"),
+                   ServerConfig(n_batch=batch, n_ubatch=ubatch), profile)
+    bar, done = _with_bar(len(tasks), f"sweep ({len(tasks)} runs)", not as_json)
+    with bar:
+        df = run_sweep(tasks, jobs=jobs, on_done=done)
+    write_table(df, output, force=True)
+    if as_json:
+        print_json({"output": str(output), "rows": len(df), "columns": list(df.columns)})
+        return
+    t = Table(title=f"{len(df)} runs -> {output}", title_justify="left")
+    for c in ("trace", "policy", "ctxcp", "re-processed tok", "prefill s", "TTFT p95 ms"):
+        t.add_column(c, justify="left" if c in ("trace", "policy") else "right")
+    for _, r in df.head(40).iterrows():
+        t.add_row(str(r["trace"]), str(r["policy"]), str(r["ctx_checkpoints"]), f"{r['reprocessed_tokens']:,}",
+                  f"{r['prefill_s']:,.1f}", f"{r['ttft_p95_ms']:,.0f}")
+    out.print(t)
+    if len(df) > 40:
+        err.print(f"(first 40 of {len(df)} rows shown; all in {output})")
+
+
+@app.command()
+@cli_errors
+def recommend(traces: List[Path] = TracesArg,
+              version: str = typer.Option("latest", "--version", help="Your llama-server build, e.g. b10573."),
+              profile: Optional[str] = ProfileOpt,
+              ram_mib: Optional[float] = typer.Option(None, "--ram-mib", help="Host RAM you can give to "
+                                                      "checkpoints + prompt cache, MiB."),
+              vram_mib: Optional[float] = typer.Option(None, "--vram-mib", help="GPU memory, MiB (checked "
+                                                       "against the KV of the longest prompt)."),
+              n_slots: int = typer.Option(1, "--n-slots", "-np", help="Slots you run (-np)."),
+              objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time) or p95 "
+                                            "(95th percentile TTFT)."),
+              jobs: Optional[int] = JobsOpt, as_json: bool = JsonOpt) -> None:
+    """The llama-server flags that minimise prompt time under your memory limits, with the evidence."""
+    from ..recommend import explain
+    from ..recommend import recommend as run_recommend
+    _check_traces(traces)
+    if ram_mib is not None and ram_mib < 0:
+        raise UserError("--ram-mib must be >= 0")
+    bar = progress(None, "searching flags", enabled=not as_json)
+    task = bar.add_task("searching flags (simulations done)", total=None)
+    with bar:
+        rec = run_recommend([str(t) for t in traces], version=version, profile=profile, ram_mib=ram_mib,
+                            vram_mib=vram_mib, n_slots=n_slots, objective=objective, jobs=jobs,
+                            on_done=lambda _r: bar.advance(task, 1))
+    if as_json:
+        print_json(rec.to_json())
+        return
+    lines = explain(rec)
+    out.print(f"[bold]{lines[0]}[/]", highlight=False)
+    for line in lines[1:]:
+        out.print(line, highlight=False)
+    col = "prompt_s" if objective == "prefill" else "ttft_p95_ms"
+    t = Table(title="Pareto table: memory vs time (no other flag set is better on both)", title_justify="left")
+    cols = [c for c in ("ctx_checkpoints", "min_step", "every_n", "cache_ram_mib", "ram_mib", col,
+                        "reprocessed_tokens", "ttft_p95_ms") if c in rec.pareto.columns]
+    cols = list(dict.fromkeys(cols))
+    for c in cols:
+        t.add_column(c, justify="right")
+    for _, r in rec.pareto.iterrows():
+        t.add_row(*[_cell(r[c]) for c in cols])
+    out.print(t)
+    a = Table(title="Other policies at the recommended flags", title_justify="left")
+    for c in ("policy", col, "re-processed tok", "vs recommended"):
+        a.add_column(c, justify="left" if c == "policy" else "right")
+    for r in rec.alternatives + [dict(rec.oracle, gain_vs_recommended=None)]:
+        g = r.get("gain_vs_recommended")
+        a.add_row(str(r["policy"]), f"{r[col]:,.1f}", f"{r['reprocessed_tokens']:,}",
+                  "" if g is None else f"{-g:+.1%}")
+    out.print(a)
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if not v.is_integer() else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+@app.command()
+@cli_errors
+def report(traces: List[Path] = TracesArg,
+           out_dir: Path = typer.Option(..., "--out", help="Directory for the report (reports/NAME/)."),
+           policies: Optional[str] = typer.Option(None, "--policies", help="Policy specs ("
+                                                  "';' or ',' separated); default: a representative set."),
+           ctx_checkpoints: str = typer.Option("4,8,16,32,64,128", "--ctx-checkpoints", "-ctxcp",
+                                               help="Counts for the cost curves."),
+           at: int = typer.Option(32, "--at", help="--ctx-checkpoints of the detailed runs (CDF, timeline)."),
+           n_slots: int = typer.Option(1, "--n-slots", "-np"),
+           cache_ram: float = typer.Option(8192.0, "--cache-ram"),
+           profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
+           force: bool = typer.Option(False, "--force", help="Overwrite an existing report directory."),
+           as_json: bool = JsonOpt) -> None:
+    """Write an HTML + markdown report with cost curves, TTFT CDF, slot timelines and memory plots."""
+    from ..report import DEFAULT_POLICIES, ReportSpec, build_report, check_out_dir
+    from ..sim import ServerConfig
+    _check_traces(traces)
+    check_out_dir(out_dir, force)
+    specs = tuple(split_policies(policies)) if policies else DEFAULT_POLICIES
+    grid = tuple(_ints(ctx_checkpoints, "--ctx-checkpoints"))
+    spec = ReportSpec(tuple(str(t) for t in traces), specs, grid,
+                      ServerConfig(n_slots=n_slots, ctx_checkpoints=at, cache_ram_mib=cache_ram), profile,
+                      timeline_policies=tuple(p for p in ("llama-server", "oracle")))
+    bar, done = _with_bar(len(traces) * len(specs) * len(grid), "report: sweep", not as_json)
+    with bar:
+        written = build_report(spec, out_dir, force=force, jobs=jobs, on_done=done)
+    if as_json:
+        print_json({"out": str(out_dir), "files": [str(p) for p in written]})
+        return
+    out.print(f"wrote {out_dir / 'report.html'} and {out_dir / 'report.md'} ({len(written)} files)")

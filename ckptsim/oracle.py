@@ -1,0 +1,302 @@
+"""Offline optimum: a clairvoyant checkpoint policy, and a proven lower bound on re-processing.
+
+Two numbers bracket what any checkpoint policy can achieve on a trace (design principle 6);
+the formulation and proofs are in docs/oracle.md.
+
+1. ``lower_bound(trace, config, profile)`` -- a **proven lower bound**. Whatever a policy does,
+   a slot only ever holds a prefix of an earlier sequence, and the restore rule never keeps more
+   than the common prefix (spec §2.2; ``T - 1`` when the prompt is fully cached). So request r
+   re-processes at least ``T_r - min(LCP*_r, T_r - 1)`` tokens, where ``LCP*_r`` is the longest
+   common prefix of its prompt with *any* sequence processed before it (the trace's ``n_shared``).
+   The bound ignores the checkpoint cap, the byte budget, slot choice and the prompt cache, so it
+   holds for every policy under every configuration.
+
+2. ``OraclePolicy`` (``make_policy("oracle")``) -- an **achievable** clairvoyant policy, replayed by
+   the same simulator under the same cap, budget, slot choice and prompt cache as every other
+   policy. It predicts each request's restore need from a shadow replay, places checkpoints
+   exactly at the positions future requests will restore to, and when over budget evicts the
+   checkpoint whose next use is furthest in the future (Belady). With a cap that does not bind
+   it is exactly optimal on a fixed slot trajectory (docs/oracle.md, theorem 2); with a binding
+   cap it is a heuristic (Belady is only optimal for unit-size, uniform-value caching).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from .cost import CostProfile, load_profile
+from .policies import Policy, PrefillView, n_batches_with_breaks
+from .records import Checkpoint, EventKind
+from .server import PrefillPlan
+from .trace import Trace
+
+_EVICTIONS = ("density", "value", "belady")
+
+
+@dataclass(frozen=True, eq=False)
+class LowerBound:
+    """A proven lower bound on re-processing for one trace (valid for every policy and flag set)."""
+
+    trace: str
+    reprocessed_tokens: int
+    prefill_s: float
+    ttft_p95_ms: float
+    min_reprocessed: np.ndarray = field(repr=False)   # per request id, tokens
+    min_prefill_ms: np.ndarray = field(repr=False)    # per request id, ms
+
+    def summary(self) -> dict:
+        """The bound as a row of run-level metrics (names as in ``metrics.METRICS``)."""
+        return {"trace": self.trace, "policy": "bound", "reprocessed_tokens": self.reprocessed_tokens,
+                "prefill_s": self.prefill_s, "ttft_p95_ms": self.ttft_p95_ms}
+
+
+def processing_order(trace: Trace) -> np.ndarray:
+    """Request ids in the order the simulator serves them (arrival time, then id)."""
+    return np.argsort(trace.t_s, kind="stable")
+
+
+def best_prefix(trace: Trace) -> np.ndarray:
+    """Per request, the longest common prefix of its prompt with any sequence served before it."""
+    order = processing_order(trace)
+    best = np.minimum(trace.n_shared, trace.n_prompt).astype(np.int64)
+    # ``parent`` is the best *earlier id*; a later id served earlier (same arrival time ordering
+    # aside, a trace whose times are not sorted by id) could share more, so look at those too.
+    served: list[int] = []
+    max_seen = -1
+    for r in order.tolist():
+        if max_seen > r:
+            for q in served:
+                if q > r:
+                    best[r] = max(best[r], min(trace.seq_lcp(r, q), int(trace.n_prompt[r])))
+        served.append(r)
+        max_seen = max(max_seen, r)
+    return best
+
+
+def lower_bound(trace: Trace, config=None, profile: CostProfile | str | None = None) -> LowerBound:
+    """The proven lower bound (module docstring, docs/oracle.md theorem 1)."""
+    from .sim import ServerConfig
+    config = config or ServerConfig()
+    prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
+    T = trace.n_prompt.astype(np.int64)
+    # "need to evaluate at least 1 token": n_past <= T - 1 always (spec §2.2).
+    cached_max = np.minimum(best_prefix(trace), T - 1)
+    cached_max = np.maximum(cached_max, 0)
+    min_rep = T - cached_max
+    nb = config.eff_n_batch
+    prefill = np.array([prof.prefill_ms(int(c), int(t), -(-(int(t) - int(c)) // nb))
+                        for c, t in zip(cached_max, T)], dtype=float)
+    p95 = float(np.percentile(prefill, 95)) if len(prefill) else 0.0
+    return LowerBound(trace.name, int(min_rep.sum()), float(prefill.sum()) / 1000.0, p95,
+                      min_rep, prefill)
+
+
+_SHADOWS: dict = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Need:
+    """What the shadow replay predicts for one request: where it resumes and what it must restore."""
+
+    src: int          # request whose sequence the slot holds when this one starts (-1: none)
+    start: int        # predicted first prefilled position (restore point or pure extension)
+    need: int         # largest usable restore position when a search happens, else 0
+
+
+def shadow_run(trace: Trace, config, profile: CostProfile):
+    """The replay without checkpoints (cached: a sweep over --ctx-checkpoints reuses it)."""
+    import dataclasses
+
+    from .sim import simulate
+    # The shadow has no checkpoints, so its cap and budget are irrelevant: neutral values let
+    # ``_SHADOWS`` reuse one replay across a sweep over --ctx-checkpoints.
+    cfg = dataclasses.replace(config, ctx_checkpoints=0, ckpt_budget_mib=math.inf)
+    key = (cfg, profile.name)
+    held = _SHADOWS.get(key)
+    if held is not None and held[0] is trace and held[2] == profile:   # holding the trace keeps its id from being reused
+        return held[1]
+    shadow = simulate(trace, "none", cfg, profile, record_events=True)
+    _SHADOWS.clear()                      # one trace at a time is enough for a sweep worker
+    _SHADOWS[key] = (trace, shadow, profile)
+    return shadow
+
+
+def predict_needs(trace: Trace, config, profile: CostProfile) -> dict[int, _Need]:
+    """Replay the trace without checkpoints and read off each request's lineage and restore need.
+
+    Slot choice and the prompt cache do not look at checkpoints (spec §2.1, §5) except through
+    entry sizes and timing, so on one slot with the prompt cache off or unlimited the prediction
+    is exact; elsewhere it is a forecast and the real replay still does the accounting.
+    """
+    shadow = shadow_run(trace, config, profile)
+    loads: dict[int, int] = {e.request_id: e.n_tokens for e in shadow.events
+                             if e.kind == EventKind.CACHE_LOAD}
+    n_cache = (trace.n_prompt + np.maximum(trace.n_output - 1, 0)).astype(np.int64)
+    prev_on_slot: dict[int, int] = {}
+    by_len: dict[int, list[int]] = defaultdict(list)
+    out: dict[int, _Need] = {}
+    for res in shadow.results:
+        r, T, l = res.request_id, res.n_prompt, res.n_true_prefix
+        src, L = -1, 0
+        if r in loads:
+            L = loads[r]
+            src = next((q for q in reversed(by_len.get(L, [])) if trace.seq_lcp(q, r) >= l), -1)
+        elif l > 0:
+            src = prev_on_slot.get(res.slot, -1)
+            L = int(n_cache[src]) if src >= 0 else 0
+        if src < 0 or l <= 0:
+            out[r] = _Need(-1, 0, 0)
+        elif l < T and l == L:
+            out[r] = _Need(src, l, 0)             # pure extension: no search (spec §2.2)
+        else:
+            need = l if l < T else T - 1          # fully cached prompt: k <= n_past - 1
+            out[r] = _Need(src, need, need)
+        prev_on_slot[res.slot] = r
+        by_len[int(n_cache[r])].append(r)
+    return out
+
+
+@dataclass
+class OraclePolicy(Policy):
+    """Clairvoyant: checkpoints exactly where future requests restore, Belady eviction (docs/oracle.md)."""
+
+    name: ClassVar[str] = "oracle"
+    source: ClassVar[str] = "ckptsim offline optimum (docs/oracle.md)"
+    _through: dict = field(default_factory=dict, init=False, repr=False)
+    _rank: dict = field(default_factory=dict, init=False, repr=False)
+    evict: str = "density"   # value | density | belady (docs/oracle.md, "Eviction")
+    _uses: dict = field(default_factory=dict, init=False, repr=False)
+    _now: int = field(default=-1, init=False, repr=False)
+    _cap: int = field(default=32, init=False, repr=False)
+    _budget_mib: float = field(default=math.inf, init=False, repr=False)
+    _profile: CostProfile | None = field(default=None, init=False, repr=False)
+    _checking: bool = field(default=False, repr=False)
+    fell_back: bool = field(default=False, init=False, repr=False)
+
+    @classmethod
+    def from_args(cls, args: str) -> OraclePolicy:
+        """Build from the part of a spec after ``oracle:`` (no parameters yet)."""
+        kw = {}
+        for part in filter(None, (a.strip() for a in args.split(","))):
+            k, eq, val = part.partition("=")
+            if k.strip() != "evict" or val.strip() not in _EVICTIONS:
+                raise ValueError(f"policy 'oracle': bad parameter {part!r}; expected "
+                                 f"evict={'|'.join(_EVICTIONS)}")
+            kw["evict"] = val.strip()
+        return cls(**kw)
+
+    @property
+    def spec(self) -> str:
+        return "oracle" if self.evict == "density" else f"oracle:evict={self.evict}"
+
+    def prepare(self, trace: Trace, config, profile: CostProfile) -> None:
+        """Read the future: predict every request's restore need and who can create it."""
+        self._cap, self._budget_mib, self._profile = config.ctx_checkpoints, config.ckpt_budget_mib, profile
+        needs = predict_needs(trace, config, profile)
+        order = processing_order(trace).tolist()
+        self._rank = {r: i for i, r in enumerate(order)}
+        T = trace.n_prompt
+        # start[a]: where a's prefill is expected to begin -- its own need after the walk below
+        # (a need inside the source's output can only be served at the source's prompt end).
+        start = {r: nd.start for r, nd in needs.items()}
+        through: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for r in order:
+            nd = needs[r]
+            if nd.need <= 0 or nd.src < 0:
+                continue
+            # Walk up the lineage to the latest request that prefills position p (the one that can
+            # create the checkpoint); every request on the way must keep it (p <= its start).
+            p, a, use = nd.need, nd.src, self._rank[r]
+            path = []
+            while a >= 0:
+                if p > int(T[a]):
+                    p = int(T[a])                 # inside a's output: nobody prefills it, T_a is best
+                path.append(a)
+                if p >= start[a]:
+                    break                         # a's first batch starts at or before p: creator
+                a = needs[a].src
+            # Everyone on the way holds the position the creator will actually make (p only
+            # shrinks going up), so keeping and pruning agree with what exists.
+            for b in path:
+                through[b].append((p, use))
+            start[r] = p if a >= 0 else 0
+        self._through = dict(through)
+        if config.cache_ram_mib != 0 and not self._checking:
+            # Prompt-cache entries carry copies of the slot's checkpoints (spec §5), so where
+            # --cache-ram binds, checkpoint bytes can push whole conversations out of it. The
+            # placement above does not see that trade-off: replay it, and when keeping no
+            # checkpoints at all (the shadow) is cheaper, do that (docs/oracle.md).
+            import dataclasses
+
+            from .sim import simulate
+            trial = dataclasses.replace(self, _checking=True)
+            trial._through, trial._rank = self._through, self._rank
+            trial._cap, trial._budget_mib, trial._profile = self._cap, self._budget_mib, profile
+            with_ckpts = simulate(trace, trial, config, profile, record_events=False).summary()
+            without = shadow_run(trace, config, profile).summary()
+            if without["prefill_s"] + without["restore_s"] < \
+                    with_ckpts["prefill_s"] + with_ckpts["restore_s"] + with_ckpts["create_s"]:
+                self._through = {}
+                self.fell_back = True
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        rank = self._rank.get(v.request_id, -1)
+        uses: dict[int, list[int]] = defaultdict(list)
+        for p, use in self._through.get(v.request_id, ()):
+            if use > rank:
+                uses[p].append(use)
+        self._uses = uses
+        self._now = rank
+        existing = list(v.ckpt_n_tokens)
+        want = sorted(p for p in uses if max(v.start, 1) <= p <= v.n_prompt and p not in existing)
+        prof = self._profile or load_profile(None)
+        cur = [(k, prof.ckpt_mib(k)) for k in existing]
+        made: list[int] = []
+        for k in want:
+            size = prof.ckpt_mib(k)
+            if size > self._budget_mib or self._cap <= 0:
+                continue
+            trial = cur + [(k, size)]
+            while len(trial) > self._cap or sum(s for _, s in trial) > self._budget_mib:
+                i = self._victim_index([c for c, _ in trial])
+                if trial[i][0] == k:
+                    break                          # the newcomer is worth least: do not create it
+                trial.pop(i)
+            else:
+                cur = trial
+                made.append(k)
+        return PrefillPlan(tuple(made), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, made))
+
+    def _victim_index(self, ks: list[int]) -> int:
+        """The checkpoint to drop among ``ks`` (the newcomer included when it is last)."""
+        uses, now = self._uses, self._now
+        order = sorted(ks)
+        best_i, best = 0, None
+        for i, k in enumerate(ks):
+            us = uses.get(k, ())
+            if not us:
+                score: tuple = (0, 0.0, -k)         # nobody needs it: drop first
+            elif self.evict == "belady":
+                score = (1, -min(us), 0)
+            else:
+                j = order.index(k)
+                below = order[j - 1] if j > 0 else 0
+                value = (k - below) * len(us)       # tokens lost if the next lower one serves instead
+                if self.evict == "density":
+                    value = value / max(1, max(us) - now)
+                score = (1, value, -min(us))
+            if best is None or score < best:
+                best_i, best = i, score
+        return best_i
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return self._victim_index([c.n_tokens for c in ckpts])
+
+    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        """Drop what no later request on this lineage will restore (``_through`` lists every
+        future need that passes through the current request, cache loads included)."""
+        return [i for i, c in enumerate(ckpts) if not self._uses.get(c.n_tokens)]

@@ -1,0 +1,327 @@
+"""Recommend llama-server flags: the ones that minimise prompt work under the user's memory limits.
+
+The search runs the ``llama-server`` policy of the user's build over its own flags
+(``--ctx-checkpoints``, ``--checkpoint-min-step`` or ``--checkpoint-every-n-tokens``, ``--cache-ram``)
+in two stages: first count x spacing at the default prompt cache, then the prompt-cache size for
+the best few. Every candidate must fit in host RAM (spec §4, §5)::
+
+    n_slots x ctx_checkpoints x checkpoint size  +  cache_ram  <=  --ram-mib
+
+It also reports the server defaults, the oracle at the same flags, the proven lower bound,
+policies the server does not offer (with their gain), and the Pareto table behind the choice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .cost import load_profile
+from .server import ServerRules, parse_build
+from .sim import ServerConfig
+from .sweep import SweepTask, run_sweep
+
+CTX_CHECKPOINTS = (0, 2, 4, 8, 16, 32, 64, 128)
+MIN_STEPS = (0, 256, 1024, 2048, 4096, 8192, 16384)
+EVERY_N = (-1, 1024, 2048, 4096, 8192, 16384)
+CACHE_RAM_MIB = (0, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+OBJECTIVES = {"prefill": "prompt_s", "p95": "ttft_p95_ms"}
+# Policies outside the server's flags, compared at the recommended flags (upstream PR evidence).
+ALTERNATIVES = ("coverage", "user-turn", "every-n:n=4096", "oracle")
+TOLERANCE = 0.005    # flag sets within 0.5% of the best objective count as equal (less RAM wins)
+MUCH_BETTER = 0.05   # a gain of 5% or more is reported as worth an upstream change
+
+
+@dataclass(frozen=True)
+class Flags:
+    """One point of the search: the llama-server flags that change checkpoint behaviour."""
+
+    ctx_checkpoints: int
+    cache_ram_mib: float
+    min_step: int | None = None      # --checkpoint-min-step (b9315+)
+    every_n: int | None = None       # --checkpoint-every-n-tokens (b8232-b9314)
+
+    def policy_spec(self, version: str) -> str:
+        """The simulator policy that behaves like the server with these flags."""
+        parts = [f"version={version}"]
+        if self.min_step is not None:
+            parts.append(f"min_step={self.min_step}")
+        if self.every_n is not None:
+            parts.append(f"every_n={self.every_n}")
+        return "llama-server:" + ",".join(parts)
+
+    def command_line(self, n_slots: int) -> str:
+        """The flags as the user types them (long names, spec §8)."""
+        args = ["llama-server", "-np", str(n_slots), "--ctx-checkpoints", str(self.ctx_checkpoints)]
+        if self.min_step is not None:
+            args += ["--checkpoint-min-step", str(self.min_step)]
+        if self.every_n is not None:
+            args += ["--checkpoint-every-n-tokens", str(self.every_n)]
+        args += ["--cache-ram", _num(self.cache_ram_mib)]
+        return " ".join(args)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def default_flags(version: str) -> Flags:
+    """What the server does with no flags given (spec §8, per build)."""
+    rules = ServerRules(parse_build(version))
+    return Flags(rules.default_ctx_checkpoints, 8192.0 if rules.build >= 6724 else 0.0,
+                 min_step=rules.default_min_step if rules.build >= 9315 else None,
+                 every_n=8192 if rules.every_n else None)
+
+
+def flags_from_command_line(line: str, version: str, base: ServerConfig | None = None) -> tuple[ServerConfig, str]:
+    """Parse a printed flag line back into (ServerConfig, policy spec); the defaults fill the gaps."""
+    d = default_flags(version)
+    base = base or ServerConfig()
+    args = shlex.split(line)
+    if args and args[0].endswith("llama-server"):
+        args = args[1:]
+    vals: dict[str, str] = {}
+    names = {"-np": "np", "--parallel": "np", "--ctx-checkpoints": "cp", "-ctxcp": "cp",
+             "--checkpoint-min-step": "ms", "-cms": "ms", "--cache-ram": "ram", "-cram": "ram",
+             "--checkpoint-every-n-tokens": "en", "-cpent": "en"}
+    i = 0
+    while i < len(args):
+        key = names.get(args[i])
+        if key is None or i + 1 >= len(args):
+            raise ValueError(f"flag line: cannot read {args[i]!r} (in {line!r})")
+        vals[key] = args[i + 1]
+        i += 2
+    f = Flags(int(vals.get("cp", d.ctx_checkpoints)), float(vals.get("ram", d.cache_ram_mib)),
+              int(vals["ms"]) if "ms" in vals else d.min_step,
+              int(vals["en"]) if "en" in vals else d.every_n)
+    cfg = dataclasses.replace(base, n_slots=int(vals.get("np", base.n_slots)),
+                              ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib)
+    return cfg, f.policy_spec(version)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The recommended flags, what they achieve, and the evidence behind them."""
+
+    version: str
+    objective: str
+    n_slots: int
+    ram_mib: float | None
+    vram_mib: float | None
+    ckpt_mib: float
+    best: Flags
+    command_line: str
+    claimed: dict                    # metrics of the recommended flags, summed over the traces
+    defaults: dict                   # the same metrics with the server's default flags
+    oracle: dict                     # the oracle policy at the recommended flags
+    bound: dict                      # proven lower bound (any policy, any flags)
+    alternatives: list[dict]         # other policies at the recommended flags
+    pareto: pd.DataFrame = field(repr=False)
+    table: pd.DataFrame = field(repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """A JSON-ready document (the ``--json`` output)."""
+        return {"version": self.version, "objective": self.objective, "n_slots": self.n_slots,
+                "ram_mib": self.ram_mib, "vram_mib": self.vram_mib, "ckpt_mib": self.ckpt_mib,
+                "flags": dataclasses.asdict(self.best), "command_line": self.command_line,
+                "claimed": self.claimed, "defaults": self.defaults, "oracle": self.oracle,
+                "bound": self.bound, "alternatives": self.alternatives,
+                "gain_vs_defaults": gain(self.defaults, self.claimed, self.objective),
+                "gap_to_oracle": gain(self.claimed, self.oracle, self.objective),
+                "pareto": _records(self.pareto), "notes": self.notes}
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+def gain(before: dict, after: dict, objective: str) -> float:
+    """Relative reduction of the objective going from ``before`` to ``after`` (0.25 = 25% less)."""
+    col = OBJECTIVES[objective]
+    b, a = before.get(col), after.get(col)
+    if not b or a is None:
+        return 0.0
+    return (b - a) / b
+
+
+def ram_needed_mib(f: Flags, n_slots: int, ckpt_mib: float) -> float:
+    """Host RAM the flags may take: checkpoints of every slot plus the prompt cache."""
+    ram = f.cache_ram_mib if f.cache_ram_mib > 0 else (math.inf if f.cache_ram_mib < 0 else 0.0)
+    return n_slots * f.ctx_checkpoints * ckpt_mib + ram
+
+
+_METRICS = ("prompt_s", "prefill_s", "restore_s", "create_s", "reprocessed_tokens", "ttft_p95_ms",
+            "full_reprocess")
+
+
+def _aggregate(rows: pd.DataFrame) -> dict:
+    """Metrics summed over traces (p95 TTFT: the worst trace)."""
+    out = {k: float(rows[k].sum()) for k in _METRICS if k in rows and k != "ttft_p95_ms"}
+    out["ttft_p95_ms"] = float(rows["ttft_p95_ms"].max())
+    out["reprocessed_tokens"] = int(rows["reprocessed_tokens"].sum())
+    out["full_reprocess"] = int(rows["full_reprocess"].sum())
+    return out
+
+
+def _with_prompt_s(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["prompt_s"] = df["prefill_s"] + df["restore_s"] + df["create_s"]
+    return df
+
+
+def recommend(trace_paths: list[str | Path], version: str = "latest", profile: str | None = None,
+              ram_mib: float | None = None, vram_mib: float | None = None, n_slots: int = 1,
+              objective: str = "prefill", base: ServerConfig | None = None, jobs: int | None = None,
+              on_done=None, ctx_grid: tuple[int, ...] = CTX_CHECKPOINTS,
+              spacing_grid: tuple[int, ...] | None = None,
+              ram_grid: tuple[float, ...] = CACHE_RAM_MIB) -> Recommendation:
+    """Search the server's flags on the traces and explain the choice (module docstring)."""
+    from .oracle import lower_bound
+    from .trace import load_trace
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    build = parse_build(version)
+    version = f"b{build}"
+    rules = ServerRules(build)
+    prof = load_profile(profile)
+    traces = [str(p) for p in trace_paths]
+    loaded = [load_trace(p) for p in traces]
+    max_prompt = max(int(t.n_prompt.max()) for t in loaded if len(t))
+    ckpt_mib = prof.ckpt_mib(max_prompt)
+    base = dataclasses.replace(base or ServerConfig(), n_slots=n_slots)
+    col = OBJECTIVES[objective]
+    notes: list[str] = []
+
+    def fits(f: Flags) -> bool:
+        return ram_mib is None or ram_needed_mib(f, n_slots, ckpt_mib) <= ram_mib
+
+    spacing = MIN_STEPS if build >= 9315 else (EVERY_N if rules.every_n else (None,))
+    mk = (lambda cp, ram, s: Flags(cp, ram, min_step=s)) if build >= 9315 else \
+         (lambda cp, ram, s: Flags(cp, ram, every_n=s))
+    d = default_flags(version)
+    ram0 = d.cache_ram_mib if ram_mib is None else min(d.cache_ram_mib, max(0.0, ram_mib / 2))
+    ram0 = max((r for r in CACHE_RAM_MIB if r <= ram0), default=0)
+    spacing = tuple(x for x in spacing if spacing_grid is None or x in spacing_grid) or spacing
+    # Both with the prompt cache (as much as half the RAM allows, up to the default) and without it.
+    stage1 = [mk(cp, float(r), s) for r in dict.fromkeys((ram0, 0)) for cp in ctx_grid for s in spacing]
+    stage1 = [f for f in stage1 if fits(f)] or [mk(0, 0.0, spacing[0])]
+
+    def evaluate(flags: list[Flags], policies: tuple[str | None, ...] = (None,)) -> pd.DataFrame:
+        tasks, keys = [], []
+        for f in flags:
+            cfg = dataclasses.replace(base, ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib)
+            for pol in policies:
+                for p in traces:
+                    tasks.append(SweepTask(p, pol or f.policy_spec(version), cfg, profile))
+                    keys.append(f)
+        df = _with_prompt_s(run_sweep(tasks, jobs=jobs, on_done=on_done))
+        df["flags"] = keys
+        return df
+
+    def per_flags(df: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        for f, g in df.groupby("flags", sort=False):
+            agg = _aggregate(g)
+            agg.update(dataclasses.asdict(f), ram_mib=ram_needed_mib(f, n_slots, ckpt_mib), flags=f)
+            rows.append(agg)
+        return pd.DataFrame(rows)
+
+    t1 = per_flags(evaluate(stage1))
+    top = t1.sort_values([col, "ram_mib"]).head(3)["flags"].tolist()
+    stage2 = [dataclasses.replace(f, cache_ram_mib=float(r)) for f in top for r in ram_grid]
+    stage2 = [f for f in dict.fromkeys(stage2) if fits(f) and f not in set(t1["flags"])]
+    table = pd.concat([t1, per_flags(evaluate(stage2))], ignore_index=True) if stage2 else t1
+    extra = [d] if d not in set(table["flags"]) else []
+    if extra:
+        table = pd.concat([table, per_flags(evaluate(extra))], ignore_index=True)
+    table = table.sort_values([col, "ram_mib", "ctx_checkpoints"]).reset_index(drop=True)
+    feasible = table[table["flags"].map(fits)]
+    # Within TOLERANCE of the best, the flag set with the least RAM wins: 0.1% faster is not
+    # worth doubling the checkpoint memory.
+    near = feasible[feasible[col] <= feasible[col].iloc[0] * (1 + TOLERANCE) + 1e-9]
+    pick = near.sort_values(["ram_mib", col]).iloc[0]
+    best = pick["flags"]
+    claimed = _row_dict(pick)
+    defaults = _row_dict(table[table["flags"].map(lambda f: f == d)].iloc[0])
+    if not fits(d):
+        notes.append(f"the server defaults need {ram_needed_mib(d, n_slots, ckpt_mib):,.0f} MiB, "
+                     f"more than --ram-mib {ram_mib:,.0f}")
+
+    specs = [f"coverage:version={version},min_step={best.min_step}"
+             if spec == "coverage" and best.min_step is not None else spec for spec in ALTERNATIVES]
+    alt_df = evaluate([best], policies=tuple(specs))
+    alt_rows = []
+    for s in specs:
+        a = _aggregate(alt_df[alt_df["policy"] == s])
+        a.update(policy=s, gain_vs_recommended=gain(claimed, a, objective))
+        alt_rows.append(a)
+        if s != "oracle" and a["gain_vs_recommended"] >= MUCH_BETTER:
+            notes.append(f"{s} would cut {_label(objective)} by {a['gain_vs_recommended']:.0%} at the same "
+                         f"memory ({claimed[col]:,.1f} -> {a[col]:,.1f}): a policy the server's flags "
+                         "cannot express; evidence for an upstream change"
+                         + (" (coverage-preserving eviction, PR #22826, not merged)"
+                            if s.startswith("coverage") else ""))
+    oracle = next(a for a in alt_rows if a["policy"] == "oracle")
+    bounds = [lower_bound(t, base, prof) for t in loaded]
+    bound = {"reprocessed_tokens": sum(b.reprocessed_tokens for b in bounds),
+             "prefill_s": sum(b.prefill_s for b in bounds),
+             "prompt_s": sum(b.prefill_s for b in bounds),
+             "ttft_p95_ms": max(b.ttft_p95_ms for b in bounds)}
+    if vram_mib is not None:
+        kv = prof.kv_mib_per_ktok * max_prompt / 1000.0 * n_slots
+        notes.append(f"--vram-mib: the flags searched live in host RAM (spec §4, §5) and do not change "
+                     f"VRAM; the longest prompt's KV for {n_slots} slot(s) is about {kv:,.0f} MiB"
+                     + (" which does NOT fit" if kv > vram_mib else " which fits"))
+    pareto = pareto_front(table, col)
+    return Recommendation(version, objective, n_slots, ram_mib, vram_mib, ckpt_mib, best,
+                          best.command_line(n_slots), claimed, defaults,
+                          {k: v for k, v in oracle.items() if k != "gain_vs_recommended"}, bound,
+                          [a for a in alt_rows if a["policy"] != "oracle"], pareto,
+                          table.drop(columns=["flags"]), notes)
+
+
+def _label(objective: str) -> str:
+    return "prompt time" if objective == "prefill" else "p95 TTFT"
+
+
+def _row_dict(row: pd.Series) -> dict:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
+            if k in _METRICS or k == "ram_mib"}
+
+
+def pareto_front(table: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Flag sets no other set beats on both memory and the objective, by increasing memory."""
+    df = table.sort_values(["ram_mib", col])
+    keep, best = [], math.inf
+    for i, r in df.iterrows():
+        if r[col] < best - 1e-9:
+            keep.append(i)
+            best = r[col]
+    cols = ["ctx_checkpoints", "min_step", "every_n", "cache_ram_mib", "ram_mib", col,
+            "reprocessed_tokens", "ttft_p95_ms"]
+    cols = list(dict.fromkeys(c for c in cols if c in df.columns))
+    return df.loc[keep, cols].reset_index(drop=True)
+
+
+def explain(rec: Recommendation) -> list[str]:
+    """Sentences that say what to set and why."""
+    col = OBJECTIVES[rec.objective]
+    unit = "s" if col == "prompt_s" else "ms"
+    g = gain(rec.defaults, rec.claimed, rec.objective)
+    gap = gain(rec.claimed, rec.oracle, rec.objective)
+    lines = [f"Set: {rec.command_line}",
+             f"Expected {_label(rec.objective)}: {rec.claimed[col]:,.1f} {unit} "
+             f"(server defaults: {rec.defaults[col]:,.1f} {unit}; {g:.1%} less), "
+             f"RAM for checkpoints + prompt cache <= {rec.claimed['ram_mib']:,.0f} MiB "
+             f"({rec.ckpt_mib:,.1f} MiB per checkpoint).",
+             f"Offline optimum at these flags (oracle policy): {rec.oracle[col]:,.1f} {unit} "
+             f"({gap:.1%} below the recommendation); proven lower bound on prefill: "
+             f"{rec.bound['prefill_s']:,.1f} s, {rec.bound['reprocessed_tokens']:,} tokens re-processed "
+             f"(recommendation: {rec.claimed['reprocessed_tokens']:,})."]
+    return lines + rec.notes

@@ -1,0 +1,171 @@
+"""The offline optimum: the proven lower bound and the clairvoyant oracle policy (docs/oracle.md)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckptsim.oracle import OraclePolicy, lower_bound, predict_needs
+from ckptsim.policies import make_policy
+from ckptsim.records import Request
+from ckptsim.sim import ServerConfig, simulate
+from ckptsim.trace import Trace, TraceHeader, load_trace
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = sorted((REPO / "traces").glob("*.jsonl"))
+# More examples for a deeper check: CKPTSIM_HYPOTHESIS_N=1000 pytest tests/test_oracle.py
+N_EXAMPLES = int(os.environ.get("CKPTSIM_HYPOTHESIS_N", "60"))
+POLICIES = ["none", "fifo", "per-batch", "every-n:n=1024", "user-turn", "user-turn:tools=1",
+            "coverage", "llama-server", "llama-server:version=b9985,min_step=0",
+            "llama-server:version=b8300", "every-n:n=512+coverage"]
+
+
+def trace_from_tokens(prompts: list[np.ndarray], outputs: list[np.ndarray], sessions: list[str],
+                      times: list[float]) -> Trace:
+    """A trace whose prefix structure is computed from real token arrays (token 0 = user start)."""
+    seqs = [np.concatenate([p, o]) for p, o in zip(prompts, outputs)]
+    reqs = []
+    for i, p in enumerate(prompts):
+        parent, n_shared = -1, 0
+        for q in range(i):
+            m = min(len(p), len(seqs[q]))
+            diff = np.flatnonzero(p[:m] != seqs[q][:m])
+            lcp = int(diff[0]) if len(diff) else m
+            if lcp > 0 and lcp >= n_shared:
+                parent, n_shared = q, lcp
+        users = tuple(int(x) for x in np.flatnonzero(p == 0))
+        reqs.append(Request(i, sessions[i], times[i], len(p), len(outputs[i]), parent, n_shared,
+                            users))
+    return Trace(TraceHeader(name="random"), reqs)
+
+
+@st.composite
+def random_traces(draw, max_requests: int = 14) -> Trace:
+    """Conversations that extend, rewind and branch earlier sequences (agent edits, retries)."""
+    n = draw(st.integers(1, max_requests))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    prompts, outputs, seqs, sessions, times = [], [], [], [], []
+    t = 0.0
+    for i in range(n):
+        base = int(rng.integers(-1, i)) if i else -1
+        if base >= 0:
+            s = seqs[base]
+            cut = int(rng.choice([len(s), len(s) - 1, int(rng.integers(0, len(s) + 1)),
+                                  len(prompts[base])]))
+            head = s[:max(cut, 0)]
+        else:
+            head = np.zeros(0, dtype=np.int64)
+        segs = [head]
+        for _ in range(int(rng.integers(0 if len(head) else 1, 4))):
+            seg = rng.integers(1, 1 << 40, size=int(rng.integers(20, 3000)))
+            seg[0] = 0                              # a user turn starts the segment
+            segs.append(seg)
+        p = np.concatenate(segs).astype(np.int64)
+        if len(p) == 0:
+            p = np.array([0], dtype=np.int64)
+        o = rng.integers(1, 1 << 40, size=int(rng.integers(1, 400)))
+        prompts.append(p)
+        outputs.append(o)
+        seqs.append(np.concatenate([p, o]))
+        sessions.append(f"s{int(rng.integers(0, 3))}")
+        t += float(rng.exponential(5.0))
+        times.append(t)
+    return trace_from_tokens(prompts, outputs, sessions, times)
+
+
+configs = st.builds(
+    ServerConfig,
+    n_slots=st.integers(1, 3),
+    ctx_checkpoints=st.integers(0, 6),
+    n_batch=st.sampled_from([256, 2048]),
+    n_ubatch=st.sampled_from([64, 512]),
+    cache_ram_mib=st.sampled_from([0.0, -1.0, 200.0, 8192.0]),
+    ckpt_budget_mib=st.sampled_from([math.inf, 150.0]),
+    kv_unified=st.booleans(),
+)
+
+
+@settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trace=random_traces(), config=configs)
+def test_lower_bound_below_every_policy(trace: Trace, config: ServerConfig) -> None:
+    """Theorem 1: no policy, under any flags, re-processes less than the bound (nor prefills faster)."""
+    lb = lower_bound(trace, config)
+    for spec in POLICIES + ["oracle"]:
+        run = simulate(trace, spec, config, record_events=False)
+        s = run.summary()
+        assert s["reprocessed_tokens"] >= lb.reprocessed_tokens, spec
+        assert s["prefill_s"] >= lb.prefill_s - 1e-9, spec
+        assert s["ttft_p95_ms"] >= lb.ttft_p95_ms - 1e-6, spec
+        per = {r.request_id: r.n_reprocessed for r in run.results}
+        assert all(per[i] >= lb.min_reprocessed[i] for i in per), spec
+
+
+@settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trace=random_traces(), cache_ram=st.sampled_from([0.0, -1.0]),
+       n_batch=st.sampled_from([256, 2048]))
+def test_oracle_optimal_when_cap_does_not_bind(trace: Trace, cache_ram: float, n_batch: int) -> None:
+    """Theorem 2: one slot, a fixed trajectory and a cap that never binds => no policy re-processes less."""
+    config = ServerConfig(ctx_checkpoints=10_000, cache_ram_mib=cache_ram, n_batch=n_batch)
+    best = simulate(trace, "oracle", config, record_events=False).summary()["reprocessed_tokens"]
+    for spec in POLICIES:
+        s = simulate(trace, spec, config, record_events=False).summary()
+        assert best <= s["reprocessed_tokens"], spec
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_oracle_never_worse_on_bundled_traces(path: Path) -> None:
+    """The issue's acceptance check: on every bundled trace the oracle beats every policy, above the bound."""
+    trace = load_trace(path)
+    for cap in (4, 32):
+        config = ServerConfig(ctx_checkpoints=cap)
+        lb = lower_bound(trace, config)
+        best = simulate(trace, "oracle", config, record_events=False).summary()
+        assert best["reprocessed_tokens"] >= lb.reprocessed_tokens
+        for spec in ["fifo", "every-n:n=4096", "user-turn", "coverage", "llama-server", "per-batch"]:
+            s = simulate(trace, spec, config, record_events=False).summary()
+            assert best["reprocessed_tokens"] <= s["reprocessed_tokens"], (spec, cap)
+
+
+def _chat() -> Trace:
+    """Hand-built: a 10k-token prompt, a rewind to 6000 (edit), then a resend of the edited prompt."""
+    reqs = [Request(0, "a", 0.0, 10_000, 100),
+            Request(1, "a", 10.0, 7_000, 100, parent=0, n_shared=6_000, user_starts=(6_000,)),
+            Request(2, "a", 20.0, 7_000, 50, parent=1, n_shared=7_000, user_starts=(6_000,))]
+    return Trace(TraceHeader(name="chat"), reqs)
+
+
+def test_bound_by_hand() -> None:
+    """Request 0 shares nothing (10000), 1 shares 6000 (1000 left), 2 is fully cached (T-1 rule: 1 left)."""
+    lb = lower_bound(_chat())
+    assert lb.min_reprocessed.tolist() == [10_000, 1_000, 1]
+    assert lb.reprocessed_tokens == 11_001
+
+
+def test_oracle_places_exactly_where_the_future_restores() -> None:
+    """The oracle checkpoints 6000 in request 0 and 6999 in request 1, and reaches the bound."""
+    run = simulate(_chat(), "oracle", ServerConfig(ctx_checkpoints=1, cache_ram_mib=0))
+    assert [r.created_at for r in run.results][:2] == [(6_000,), (6_999,)]
+    assert [r.n_cached for r in run.results] == [0, 6_000, 6_999]
+    assert run.summary()["reprocessed_tokens"] == lower_bound(_chat()).reprocessed_tokens
+
+
+def test_predicted_needs_follow_the_lineage() -> None:
+    """Request 1 rewinds into 0's prompt (search, need 6000); 2 is a full resend (need T-1)."""
+    from ckptsim.cost import load_profile
+    needs = predict_needs(_chat(), ServerConfig(cache_ram_mib=0), load_profile(None))
+    assert (needs[0].src, needs[1].src, needs[2].src) == (-1, 0, 1)
+    assert (needs[1].need, needs[2].need) == (6_000, 6_999)
+
+
+def test_oracle_spec_and_bad_args() -> None:
+    """``oracle`` round-trips through make_policy and refuses parameters it does not have."""
+    assert isinstance(make_policy("oracle"), OraclePolicy)
+    assert make_policy("oracle").spec == "oracle"
+    with pytest.raises(ValueError, match="oracle"):
+        make_policy("oracle:n=3")

@@ -1,0 +1,75 @@
+"""recommend: the printed flag line, re-simulated, achieves what it claims, within the RAM limit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckptsim.cli import app
+from ckptsim.recommend import TOLERANCE, Flags, default_flags, flags_from_command_line, ram_needed_mib, recommend
+from ckptsim.sim import simulate
+from ckptsim.trace import load_trace
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE = REPO / "traces" / "chat-edit.jsonl"
+pytestmark = pytest.mark.skipif(not TRACE.exists(), reason="bundled traces/ not generated yet")
+GRID = dict(ctx_grid=(0, 4, 16, 32), spacing_grid=(1024, 8192), ram_grid=(0, 2048, 8192))
+
+
+def _resimulate(line: str, version: str) -> dict:
+    config, spec = flags_from_command_line(line, version)
+    s = simulate(load_trace(TRACE), spec, config).summary()
+    s["prompt_s"] = s["prefill_s"] + s["restore_s"] + s["create_s"]
+    return s
+
+
+def test_flag_line_reproduces_the_claim() -> None:
+    """The issue's acceptance check: parse the printed line, simulate it, get the claimed cost."""
+    rec = recommend([TRACE], version="b10573", ram_mib=3000, jobs=1, **GRID)
+    got = _resimulate(rec.command_line, rec.version)
+    assert got["reprocessed_tokens"] == rec.claimed["reprocessed_tokens"]
+    assert got["prompt_s"] == pytest.approx(rec.claimed["prompt_s"])
+    assert rec.claimed["ram_mib"] <= 3000
+    assert ram_needed_mib(rec.best, 1, rec.ckpt_mib) <= 3000
+    # never worse than the defaults' cost when the defaults fit; brackets: bound <= oracle
+    assert rec.bound["reprocessed_tokens"] <= rec.oracle["reprocessed_tokens"]
+    assert rec.bound["prefill_s"] <= rec.claimed["prefill_s"]
+
+
+def test_defaults_and_pareto() -> None:
+    """Without a limit the choice is at least as good as the defaults; the Pareto table is monotone."""
+    rec = recommend([TRACE], version="b10573", jobs=1, **GRID)
+    assert rec.claimed["prompt_s"] <= rec.defaults["prompt_s"] * (1 + TOLERANCE) + 1e-9
+    mem, cost = rec.pareto["ram_mib"].tolist(), rec.pareto["prompt_s"].tolist()
+    assert mem == sorted(mem) and cost == sorted(cost, reverse=True)
+    assert rec.best.ctx_checkpoints in (0, 4, 16, 32)
+
+
+def test_default_flags_follow_the_build() -> None:
+    """spec §8: 8 checkpoints before b8232, 32 after; min-step 256 at b9315, 8192 from b9775."""
+    assert default_flags("b8000").ctx_checkpoints == 8 and default_flags("b8000").min_step is None
+    assert default_flags("b9400").min_step == 256
+    assert default_flags("b10573") == Flags(32, 8192.0, min_step=8192)
+    cfg, spec = flags_from_command_line("llama-server -np 2 --ctx-checkpoints 4 --cache-ram 0", "b10573")
+    assert (cfg.n_slots, cfg.ctx_checkpoints, cfg.cache_ram_mib) == (2, 4, 0.0)
+    assert spec == "llama-server:version=b10573,min_step=8192"
+    with pytest.raises(ValueError, match="--bogus"):
+        flags_from_command_line("llama-server --bogus 3", "b10573")
+
+
+def test_cli_json_is_one_document_and_line_reproduces() -> None:
+    r = CliRunner().invoke(app, ["recommend", str(TRACE), "--version", "b10573", "--ram-mib", "4000",
+                                 "--json", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["command_line"].startswith("llama-server ")
+    got = _resimulate(doc["command_line"], doc["version"])
+    assert got["reprocessed_tokens"] == doc["claimed"]["reprocessed_tokens"]
+    assert {"pareto", "alternatives", "oracle", "bound", "gain_vs_defaults"} <= set(doc)
+
+
+def test_cli_rejects_bad_input() -> None:
+    r = CliRunner().invoke(app, ["recommend", str(TRACE), "--version", "banana"])
+    assert r.exit_code == 2 and "banana" in r.output

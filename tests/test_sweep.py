@@ -1,0 +1,78 @@
+"""Sweeps: expansion of the cross product, tidy rows, parallel == serial, CSV/Parquet, the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ckptsim.cli import app
+from ckptsim.sim import ServerConfig, simulate
+from ckptsim.sweep import expand, run_sweep, with_min_step, write_table
+from ckptsim.trace import load_trace
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE = REPO / "traces" / "chat-edit.jsonl"
+pytestmark = pytest.mark.skipif(not TRACE.exists(), reason="bundled traces/ not generated yet")
+
+
+def test_min_step_only_for_policies_that_have_it() -> None:
+    """llama-server and coverage get the flag; fifo does not, so it is not repeated per value."""
+    assert with_min_step("llama-server:version=b10573", 1024) == ("llama-server:version=b10573,min_step=1024", 1024)
+    assert with_min_step("fifo", 1024) == ("fifo", None)
+    tasks = expand([TRACE], ["fifo", "llama-server"], [4, 8], [256, 8192], [0, 8192])
+    assert sum(t.policy == "fifo" for t in tasks) == 4          # 2 counts x 2 cache sizes
+    assert sum(t.policy.startswith("llama-server") for t in tasks) == 8
+
+
+def test_rows_match_direct_simulation_and_parallel_equals_serial() -> None:
+    """Each row is exactly simulate()'s summary under its flags, whatever the number of processes."""
+    tasks = expand([TRACE], ["fifo", "llama-server:min_step=1024"], [2, 16, 32, 64])
+    serial = run_sweep(tasks, jobs=1)
+    parallel = run_sweep(tasks, jobs=2)
+    cols = ["policy", "ctx_checkpoints", "reprocessed_tokens", "prefill_s", "ttft_p95_ms"]
+    pd.testing.assert_frame_equal(serial[cols], parallel[cols])
+    trace = load_trace(TRACE)
+    direct = simulate(trace, "llama-server:min_step=1024", ServerConfig(ctx_checkpoints=16)).summary()
+    row = serial[(serial["policy"] == "llama-server:min_step=1024") & (serial["ctx_checkpoints"] == 16)].iloc[0]
+    assert row["reprocessed_tokens"] == direct["reprocessed_tokens"]
+    assert row["min_step"] == 1024
+    assert (serial["bound_reprocessed_tokens"] <= serial["reprocessed_tokens"]).all()
+    # memory column: n_slots x ctx_checkpoints x checkpoint size (spec §4)
+    assert row["ckpt_mem_mib"] == pytest.approx(16 * 62.8)
+
+
+def test_write_table_refuses_overwrite_and_bad_suffix(tmp_path: Path) -> None:
+    df = pd.DataFrame({"a": [1]})
+    p = write_table(df, tmp_path / "x.csv")
+    with pytest.raises(FileExistsError):
+        write_table(df, p)
+    with pytest.raises(ValueError, match="csv or .parquet"):
+        write_table(df, tmp_path / "x.txt")
+    pytest.importorskip("pyarrow")
+    q = write_table(df, tmp_path / "x.parquet")
+    assert pd.read_parquet(q)["a"].tolist() == [1]
+
+
+def test_cli_sweep_writes_tidy_table(tmp_path: Path) -> None:
+    out = tmp_path / "s.csv"
+    runner = CliRunner()
+    r = runner.invoke(app, ["sweep", str(TRACE), "-p", "fifo;coverage", "--ctx-checkpoints", "4,32",
+                            "--cache-ram", "0,8192", "-o", str(out), "--json", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    df = pd.read_csv(out)
+    assert doc["rows"] == len(df) == 8
+    assert set(df["cache_ram_mib"]) == {0.0, 8192.0}
+    # never silently overwrite
+    r = runner.invoke(app, ["sweep", str(TRACE), "-o", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_cli_sweep_bad_input_is_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["sweep", str(TRACE), "--ctx-checkpoints", "4,x", "-o", str(tmp_path / "a.csv")])
+    assert r.exit_code == 2 and "--ctx-checkpoints" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "a.csv")])
+    assert r.exit_code == 2 and "missing.jsonl" in r.output
