@@ -15,18 +15,26 @@ def _post(url: str, body: dict) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=300).read())
 
 
-def test_live_log_round_trip(tmp_path: Path) -> None:
-    pytest.importorskip("xllamacpp", reason="xllamacpp (pip install ckptsim[live]) is not installed")
+@pytest.mark.parametrize("backend", ["xllamacpp", "llama-server"])
+def test_live_log_round_trip(tmp_path: Path, backend: str) -> None:
     pytest.importorskip("gguf")
     from ckptsim.ingest.log_trace import trace_from_log
-    from ckptsim.live.server import LiveServer, ServerFlags
+    from ckptsim.live.server import XLLAMACPP, LiveServer, ServerFlags, installed_binary
+    if backend == "xllamacpp":
+        pytest.importorskip("xllamacpp", reason="xllamacpp (pip install ckptsim[live]) is not installed")
+        server = XLLAMACPP
+    else:
+        binary = installed_binary()
+        if binary is None:
+            pytest.skip("no llama-server binary built (run `ckptsim install-server`, ~10 min)")
+        server = str(binary)
     from ckptsim.live.tinymodel import preset, write_model
     from ckptsim.validate import validate_log
 
     model = write_model(tmp_path / "tiny.gguf", preset("tiny"))
     log = tmp_path / "server.log"
     flags = ServerFlags(n_ctx=8192, n_batch=256, n_ubatch=256, ctx_checkpoints=8, checkpoint_min_step=256)
-    with LiveServer(model, log, flags) as s:
+    with LiveServer(model, log, flags, backend=server) as s:
         msgs = [{"role": "system", "content": "You are terse. " * 100},
                 {"role": "user", "content": "hello there " * 150}]
         _post(s.url + "/v1/chat/completions", {"messages": msgs, "max_tokens": 8})

