@@ -52,6 +52,10 @@ def test_compare_writes_outputs_and_refuses_overwrite(edit_trace, tmp_path):
     names = [p["policy"] for p in doc["policies"]]
     assert names[0] == "none" and names[2].startswith("every-n:n=1000")
     assert (out / "compare.csv").exists() and (out / "compare.png").stat().st_size > 1000
+    # the proven bound (docs/oracle.md) keeps at most each request's common prefix with any earlier
+    # sequence: 0, then 20100 of 25000 (the bound ignores that the cache lacks the last output
+    # token), then 21000 of 22000
+    assert doc["lower_bound"]["reprocessed_tokens"] == 20000 + (25000 - 20100) + (22000 - 21000)
     r2 = runner.invoke(app, ["compare", str(edit_trace), "--policies", "none", "--out", str(out)])
     assert r2.exit_code == 2 and "exists" in r2.output
 

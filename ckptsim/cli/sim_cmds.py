@@ -127,15 +127,22 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
     config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib)
     runs = run_policies(trace, specs, config, profile, show_progress=not as_json)
     summaries = [r.summary() for r in runs]
+    from ..oracle import lower_bound
+    bound = lower_bound(trace, config, profile).summary()
     written = []
     if out_dir is not None:
         written = write_compare(runs, out_dir, force, title=f"{trace_path.name} ({runs[0].profile})")
     if as_json:
         print_json({"trace": str(trace_path), "config": _config_json(config), "policies": summaries,
-                    "written": [str(p) for p in written]})
+                    "lower_bound": bound, "written": [str(p) for p in written]})
         return
-    out.print(_summary_table(summaries, f"{trace_path.name}: {len(trace)} requests, profile {runs[0].profile}, "
-                                        f"-np {n_slots} -ctxcp {ctx_checkpoints} -b {batch} -ub {ubatch}"))
+    table = _summary_table(summaries, f"{trace_path.name}: {len(trace)} requests, profile {runs[0].profile}, "
+                                      f"-np {n_slots} -ctxcp {ctx_checkpoints} -b {batch} -ub {ubatch}")
+    # The proven bound brackets every row from below (docs/oracle.md, theorem 1).
+    table.add_row("lower bound (any policy)", f"{bound['reprocessed_tokens']:,}", "",
+                  f"{bound['prefill_s']:,.1f}", f"{bound['ttft_p95_ms']:,.1f}", "", "", "", "",
+                  style="dim")
+    out.print(table)
     out.print(explain(summaries))
     for p in written:
         err.print(f"wrote {p}")
