@@ -32,9 +32,14 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _check_traces(paths: list[Path]) -> None:
+    """Fail here, with the file and line, before worker processes would trip over a bad trace."""
+    from ..trace import iter_trace
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file")
+        _, reqs = iter_trace(p)
+        for _ in reqs:      # validates every line; the trace itself is loaded by the workers
+            pass
 
 
 def _with_bar(total: int, label: str, enabled: bool):

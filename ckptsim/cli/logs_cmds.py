@@ -148,6 +148,9 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
     overrides = {"n_slots": n_slots, "ctx_checkpoints": ctx_checkpoints, "n_batch": batch,
                  "n_ubatch": ubatch, "cache_ram_mib": cache_ram}
     v = validate_log(log, version=version, profile=profile, overrides=overrides, min_step=min_step)
+    if v.n_tasks == 0:
+        raise UserError(f"{log}: no llama-server task found in the log, nothing to validate "
+                        "(is it a server log? `ckptsim parse` shows what was recognised)")
     doc = v.to_json()
     if as_json:
         print_json(doc)
