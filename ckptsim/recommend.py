@@ -325,3 +325,24 @@ def explain(rec: Recommendation) -> list[str]:
              f"{rec.bound['prefill_s']:,.1f} s, {rec.bound['reprocessed_tokens']:,} tokens re-processed "
              f"(recommendation: {rec.claimed['reprocessed_tokens']:,})."]
     return lines + rec.notes
+
+
+def recommend_over_slots(trace_paths: list[str | Path], slot_counts: list[int],
+                         **kwargs) -> tuple[Recommendation, list[dict]]:
+    """Run ``recommend`` for each ``-np`` value and keep the best (ties within 0.5%: less RAM).
+
+    More slots keep more conversations resident (less re-processing, less queueing) but multiply
+    the checkpoint memory, so the RAM limit decides how far that pays (spec §2.1, §4).
+    """
+    if not slot_counts or any(n < 1 for n in slot_counts):
+        raise ValueError("--n-slots needs values >= 1")
+    objective = kwargs.get("objective", "prefill")
+    col = OBJECTIVES.get(objective, "prompt_s")
+    recs = [recommend(trace_paths, n_slots=n, **kwargs) for n in dict.fromkeys(slot_counts)]
+    rows = [{"n_slots": r.n_slots, "command_line": r.command_line, col: r.claimed[col],
+             "ttft_p95_ms": r.claimed["ttft_p95_ms"], "reprocessed_tokens": r.claimed["reprocessed_tokens"],
+             "ram_mib": ram_needed_mib(r.best, r.n_slots, r.ckpt_mib)} for r in recs]
+    best_val = min(r.claimed[col] for r in recs)
+    near = [(row["ram_mib"], row["n_slots"], r) for row, r in zip(rows, recs)
+            if r.claimed[col] <= best_val * (1 + TOLERANCE)]
+    return min(near, key=lambda x: (x[0], x[1]))[2], rows

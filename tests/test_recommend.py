@@ -73,3 +73,19 @@ def test_cli_json_is_one_document_and_line_reproduces() -> None:
 def test_cli_rejects_bad_input() -> None:
     r = CliRunner().invoke(app, ["recommend", str(TRACE), "--version", "banana"])
     assert r.exit_code == 2 and "banana" in r.output
+
+
+def test_slot_count_is_searched_too() -> None:
+    """-np 1,4 on concurrent sessions: the winner is the best row, and its flag line (with its -np)
+    re-simulates to the claimed cost."""
+    from ckptsim.recommend import recommend_over_slots
+    multi = REPO / "traces" / "multi-session.jsonl"
+    rec, rows = recommend_over_slots([multi], [1, 4], version="b10573", ram_mib=8000, jobs=1,
+                                     objective="p95", **GRID)
+    assert [r["n_slots"] for r in rows] == [1, 4]
+    assert rec.claimed["ttft_p95_ms"] <= min(r["ttft_p95_ms"] for r in rows) * (1 + TOLERANCE)
+    assert f"-np {rec.n_slots} " in rec.command_line
+    config, spec = flags_from_command_line(rec.command_line, rec.version)
+    assert config.n_slots == rec.n_slots
+    s = simulate(load_trace(multi), spec, config).summary()
+    assert s["reprocessed_tokens"] == rec.claimed["reprocessed_tokens"]

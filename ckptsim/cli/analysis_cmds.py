@@ -105,25 +105,36 @@ def recommend(traces: List[Path] = TracesArg,
                                                       "checkpoints + prompt cache, MiB."),
               vram_mib: Optional[float] = typer.Option(None, "--vram-mib", help="GPU memory, MiB (checked "
                                                        "against the KV of the longest prompt)."),
-              n_slots: int = typer.Option(1, "--n-slots", "-np", help="Slots you run (-np)."),
+              n_slots: str = typer.Option("1", "--n-slots", "-np", help="Slots (-np); a comma list "
+                                          "(e.g. 1,2,4) searches them too."),
               objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time) or p95 "
                                             "(95th percentile TTFT)."),
               jobs: Optional[int] = JobsOpt, as_json: bool = JsonOpt) -> None:
     """The llama-server flags that minimise prompt time under your memory limits, with the evidence."""
-    from ..recommend import explain
-    from ..recommend import recommend as run_recommend
+    from ..recommend import explain, recommend_over_slots
     _check_traces(traces)
     if ram_mib is not None and ram_mib < 0:
         raise UserError("--ram-mib must be >= 0")
+    slot_counts = _ints(n_slots, "--n-slots")
     bar = progress(None, "searching flags", enabled=not as_json)
     task = bar.add_task("searching flags (simulations done)", total=None)
     with bar:
-        rec = run_recommend([str(t) for t in traces], version=version, profile=profile, ram_mib=ram_mib,
-                            vram_mib=vram_mib, n_slots=n_slots, objective=objective, jobs=jobs,
-                            on_done=lambda _r: bar.advance(task, 1))
+        rec, by_slots = recommend_over_slots([str(t) for t in traces], slot_counts, version=version,
+                                             profile=profile, ram_mib=ram_mib, vram_mib=vram_mib,
+                                             objective=objective, jobs=jobs,
+                                             on_done=lambda _r: bar.advance(task, 1))
     if as_json:
-        print_json(rec.to_json())
+        print_json({**rec.to_json(), "by_n_slots": by_slots})
         return
+    if len(by_slots) > 1:
+        st = Table(title="Best flags per slot count (-np)", title_justify="left")
+        for c in ("n_slots", "command_line", "objective", "ttft_p95_ms", "ram_mib"):
+            st.add_column(c, justify="left" if c == "command_line" else "right")
+        key = "prompt_s" if objective == "prefill" else "ttft_p95_ms"
+        for row in by_slots:
+            st.add_row(str(row["n_slots"]), row["command_line"], _cell(row[key]), _cell(row["ttft_p95_ms"]),
+                       _cell(row["ram_mib"]))
+        out.print(st)
     lines = explain(rec)
     out.print(f"[bold]{lines[0]}[/]", highlight=False)
     for line in lines[1:]:
