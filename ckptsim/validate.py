@@ -90,6 +90,8 @@ class Validation:
     def to_json(self) -> dict:
         """The ``--json`` document."""
         errs = [t["error_pct"] for t in self.timings if t.get("error_pct") is not None]
+        tot_logged = sum(t["logged_ms"] for t in self.timings)
+        tot_pred = sum(t["predicted_ms"] for t in self.timings)
         return {
             "log": self.log, "tasks": self.n_tasks, "decisions": len(self.known),
             "agreed": self.agreed, "agreement": self.agreement,
@@ -99,7 +101,12 @@ class Validation:
             "unknown_reasons": dict(Counter(d.why for d in self.decisions if d.status == "unknown")),
             "policy": self.policy, "config": self.config, "profile": self.profile,
             "prompt_time": {"tasks": self.timings,
-                            "mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None},
+                            "mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None,
+                            # per-task errors carry machine noise; the total is what a replay's
+                            # prefill-time figure depends on
+                            "total_logged_ms": round(tot_logged, 2), "total_predicted_ms": round(tot_pred, 2),
+                            "total_error_pct": (round(100.0 * (tot_pred - tot_logged) / tot_logged, 2)
+                                                if tot_logged > 0 else None)},
             "left_out": self.left_out,
         }
 

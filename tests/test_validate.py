@@ -115,3 +115,16 @@ def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
         r = runner.invoke(app, [cmd, str(p)])
         assert r.exit_code == 2
         assert "binary data" in r.output and "Traceback" not in r.output
+
+
+def test_calibration_log_round_trip_and_total_time() -> None:
+    """The -lv 4 log of the committed CPU calibration run (docs/calibration/, a real llama.cpp
+    server, b11549) replays decision by decision, and the committed profile predicts its total
+    prompt time within the calibration issue's 15% (per-task errors are machine noise)."""
+    from ckptsim.validate import validate_log
+    repo = Path(__file__).resolve().parents[1]
+    v = validate_log(repo / "docs" / "calibration" / "tiny-qwen35-cpu-2core.server.log.gz",
+                     profile="tiny-qwen35-cpu-2core")
+    doc = v.to_json()
+    assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0
+    assert abs(doc["prompt_time"]["total_error_pct"]) < 15.0

@@ -174,8 +174,9 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
             out.print(f"  unknown ({n}): {why}", highlight=False)
         pt = doc["prompt_time"]
         if pt["mean_abs_error_pct"] is not None:
-            out.print(f"prompt time: predicted vs logged, mean |error| {pt['mean_abs_error_pct']:.1f}% "
-                      f"over {len(pt['tasks'])} tasks (profile {v.profile})")
+            out.print(f"prompt time: predicted vs logged, mean |error| {pt['mean_abs_error_pct']:.1f}% per task, "
+                      f"total {pt['total_predicted_ms'] / 1000:,.2f} s vs {pt['total_logged_ms'] / 1000:,.2f} s "
+                      f"({pt['total_error_pct']:+.1f}%) over {len(pt['tasks'])} tasks (profile {v.profile})")
     if min_agreement is not None and (v.agreement is None or v.agreement < min_agreement):
         if not as_json:
             err.print(f"agreement below {min_agreement:.0%}")
