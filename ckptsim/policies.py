@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from .records import Checkpoint
 from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, parse_build, server_placement,
-                     spacing_victims)
+                     spacing_pass_runs, spacing_victims)
 
 _CURRENT_RULES = ServerRules(DEFAULT_BUILD)
 
@@ -39,6 +39,8 @@ def n_batches_with_breaks(start: int, end: int, n_batch: int, breaks: list[int] 
     """Number of decode calls for [start, end) when batches of ``n_batch`` must also end at ``breaks``."""
     if end <= start:
         return 0
+    if not breaks:
+        return -(-(end - start) // n_batch)
     n, s = 0, start
     for b in sorted(set(x for x in breaks if start < x < end)) + [end]:
         n += -(-(b - s) // n_batch)
@@ -204,11 +206,16 @@ class LlamaServer(Policy):
                                 v.n_batch, v.n_ubatch, self.min_step, self.every_n)
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
-        out = spacing_victims(self._rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
-                              self.min_step, cap)
+        out: list[int] = []
+        # Most creates happen with the pass off (older builds, or a list not full): skip the pairs.
+        if spacing_pass_runs(self._rules, len(ckpts), cap):
+            out = spacing_victims(self._rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
+                                  self.min_step, cap)
         if self._rules.spacing_eviction_only_when_full:
             # #28302 (c): a checkpoint at the same position is superseded.
-            out += [i for i, c in enumerate(ckpts) if c.n_tokens == new_k and i not in out]
+            ks = [c.n_tokens for c in ckpts]
+            if new_k in ks:
+                out += [i for i, k in enumerate(ks) if k == new_k and i not in out]
         return sorted(out)
 
     @property

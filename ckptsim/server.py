@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 # Builds after b10573 whose exact tag for #28302 is unknown (spec §2, merged ~2026-09). The
 # wheels tested here (b11434, b11549) behave as #28302 describes; see tests/test_live*.py.
@@ -26,38 +27,41 @@ DEFAULT_BUILD = LATEST_BUILD
 
 @dataclass(frozen=True)
 class ServerRules:
-    """The decision rules of one llama-server build for hybrid/recurrent, text-only prompts (spec §3)."""
+    """The decision rules of one llama-server build for hybrid/recurrent, text-only prompts (spec §3).
+
+    The flags are cached: the simulator consults them for every request and batch.
+    """
 
     build: int
 
     # --- restore (spec §2.2, §3 "Search / Pick / Erase") ---
-    @property
+    @cached_property
     def searches_every_request(self) -> bool:
         """b9232-b9541 (#23280): thold = n_past - 1, so even pure extensions search."""
         return 9232 <= self.build < 9542
 
-    @property
+    @cached_property
     def has_new_rule(self) -> bool:
         """b9542+ (#24110): thold = n_past - (0 if has_new else 1)."""
         return self.build >= 9542
 
-    @property
+    @cached_property
     def pick_pos_min_zero(self) -> bool:
         """b8703+ (#21510): a checkpoint with pos_min == 0 (k == 1) is always acceptable."""
         return self.build >= 8703
 
-    @property
+    @cached_property
     def erase_always(self) -> bool:
         """b8400+ (#20671): the invalidation pass runs for every request, against pos_next."""
         return self.build >= 8400
 
-    @property
+    @cached_property
     def full_on_resend(self) -> bool:
         """Before b9232: n_past == T hits a failed seq_rm on recurrent memory => full re-processing."""
         return self.build < 9232
 
     # --- placement (spec §2.3, §3 "Place") ---
-    @property
+    @cached_property
     def era(self) -> str:
         """Name of the placement rule set this build uses."""
         b = self.build
@@ -73,42 +77,42 @@ class ServerRules:
             return "last-user"      # b9315 #22929: + last user message, min_step spacing
         return "user"               # b9775 #24176: every user start
 
-    @property
+    @cached_property
     def every_n(self) -> bool:
         """b8232-b9314: ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
         return 8232 <= self.build < 9315
 
-    @property
+    @cached_property
     def min64(self) -> bool:
         """b6713-b9314: checkpoints need >= 64 tokens and > 64 tokens after the previous one."""
         return 6713 <= self.build < 9315
 
-    @property
+    @cached_property
     def user_break_conditional(self) -> bool:
         """b9936+ (#25420): break at a user start only if a checkpoint would be taken there."""
         return self.build >= 9936
 
-    @property
+    @cached_property
     def near_end_exempt(self) -> bool:
         """b9985+ (#25472): near-end checkpoints ignore the min_step spacing."""
         return self.build >= 9985
 
-    @property
+    @cached_property
     def spacing_eviction(self) -> bool:
         """b9985+ (#25472): creating a checkpoint first erases older tasks' too-close ones."""
         return self.build >= 9985
 
-    @property
+    @cached_property
     def spacing_eviction_only_when_full(self) -> bool:
         """#28302: the spacing pass runs only when the list is full; same-position ones are superseded."""
         return self.build >= PR28302_BUILD
 
-    @property
+    @cached_property
     def default_ctx_checkpoints(self) -> int:
         """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724), 32 (b8232) (spec §8)."""
         return 3 if self.build < 6724 else 8 if self.build < 8232 else 32
 
-    @property
+    @cached_property
     def default_min_step(self) -> int:
         """``--checkpoint-min-step`` default: 256 (b9315), 8192 (b9775) (spec §8)."""
         return 256 if self.build < 9775 else 8192
@@ -231,10 +235,15 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         return PrefillPlan((), -(-(T - start) // nb))
     if era in ("end", "end-64", "end-batch"):
         return _placement_single_end(rules, start, T, last_k, nb, era)
-    # Break points that do not depend on state (#20288): T-(4+ub) and T-4.
-    fixed = sorted({T - min(nb, 4 + ub), T - min(nb, 4)})
-    users = user_starts
+    # Break points that do not depend on state (#20288): T-(4+ub) and T-4, ascending.
+    fixed = (T - min(nb, 4 + ub), T - min(nb, 4))
+    # Only the user eras look at user starts (breaks and checkpoints alike).
+    users = user_starts if era in ("last-user", "user") else ()
     last_user = users[-1] if users else -1
+    every_n_on = rules.every_n and every_n > 0
+    user_break_conditional = rules.user_break_conditional
+    near_end_exempt = rules.near_end_exempt
+    min64 = rules.min64
     out: list[int] = []
     n_batches = 0
     pos = start
@@ -243,60 +252,69 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         return last_k is None or p > last_k + min_step
 
     while pos < T:
+        # Fast-forward over plain batches: n_batch long, no break point before the next user
+        # start or fixed break, and no checkpoint at their start (not a user start, not near the
+        # end, no every-n due). The per-batch rules below would only count them.
+        if T - ub - pos >= nb:
+            j = bisect.bisect_right(users, pos)
+            if not (j > 0 and users[j - 1] == pos):
+                nxt = users[j] if j < len(users) else T
+                for f in fixed:
+                    if pos < f < nxt:
+                        nxt = f
+                        break
+                m = (min(nxt, T - ub) - pos) // nb
+                if every_n_on:
+                    m = min(m, -(-((last_k if last_k is not None else 0) + every_n - pos) // nb))
+                if m > 0:
+                    pos += m * nb
+                    n_batches += m
         n_start = pos
-        limit = min(n_start + nb, T)
-        end = limit
+        end = min(n_start + nb, T)
         for f in fixed:
             if n_start < f < end:
                 end = f
                 break
-        if era in ("last-user", "user") and users:
-            i = bisect.bisect_right(users, n_start)
-            while i < len(users) and users[i] < end:
-                u = users[i]
-                if era == "last-user":
-                    brk = u == last_user
-                elif rules.user_break_conditional:
-                    brk = u == last_user or spaced(u)
-                else:
-                    brk = True
-                if brk:
-                    end = u
-                    break
-                i += 1
+        i = bisect.bisect_right(users, n_start)          # users[:i] <= n_start
+        if era == "last-user":
+            is_user = n_start == last_user
+        else:
+            is_user = i > 0 and users[i - 1] == n_start
+        while i < len(users) and users[i] < end:
+            u = users[i]
+            if era == "last-user":
+                brk = u == last_user
+            elif user_break_conditional:
+                brk = u == last_user or spaced(u)
+            else:
+                brk = True
+            if brk:
+                end = u
+                break
+            i += 1
         pos = end
         n_batches += 1
         # Decide whether this batch gets a checkpoint at its start (state before the batch).
         near_end = T < pos + ub
-        is_user = _contains(users, n_start) if era in ("last-user", "user") else False
-        if era == "last-user":
-            is_user = n_start == last_user
-        do = True
-        if pos != T and not is_user and not near_end:
-            do = False
-        if rules.every_n and every_n > 0 and not do and pos != T:
+        do = pos == T or is_user or near_end
+        if every_n_on and not do and pos != T:
             # b8232 #20087: a mid batch far enough from the last checkpoint gets one.
             do = n_start - (last_k if last_k is not None else 0) >= every_n
         if n_start == 0:
             do = False          # memory empty: pos_min < 0 (spec §2.3)
         if do:
             if era == "near-end":
-                if rules.min64:
+                if min64:
                     do = n_start >= 64 and (last_k is None or n_start > last_k + 64)
             elif era == "last-user":
                 do = spaced(n_start)       # last_user became exempt only in b9775
             else:
                 do = (last_k is None or n_start == last_user
-                      or (near_end and rules.near_end_exempt) or n_start > last_k + min_step)
+                      or (near_end and near_end_exempt) or n_start > last_k + min_step)
         if do:
             out.append(n_start)
             last_k = n_start
     return PrefillPlan(tuple(out), n_batches)
-
-
-def _contains(xs: tuple[int, ...], x: int) -> bool:
-    i = bisect.bisect_left(xs, x)
-    return i < len(xs) and xs[i] == x
 
 
 def _placement_single_end(rules: ServerRules, start: int, T: int, last_k: int | None, nb: int,
@@ -326,9 +344,7 @@ def spacing_victims(rules: ServerRules, ckpts: list[tuple[int, int]], task_id: i
 
     ``ckpts`` are (n_tokens, task_id) oldest first (spec §2.4 (a), #25472; #28302 only when full).
     """
-    if not rules.spacing_eviction:
-        return []
-    if rules.spacing_eviction_only_when_full and len(ckpts) + 1 < n_ctx_checkpoints:
+    if not spacing_pass_runs(rules, len(ckpts), n_ctx_checkpoints):
         return []
     out: list[int] = []
     last = -1
@@ -342,3 +358,10 @@ def spacing_victims(rules: ServerRules, ckpts: list[tuple[int, int]], task_id: i
         else:
             last = k
     return out
+
+
+def spacing_pass_runs(rules: ServerRules, n_ckpts: int, n_ctx_checkpoints: int) -> bool:
+    """Whether rule (a) runs at all before a create with ``n_ckpts`` checkpoints in the slot."""
+    if not rules.spacing_eviction:
+        return False
+    return not (rules.spacing_eviction_only_when_full and n_ckpts + 1 < n_ctx_checkpoints)

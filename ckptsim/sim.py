@@ -69,7 +69,7 @@ class _Slot:
 
     @property
     def ckpt_mib(self) -> float:
-        return sum(c.size_mib for c in self.ckpts)
+        return sum([c.size_mib for c in self.ckpts])
 
 
 @dataclass
@@ -145,10 +145,22 @@ class _PromptCache:
         self.entries: list[_CacheEntry] = []
         self.trace = trace
         self.profile = profile
+        self._changed()
+
+    def _changed(self) -> None:
+        # The totals are read for every request but change only here: re-summed (not kept as
+        # running totals) so they stay bit-identical to a fresh sum over the entries.
+        self._size_mib = sum(e.size_mib for e in self.entries)
+        self._n_tokens = sum(e.n_tokens for e in self.entries)
 
     @property
     def size_mib(self) -> float:
-        return sum(e.size_mib for e in self.entries)
+        return self._size_mib
+
+    def _evict_oldest(self, emit: Callable[..., None]) -> None:
+        old = self.entries.pop(0)
+        self._changed()
+        emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
 
     def _lcp_seq(self, seq_a: int, n_a: int, seq_b: int, n_b: int) -> int:
         if seq_a < 0 or seq_b < 0:
@@ -166,11 +178,14 @@ class _PromptCache:
         if size > self.limit_mib:
             return                        # #25070: bigger than the whole cache
         # entries that are prefixes of the new one are obsolete
-        self.entries = [e for e, lcp in zip(self.entries, lcps) if lcp != e.n_tokens]
+        kept = [e for e, lcp in zip(self.entries, lcps) if lcp != e.n_tokens]
+        if len(kept) != len(self.entries):
+            self.entries = kept
+            self._changed()
         while self.entries and self.size_mib + size > self.limit_mib:
-            old = self.entries.pop(0)
-            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
+            self._evict_oldest(emit)
         self.entries.append(_CacheEntry(slot.seq, slot.n_cache, list(slot.ckpts), size))
+        self._changed()
         emit(EventKind.CACHE_SAVE, slot.n_cache, size)
 
     def load(self, slot: _Slot, req: int, n_prompt: int, emit: Callable[..., None]) -> None:
@@ -186,23 +201,21 @@ class _PromptCache:
                 best, best_keep, best_sim = i, f_keep, f_sim
         if best >= 0:
             e = self.entries.pop(best)
+            self._changed()
             slot.seq, slot.n_cache, slot.ckpts = e.seq, e.n_tokens, list(e.ckpts)
             emit(EventKind.CACHE_LOAD, e.n_tokens, e.size_mib)
 
     def update(self, emit: Callable[..., None]) -> None:
         """``update`` (st:1870): pop the oldest while over the byte or token limit."""
         while self.entries and self.size_mib > self.limit_mib:
-            old = self.entries.pop(0)
-            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
-        total_mib = self.size_mib
-        n_tok = sum(e.n_tokens for e in self.entries)
+            self._evict_oldest(emit)
+        n_tok = self._n_tokens
         if n_tok and math.isfinite(self.limit_mib):
-            lim_tok = max(self.limit_tokens, int(self.limit_mib / (total_mib / n_tok)))
+            lim_tok = max(self.limit_tokens, int(self.limit_mib / (self.size_mib / n_tok)))
         else:
             lim_tok = 1 << 62
-        while self.entries and sum(e.n_tokens for e in self.entries) > lim_tok:
-            old = self.entries.pop(0)
-            emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
+        while self.entries and self._n_tokens > lim_tok:
+            self._evict_oldest(emit)
 
 
 def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = None,
@@ -229,18 +242,20 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     ckpt_total = 0.0
     budget_finite = math.isfinite(budget)
     n_prompt_l, n_output_l, t_l = trace.n_prompt.tolist(), trace.n_output.tolist(), trace.t_s.tolist()
+    sessions, user_starts, tool_starts = trace.session, trace.user_starts, trace.tool_starts
+    sps = config.slot_prompt_similarity
 
     for done, r in enumerate(order.tolist()):
         T = n_prompt_l[r]
         n_out = n_output_l[r]
         arrival = t_l[r]
-        session = trace.session[r]
+        session = sessions[r]
         start_s = max(arrival, session_free.get(session, 0.0))
         idle = [s for s in slots if s.busy_until <= start_s]
         if not idle:
             start_s = min(s.busy_until for s in slots)
             idle = [s for s in slots if s.busy_until <= start_s]
-        slot, update_cache = _select_slot(trace, r, T, idle, config.slot_prompt_similarity)
+        slot, update_cache = _select_slot(trace, r, T, idle, sps)
         if record_events:
             def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "",
                      _r: int = r, _slot: int = slot.id) -> None:
@@ -264,19 +279,23 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
 
         # --- restore decision (spec §2.2) ---
         n_lcp = trace.prefix_with_state(slot.seq, slot.n_cache, r)
-        dec = restore_decision(rules, n_lcp, slot.n_cache, T, [c.n_tokens for c in slot.ckpts])
+        ks = [c.n_tokens for c in slot.ckpts]
+        dec = restore_decision(rules, n_lcp, slot.n_cache, T, ks)
         n_invalid = 0
-        kept = []
-        for c in slot.ckpts:
-            if c.n_tokens > dec.keep_upto:
-                n_invalid += 1
-                emit(EventKind.ERASED_INVALIDATED, c.n_tokens, c.size_mib)
-            else:
-                kept.append(c)
-        slot.ckpts = kept
+        if ks and max(ks) > dec.keep_upto:
+            kept = []
+            for c in slot.ckpts:
+                if c.n_tokens > dec.keep_upto:
+                    n_invalid += 1
+                    emit(EventKind.ERASED_INVALIDATED, c.n_tokens, c.size_mib)
+                else:
+                    kept.append(c)
+            slot.ckpts = kept
+            ks = [c.n_tokens for c in kept]
+        ckpts = slot.ckpts          # from here on only changed in place
         restore_ms = 0.0
         if dec.restored >= 0:
-            size = next(c.size_mib for c in reversed(kept) if c.n_tokens == dec.restored)
+            size = next(c.size_mib for c in reversed(ckpts) if c.n_tokens == dec.restored)
             restore_ms = prof.restore_ms(size)
             emit(EventKind.RESTORED, dec.restored, size)
         if dec.full_reprocess:
@@ -285,9 +304,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
 
         # --- prefill with checkpoint placement (spec §2.3) and eviction (§2.4) ---
         if cap > 0:
-            plan = pol.place(PrefillView(r, slot.id, n_past, T, trace.user_starts[r],
-                                         trace.tool_starts[r],
-                                         tuple(c.n_tokens for c in slot.ckpts), nb, ub))
+            plan = pol.place(PrefillView(r, slot.id, n_past, T, user_starts[r], tool_starts[r],
+                                         tuple(ks), nb, ub))
         else:
             plan = PrefillPlan((), n_batches_with_breaks(n_past, T, nb, ()))
         n_created = n_evicted = 0
@@ -297,25 +315,25 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             size = prof.ckpt_mib(k)
             if size > budget:
                 continue
-            drops = pol.pre_evict(slot.ckpts, k, r, cap)
+            drops = pol.pre_evict(ckpts, k, r, cap)
             for i in sorted(drops, reverse=True):
-                c = slot.ckpts.pop(i)
+                c = ckpts.pop(i)
                 n_evicted += 1
                 emit(EventKind.SUPERSEDED if c.n_tokens == k else EventKind.ERASED_SPACING,
                      c.n_tokens, c.size_mib)
-            while slot.ckpts and (len(slot.ckpts) >= cap
-                                  or (budget_finite and slot.ckpt_mib + size > budget)):
-                i = pol.victim(slot.ckpts, k)
-                c = slot.ckpts.pop(i)
+            while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
+                i = pol.victim(ckpts, k)
+                c = ckpts.pop(i)
                 n_evicted += 1
                 emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
-            slot.ckpts.append(Checkpoint(k, size, r, start_s))
+            ckpts.append(Checkpoint(k, size, r, start_s))
             created_at.append(k)
             n_created += 1
             create_ms += prof.create_ms(size)
-            emit(EventKind.CREATED, k, size, f"{len(slot.ckpts)} of {cap}")
-        for i in sorted(pol.prune(slot.ckpts), reverse=True):
-            c = slot.ckpts.pop(i)
+            if record_events:           # the message alone costs more than a no-op emit
+                emit(EventKind.CREATED, k, size, f"{len(ckpts)} of {cap}")
+        for i in sorted(pol.prune(ckpts), reverse=True):
+            c = ckpts.pop(i)
             n_evicted += 1
             emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
         prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches)
@@ -328,7 +346,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         slot.busy_until = finish
         slot.t_last_used = finish
         session_free[session] = finish
-        ckpt_total = sum(s.ckpt_mib for s in slots)
+        ckpt_total = sum([s.ckpt_mib for s in slots])
         if ckpt_total > peak_ckpt:
             peak_ckpt = ckpt_total
         ram = pcache.size_mib if pcache is not None else 0.0
