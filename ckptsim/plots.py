@@ -9,8 +9,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def compare_bars(summary: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Re-processed tokens and p95 TTFT per policy, side by side."""
+def compare_bars(summary: pd.DataFrame, title: str = "", bound: dict | None = None) -> plt.Figure:
+    """Re-processed tokens and estimated prefill time per policy, side by side; ``bound`` (the
+    proven lower bound's summary) is drawn as a dashed line that no bar can cross."""
     df = summary.sort_values("reprocessed_tokens")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(df) + 1.8))
     ax1.barh(df["policy"], df["reprocessed_tokens"] / 1e3, color="#4C72B0")
@@ -20,6 +21,10 @@ def compare_bars(summary: pd.DataFrame, title: str = "") -> plt.Figure:
     ax2.set_xlabel("estimated prefill time (s)")
     ax2.invert_yaxis()
     ax2.set_yticklabels([])
+    if bound is not None:
+        ax1.axvline(bound["reprocessed_tokens"] / 1e3, color="k", ls="--", lw=1, label="lower bound (any policy)")
+        ax2.axvline(bound["prefill_s"], color="k", ls="--", lw=1)
+        ax1.legend(loc="lower right", fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title or "policy comparison")

@@ -131,7 +131,8 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
     bound = lower_bound(trace, config, profile).summary()
     written = []
     if out_dir is not None:
-        written = write_compare(runs, out_dir, force, title=f"{trace_path.name} ({runs[0].profile})")
+        written = write_compare(runs, out_dir, force, title=f"{trace_path.name} ({runs[0].profile})",
+                                bound=bound)
     if as_json:
         print_json({"trace": str(trace_path), "config": _config_json(config), "policies": summaries,
                     "lower_bound": bound, "written": [str(p) for p in written]})
@@ -190,7 +191,7 @@ def explain(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_compare(runs, out_dir: Path, force: bool, title: str) -> list[Path]:
+def write_compare(runs, out_dir: Path, force: bool, title: str, bound: dict | None = None) -> list[Path]:
     """Write compare.csv, compare.png and config.json into ``out_dir``."""
     from ..metrics import summary_frame
     from ..plots import compare_bars
@@ -200,7 +201,7 @@ def write_compare(runs, out_dir: Path, force: bool, title: str) -> list[Path]:
         _refuse_overwrite(p, force)
     df = summary_frame(runs)
     df.to_csv(paths[0], index=False)
-    fig = compare_bars(df, title)
+    fig = compare_bars(df, title, bound)
     fig.savefig(paths[1], dpi=110)
     paths[2].write_text(json.dumps({"config": _config_json(runs[0].config),
                                     "policies": [r.policy for r in runs], "profile": runs[0].profile,
