@@ -82,3 +82,12 @@ def test_policies_lists_registry():
     r = runner.invoke(app, ["policies", "--json"])
     names = {p["name"] for p in json.loads(r.stdout)}
     assert {"none", "fifo", "per-batch", "every-n", "coverage", "user-turn", "llama-server"} <= names
+
+
+def test_compare_adds_the_build_a_log_came_from(tmp_path):
+    """A trace parsed from a log (header meta "build") is compared against that server build too."""
+    p = tmp_path / "fromlog.jsonl"
+    save_trace(p, TraceHeader(name="log", meta={"build": 9161}), [Request(0, "s", 0.0, 5000, 10)])
+    r = runner.invoke(app, ["compare", str(p), "--json"])
+    names = [s["policy"] for s in json.loads(r.stdout)["policies"]]
+    assert any(n.startswith("llama-server:version=b9161") for n in names)

@@ -123,7 +123,7 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
     """Replay a trace against several policies; print a table, write a CSV and a PNG."""
     from ..trace import load_trace
     trace = load_trace(trace_path)
-    specs = split_policies(policies) if policies else default_policies()
+    specs = split_policies(policies) if policies else default_policies(trace.header.meta.get("build"))
     config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib)
     runs = run_policies(trace, specs, config, profile, show_progress=not as_json)
     summaries = [r.summary() for r in runs]
@@ -165,13 +165,13 @@ def split_policies(text: str) -> list[str]:
     return [p.strip() for p in text.split(sep) if p.strip()]
 
 
-def default_policies() -> list[str]:
-    """Policies compared when none are named (the oracle when it is available)."""
-    try:
-        from .. import oracle  # noqa: F401
-        return DEFAULT_POLICIES + ["oracle"]
-    except ImportError:
-        return list(DEFAULT_POLICIES)
+def default_policies(log_build: int | None = None) -> list[str]:
+    """Policies compared when none are named; a trace parsed from a log adds the server build
+    that wrote it, so the first row to read is "what my server did"."""
+    specs = list(DEFAULT_POLICIES)
+    if isinstance(log_build, int) and log_build > 0:
+        specs.insert(specs.index("llama-server"), f"llama-server:version=b{log_build}")
+    return specs + ["oracle"]
 
 
 def explain(summaries: list[dict]) -> str:
