@@ -15,7 +15,6 @@ read per request from it; without it they follow the server's rules (spec §2.2-
 """
 from __future__ import annotations
 
-import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +24,6 @@ import numpy as np
 from ..cost import CostProfile
 from .harness import read_measurements
 
-_RE = {
-    "launch": re.compile(r"task (\d+) \| processing task"),
-    "batch": re.compile(r"task (\d+) \| (?:cached )?n_tokens = (\d+), memory_seq_rm"),
-    "created": re.compile(r"task (\d+) \| created context checkpoint \d+ of \d+ \(.*?n_tokens = (\d+), "
-                          r"size = ([\d.]+) MiB"),
-    "restored": re.compile(r"task (\d+) \| restored context checkpoint \(.*?n_tokens = (\d+)"),
-    "full": re.compile(r"task (\d+) \| forcing full prompt re-processing"),
-    "timing": re.compile(r"task (\d+) \|\s+prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens"),
-    "state": re.compile(r"saving prompt with length (\d+), total state size = ([\d.]+) MiB"),
-    "build": re.compile(r"build_info: (\S+)"),
-    "ckpt_flags": re.compile(r"context checkpoints enabled, max = (\d+), min spacing = (\d+)"),
-}
 FEATURES = ("prefill_ms_per_token", "prefill_ms_per_token_per_ktok", "prefill_ms_per_batch",
             "restore_ms_fixed", "create_ms_fixed")
 
@@ -67,52 +54,40 @@ class ServerLog:
 
 
 def parse_server_log(path: str | Path) -> ServerLog:
-    """Parse the lines calibration needs from a llama-server log (spec §6 formats, b9838+)."""
+    """The facts calibration needs from a llama-server log, read by the project's log parser
+    (``ingest.llama_log``, spec §6 formats of every build)."""
+    from ..ingest.llama_log import FactKind, LogStats, iter_facts
     tasks: dict[int, TaskLog] = {}
-    order: list[int] = []
     sizes: list[float] = []
     states: list[tuple[int, float]] = []
-    build = None
-    flags: tuple[int, int] | None = None
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if "task" not in line:
-                m = _RE["state"].search(line) or _RE["build"].search(line) or _RE["ckpt_flags"].search(line)
-                if m and m.re is _RE["state"]:
-                    states.append((int(m.group(1)), float(m.group(2))))
-                elif m and m.re is _RE["ckpt_flags"]:
-                    flags = (int(m.group(1)), int(m.group(2)))
-                elif m and build is None:
-                    build = m.group(1)
-                continue
-            m = _RE["launch"].search(line)
-            if m:
-                t = int(m.group(1))
-                tasks[t] = TaskLog(t)
-                order.append(t)
-                continue
-            for key in ("batch", "created", "restored", "full", "timing"):
-                m = _RE[key].search(line)
-                if not m:
-                    continue
-                tl = tasks.get(int(m.group(1)))
-                if tl is None:
-                    break
-                if key == "batch":
-                    tl.n_batches += 1
-                elif key == "created":
-                    tl.created.append(int(m.group(2)))
-                    sizes.append(float(m.group(3)))
-                elif key == "restored":
-                    tl.restored = int(m.group(2))
-                elif key == "full":
-                    tl.full_reprocess = True
-                else:
-                    tl.prompt_ms, tl.prompt_tokens = float(m.group(2)), int(m.group(3))
-                break
-    return ServerLog([tasks[t] for t in order], float(np.median(sizes)) if sizes else None,
-                     states, build, *(flags or (None, None)))
+    stats = LogStats()
+    for fact in iter_facts(path, stats):
+        k, v = fact.kind, fact.v
+        if k is FactKind.CACHE_SAVE:
+            states.append((int(v["n_tokens"]), float(v["size_mib"])))
+            continue
+        if k is FactKind.TASK_START:
+            tasks[fact.task] = TaskLog(fact.task)
+            continue
+        tl = tasks.get(fact.task)
+        if tl is None:
+            continue
+        if k is FactKind.SEQ_RM:
+            tl.n_batches += 1                 # printed once per batch of the prompt
+        elif k is FactKind.CREATED:
+            tl.created.append(int(v["n_tokens"]))
+            if "size_mib" in v:
+                sizes.append(float(v["size_mib"]))
+        elif k is FactKind.RESTORED:
+            tl.restored = int(v["n_tokens"])
+        elif k is FactKind.FULL_REPROCESS:
+            tl.full_reprocess = True
+        elif k is FactKind.TIMING_PROMPT:
+            tl.prompt_ms, tl.prompt_tokens = float(v["ms"]), int(v["n_tokens"])
+    st = stats.settings
+    build = st.get("build_info") or (f"b{st['build']}" if "build" in st else None)
+    return ServerLog(list(tasks.values()), float(np.median(sizes)) if sizes else None, states, build,
+                     st.get("ctx_checkpoints"), st.get("min_step"))
 
 
 def rule_features(rec: dict, n_batch: int, n_ubatch: int) -> tuple[int, bool, int]:
