@@ -54,7 +54,7 @@ class TraceHeader:
 class Trace:
     """A loaded trace: columns in numpy arrays, user-turn positions per request."""
 
-    def __init__(self, header: TraceHeader, requests: Iterable[Request]):
+    def __init__(self, header: TraceHeader, requests: Iterable[Request], check: bool = True):
         reqs = list(requests)
         self.header = header
         n = len(reqs)
@@ -72,8 +72,9 @@ class Trace:
         self._shared = self.n_shared.tolist()
         self._prompt = self.n_prompt.tolist()
         self._lift: tuple | None = None
-        for r in reqs:
-            _check_request(r, self, where=f"request {r.id}")
+        if check:                     # iter_trace has already checked every line of a file
+            for r in reqs:
+                _check_request(r, self, where=f"request {r.id}")
 
     def __len__(self) -> int:
         return len(self.session)
@@ -371,7 +372,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
     if not Path(path).exists():
         raise TraceError(f"{path}: no such file")
     header, reqs = iter_trace(path)
-    return Trace(header, reqs)
+    return Trace(header, reqs, check=False)
 
 
 class TraceWriter:

@@ -40,7 +40,7 @@ def test_append_only_needs_no_checkpoints():
 
 
 @pytest.mark.parametrize("name", ["agent-edit", "chat-edit", "compaction", "multi-session"])
-def test_more_checkpoints_never_hurt_fifo_placement_much(name):
+def test_more_checkpoints_never_hurt_per_batch(name):
     """Raising --ctx-checkpoints from 4 to 64 does not increase re-processing for per-batch."""
     t = load_trace(TRACES / f"{name}.jsonl")
     slots = 4 if name == "multi-session" else 1
