@@ -66,8 +66,8 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def progress(total: int | None, description: str, enabled: bool = True):
-    """A rich progress bar on stderr (hidden when disabled or stderr is not a terminal and CI)."""
+def progress(enabled: bool = True):
+    """A rich progress display on stderr (callers add their tasks); hidden when disabled."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),

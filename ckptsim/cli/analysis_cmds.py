@@ -44,7 +44,7 @@ def _check_traces(paths: list[Path]) -> None:
 
 def _with_bar(total: int, label: str, enabled: bool):
     """A progress bar and the callback that advances it by one finished simulation."""
-    bar = progress(total, label, enabled=enabled)
+    bar = progress(enabled=enabled)
     task = bar.add_task(label, total=total)
     return bar, (lambda _row: bar.advance(task, 1))
 
@@ -116,7 +116,7 @@ def recommend(traces: List[Path] = TracesArg,
     if ram_mib is not None and ram_mib < 0:
         raise UserError("--ram-mib must be >= 0")
     slot_counts = _ints(n_slots, "--n-slots")
-    bar = progress(None, "searching flags", enabled=not as_json)
+    bar = progress(enabled=not as_json)
     task = bar.add_task("searching flags (simulations done)", total=None)
     with bar:
         rec, by_slots = recommend_over_slots([str(t) for t in traces], slot_counts, version=version,

@@ -61,7 +61,7 @@ def import_weka_cmd(
     opts = WekaOptions(partial_block=_rule(partial_block), placement=Placement(placement), gap_s=gap_s,
                        pairs=Pairs(pairs))
     files = expand_paths(paths)
-    with progress(len(files), "importing", enabled=not json_out and sys.stderr.isatty()) as bar:
+    with progress(enabled=not json_out and sys.stderr.isatty()) as bar:
         task = bar.add_task("importing conversations", total=len(files))
         stats = import_weka(files, output, opts, overwrite=force, name=name,
                             on_file=lambda _p: bar.advance(task))
@@ -96,7 +96,7 @@ def import_mooncake_cmd(
         raise UserError(f"--limit must be >= 0, got {limit}")
     _check_output(output, force)
     opts = MooncakeOptions(partial_block=_rule(partial_block), block_size=block_size, limit=limit)
-    with progress(None, "importing", enabled=not json_out and sys.stderr.isatty()) as bar:
+    with progress(enabled=not json_out and sys.stderr.isatty()) as bar:
         task = bar.add_task("importing requests", total=None)
         stats = import_mooncake(path, output, opts, overwrite=force, name=name,
                                 on_line=lambda _n: bar.advance(task))

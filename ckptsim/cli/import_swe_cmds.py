@@ -26,7 +26,7 @@ def _run(paths: list[Path], output: Path, force: bool, json_out: bool, opts) -> 
     if not opts.name:
         opts = dataclasses.replace(opts, name=output.name.split(".")[0])
     show = not json_out and sys.stderr.isatty()
-    with progress(None, "importing", enabled=show) as bar:
+    with progress(enabled=show) as bar:
         tasks: dict[str, int] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:

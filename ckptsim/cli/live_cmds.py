@@ -191,7 +191,7 @@ def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int
              "cache_ram_mib": cache_ram, **extra}
     if extra.get("backend") == XLLAMACPP:
         flags["backend_build"] = backend_build(XLLAMACPP)
-    with progress(plan.n_requests(), "measuring") as bar:
+    with progress() as bar:
         task = bar.add_task("measuring", total=plan.n_requests())
         h = Harness(client, meas, log, n_batch, n_ubatch, flags,
                     on_progress=lambda d: bar.update(task, advance=1, description=d))

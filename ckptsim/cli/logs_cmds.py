@@ -23,7 +23,7 @@ def _read(path: str, show: bool):
     size = _size(path)
     # small logs read in a blink; a bar only for big files (or .gz, whose size is unknown)
     show = show and path != "-" and (size is None or size > 16 << 20)
-    with progress(size, f"reading {Path(path).name}", enabled=show) as bar:
+    with progress(enabled=show) as bar:
         task = bar.add_task(f"reading {Path(path).name}", total=size)
         return trace_from_log(path, on_bytes=lambda n: bar.advance(task, n))
 

@@ -41,8 +41,7 @@ def run_policies(trace, policies: list[str], config, profile, show_progress: boo
     for spec in policies:
         make_policy(spec)  # fail on a bad spec before any work starts
     runs = []
-    with progress(len(trace) * len(policies), f"simulating {trace.name or 'trace'}",
-                  enabled=show_progress) as bar:
+    with progress(enabled=show_progress) as bar:
         task = bar.add_task(f"simulating {trace.name or 'trace'}", total=len(trace) * len(policies))
         for spec in policies:
             runs.append(simulate(trace, spec, config, profile,

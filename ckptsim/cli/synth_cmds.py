@@ -52,7 +52,7 @@ def synth(
     if output.exists() and not force:
         raise UserError(f"{output} exists; pass --force to overwrite it")
     show = not as_json and requests >= 2000
-    with progress(requests, f"synth {kind}", enabled=show) as bar:
+    with progress(enabled=show) as bar:
         task = bar.add_task(f"synth {kind}", total=requests)
         step = max(1, requests // 100)
 
