@@ -225,9 +225,10 @@ class OraclePolicy(Policy):
                 through[b].append((p, use))
             start[r] = p if a >= 0 else 0
         self._through = dict(through)
-        if config.cache_ram_mib != 0 and not self._checking:
+        if config.cache_ram_mib > 0 and not self._checking:
             # Prompt-cache entries carry copies of the slot's checkpoints (spec §5), so where
-            # --cache-ram binds, checkpoint bytes can push whole conversations out of it. The
+            # --cache-ram binds, checkpoint bytes can push whole conversations out of it (an
+            # unlimited cache, -1, evicts nothing, so theorem 2 holds there unchecked). The
             # placement above does not see that trade-off: replay it, and when keeping no
             # checkpoints at all (the shadow) is cheaper, do that (docs/oracle.md).
             import dataclasses

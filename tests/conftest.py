@@ -1,9 +1,18 @@
 """Shared fixtures: the corpus beside the repository, skipped when a user's clone lacks it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI runs a fixed set of examples (CKPTSIM_HYPOTHESIS_PROFILE=ci in .ci/run) so main does not
+# turn red on a draw; a plain `pytest` explores new examples each run, and prints the blob to
+# replay any failure it finds.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("CKPTSIM_HYPOTHESIS_PROFILE", "explore"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -169,3 +169,28 @@ def test_oracle_spec_and_bad_args() -> None:
     assert make_policy("oracle").spec == "oracle"
     with pytest.raises(ValueError, match="oracle"):
         make_policy("oracle:n=3")
+
+
+def _work_s(s: dict) -> float:
+    return s["prefill_s"] + s["restore_s"] + s["create_s"]
+
+
+def test_oracle_falls_back_when_checkpoint_copies_crowd_the_prompt_cache() -> None:
+    """docs/oracle.md "Fallback": 40 interleaved mini-swe-agent sessions on one slot with a 2 GiB
+    --cache-ram. Checkpoint copies in cache entries (spec §5) make the oracle's own placement cost
+    more than none at all, so it keeps none; with the cache unlimited it must not fall back."""
+    trace = load_trace(REPO / "traces" / "real" / "mini-swe-agent-gemini3pro-s40.jsonl")
+    finite = ServerConfig(cache_ram_mib=2048)
+    placed = OraclePolicy(_checking=True)         # the placement alone, without the fallback check
+    with_ckpts = simulate(trace, placed, finite, record_events=False).summary()
+    none = simulate(trace, "none", finite, record_events=False).summary()
+    assert _work_s(none) < _work_s(with_ckpts)
+    oracle = OraclePolicy()
+    s = simulate(trace, oracle, finite, record_events=False).summary()
+    assert oracle.fell_back
+    assert s["reprocessed_tokens"] == none["reprocessed_tokens"] and s["created"] == 0
+    for spec in ("fifo", "llama-server"):
+        assert _work_s(s) <= _work_s(simulate(trace, spec, finite, record_events=False).summary()), spec
+    unlimited = OraclePolicy()
+    simulate(trace, unlimited, ServerConfig(cache_ram_mib=-1), record_events=False)
+    assert not unlimited.fell_back
