@@ -2,9 +2,10 @@
 
 Prefill of positions [start, end) costs, per token at position p, ``a + b * p / 1000`` ms
 (``a``: weights and recurrent layers, flat in p; ``b``: attention, linear in p), plus ``c`` ms per
-llama_decode call (batch)::
+llama_decode call (batch) and ``u`` ms per ubatch (one graph compute: every ubatch streams the
+weights once, so a small ``-ub`` pays it more often)::
 
-    prefill_ms = a*n + b*n*(start + end - 1)/2000 + c*n_batches,   n = end - start
+    prefill_ms = a*n + b*n*(start + end - 1)/2000 + c*n_batches + u*n_ubatches,   n = end - start
 
 A checkpoint is a host<->device copy of its bytes (spec §4, #22558): ``fixed + per_mib * size``.
 """
@@ -27,6 +28,7 @@ class CostProfile:
     prefill_ms_per_token: float
     prefill_ms_per_token_per_ktok: float = 0.0
     prefill_ms_per_batch: float = 0.0
+    prefill_ms_per_ubatch: float = 0.0
     decode_ms_per_token: float = 0.0
     decode_ms_per_token_per_ktok: float = 0.0
     ckpt_size_mib: float = 0.0
@@ -38,14 +40,14 @@ class CostProfile:
     kv_mib_per_ktok: float = 0.0            # attention KV per 1000 cached tokens (prompt-cache entries)
     provenance: dict = field(default_factory=dict)
 
-    def prefill_ms(self, start: int, end: int, n_batches: int = 1) -> float:
-        """Time to prefill positions [start, end) in ``n_batches`` decode calls."""
+    def prefill_ms(self, start: int, end: int, n_batches: int, n_ubatches: int) -> float:
+        """Time to prefill positions [start, end) in ``n_batches`` decode calls of ``n_ubatches`` ubatches."""
         n = end - start
         if n <= 0:
             return 0.0
         return (self.prefill_ms_per_token * n
                 + self.prefill_ms_per_token_per_ktok * n * (start + end - 1) / 2000.0
-                + self.prefill_ms_per_batch * n_batches)
+                + self.prefill_ms_per_batch * n_batches + self.prefill_ms_per_ubatch * n_ubatches)
 
     def decode_ms(self, start: int, n_tokens: int) -> float:
         """Time to generate ``n_tokens`` tokens after ``start`` cached tokens."""

@@ -29,9 +29,9 @@ from typing import ClassVar
 import numpy as np
 
 from .cost import CostProfile, load_profile
-from .policies import Policy, PrefillView, n_batches_with_breaks
+from .policies import Policy, PrefillView
 from .records import Checkpoint, EventKind
-from .server import PrefillPlan
+from .server import PrefillPlan, batch_counts
 from .trace import Trace
 
 _EVICTIONS = ("density", "value", "belady")
@@ -87,8 +87,9 @@ def lower_bound(trace: Trace, config=None, profile: CostProfile | str | None = N
     cached_max = np.minimum(best_prefix(trace), T - 1)
     cached_max = np.maximum(cached_max, 0)
     min_rep = T - cached_max
-    nb = config.eff_n_batch
-    prefill = np.array([prof.prefill_ms(int(c), int(t), -(-(int(t) - int(c)) // nb))
+    # Batches without any break are the fewest a prompt can take (breaks only add batches).
+    nb, ub = config.eff_n_batch, config.eff_n_ubatch
+    prefill = np.array([prof.prefill_ms(int(c), int(t), *batch_counts(int(c), int(t), nb, ub))
                         for c, t in zip(cached_max, T)], dtype=float)
     p95 = float(np.percentile(prefill, 95)) if len(prefill) else 0.0
     return LowerBound(trace.name, int(min_rep.sum()), float(prefill.sum()) / 1000.0, p95,
@@ -270,7 +271,7 @@ class OraclePolicy(Policy):
             else:
                 cur = trial
                 made.append(k)
-        return PrefillPlan(tuple(made), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, made))
+        return PrefillPlan(tuple(made), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, made))
 
     def _victim_index(self, ks: list[int]) -> int:
         """The checkpoint to drop among ``ks`` (the newcomer included when it is last)."""

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .records import Checkpoint
-from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, parse_build, server_placement,
-                     spacing_pass_runs, spacing_victims)
+from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, batch_counts, parse_build,
+                     server_placement, spacing_pass_runs, spacing_victims)
 
 _CURRENT_RULES = ServerRules(DEFAULT_BUILD)
 
@@ -33,19 +33,6 @@ class PrefillView:
     ckpt_n_tokens: tuple[int, ...]  # the slot's checkpoints, oldest first
     n_batch: int
     n_ubatch: int
-
-
-def n_batches_with_breaks(start: int, end: int, n_batch: int, breaks: list[int] | tuple[int, ...]) -> int:
-    """Number of decode calls for [start, end) when batches of ``n_batch`` must also end at ``breaks``."""
-    if end <= start:
-        return 0
-    if not breaks:
-        return -(-(end - start) // n_batch)
-    n, s = 0, start
-    for b in sorted(set(x for x in breaks if start < x < end)) + [end]:
-        n += -(-(b - s) // n_batch)
-        s = b
-    return n
 
 
 class Policy:
@@ -66,7 +53,7 @@ class Policy:
 
     def place(self, v: PrefillView) -> PrefillPlan:
         """Positions to checkpoint while prefilling [v.start, v.n_prompt)."""
-        return PrefillPlan((), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, ()))
+        return PrefillPlan((), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch))
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
         """Indices of checkpoints to drop before ``new_k`` is created, budget or not."""
@@ -95,7 +82,7 @@ class Policy:
 def _plan_at(v: PrefillView, positions: list[int]) -> PrefillPlan:
     """Checkpoints at ``positions`` inside (start, T]; batches break there."""
     ps = sorted(set(p for p in positions if v.start < p <= v.n_prompt and p > 0))
-    return PrefillPlan(tuple(ps), n_batches_with_breaks(v.start, v.n_prompt, v.n_batch, ps))
+    return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
 
 
 @dataclass

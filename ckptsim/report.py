@@ -238,14 +238,17 @@ def trace_frame(trace) -> pd.DataFrame:
                          "n_user_turns": [len(u) for u in trace.user_starts]})
 
 
-def profile_frame(profile, max_tokens: int = 131072, step: int = 2048) -> pd.DataFrame:
+def profile_frame(profile, max_tokens: int = 131072, step: int = 2048, n_batch: int = 2048,
+                  n_ubatch: int = 512) -> pd.DataFrame:
     """A cost profile evaluated on a grid of prompt lengths (for the calibration notebook)."""
+    from .server import batch_counts
     rows = []
     for n in range(step, max_tokens + 1, step):
         size = profile.ckpt_mib(n)
-        rows.append({"n_tokens": n, "prefill_ms": profile.prefill_ms(0, n, -(-n // 2048)),
-                     "resume_last_1k_ms": profile.restore_ms(profile.ckpt_mib(max(n - 1000, 1)))
-                     + profile.prefill_ms(max(n - 1000, 0), n, 1),
+        last_1k = max(n - 1000, 0)
+        rows.append({"n_tokens": n, "prefill_ms": profile.prefill_ms(0, n, *batch_counts(0, n, n_batch, n_ubatch)),
+                     "resume_last_1k_ms": profile.restore_ms(profile.ckpt_mib(max(last_1k, 1)))
+                     + profile.prefill_ms(last_1k, n, *batch_counts(last_1k, n, n_batch, n_ubatch)),
                      "ckpt_mib": size, "create_ms": profile.create_ms(size),
                      "restore_ms": profile.restore_ms(size)})
     return pd.DataFrame(rows)

@@ -214,7 +214,33 @@ class PrefillPlan:
     """Where checkpoints are created while one prompt is prefilled, and how many batches it takes."""
 
     positions: tuple[int, ...]
-    n_batches: int
+    n_batches: int               # llama_decode calls (batches of at most n_batch)
+    n_ubatches: int              # graph computes: llama_decode splits each batch into n_ubatch pieces
+
+
+def batch_counts(start: int, end: int, n_batch: int, n_ubatch: int,
+                 breaks: tuple[int, ...] | list[int] = ()) -> tuple[int, int]:
+    """(batches, ubatches) for prefilling [start, end) when batches also end at ``breaks``.
+
+    A batch holds at most ``n_batch`` tokens; llama_decode splits it into ubatches of at most
+    ``n_ubatch`` (spec §2.3: ``n_ubatch = min(n_batch, -ub)``)::
+
+        |start ....... n_batch ....... |....... n_batch ....... |.. rest ..|break|... |end
+        |ub|ub|ub|ub|ub|ub|ub|ub|ub|ub |ub|ub|ub|ub|ub|ub|ub|ub |ub|ub|ub |ub|ub|
+    """
+    if end <= start:
+        return 0, 0
+    nb = max(1, n_batch)
+    ub = max(1, min(nb, n_ubatch))
+    per_full = -(-nb // ub)
+    n_b = n_ub = 0
+    s = start
+    for b in sorted({x for x in breaks if start < x < end}) + [end]:
+        q, rest = divmod(b - s, nb)
+        n_b += q + (rest > 0)
+        n_ub += q * per_full + -(-rest // ub)
+        s = b
+    return n_b, n_ub
 
 
 def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts: tuple[int, ...],
@@ -230,11 +256,11 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
     ub = max(1, min(nb, n_ubatch))
     era = rules.era
     if start >= T:
-        return PrefillPlan((), 0)
+        return PrefillPlan((), 0, 0)
     if not enabled:
-        return PrefillPlan((), -(-(T - start) // nb))
+        return PrefillPlan((), *batch_counts(start, T, nb, ub))
     if era in ("end", "end-64", "end-batch"):
-        return _placement_single_end(rules, start, T, last_k, nb, era)
+        return _placement_single_end(rules, start, T, last_k, nb, ub, era)
     # Break points that do not depend on state (#20288): T-(4+ub) and T-4, ascending.
     fixed = (T - min(nb, 4 + ub), T - min(nb, 4))
     # Only the user eras look at user starts (breaks and checkpoints alike).
@@ -245,7 +271,8 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
     near_end_exempt = rules.near_end_exempt
     min64 = rules.min64
     out: list[int] = []
-    n_batches = 0
+    n_batches = n_ubatches = 0
+    ub_per_batch = -(-nb // ub)
     pos = start
 
     def spaced(p: int) -> bool:
@@ -269,6 +296,7 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
                 if m > 0:
                     pos += m * nb
                     n_batches += m
+                    n_ubatches += m * ub_per_batch
         n_start = pos
         end = min(n_start + nb, T)
         for f in fixed:
@@ -292,6 +320,7 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
                 end = u
                 break
             i += 1
+        n_ubatches += -(-(end - pos) // ub)
         pos = end
         n_batches += 1
         # Decide whether this batch gets a checkpoint at its start (state before the batch).
@@ -314,28 +343,28 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         if do:
             out.append(n_start)
             last_k = n_start
-    return PrefillPlan(tuple(out), n_batches)
+    return PrefillPlan(tuple(out), n_batches, n_ubatches)
 
 
 def _placement_single_end(rules: ServerRules, start: int, T: int, last_k: int | None, nb: int,
-                          era: str) -> PrefillPlan:
+                          ub: int, era: str) -> PrefillPlan:
     """b6685-b8285: at most one checkpoint per request, at the end of the prompt."""
     if era == "end":
         # b6685: taken after the last batch is decoded, so it covers the whole prompt.
-        n_batches = -(-(T - start) // nb)
+        counts = batch_counts(start, T, nb, ub)
         k = T
         ok = k > 0
     else:
         off = 64 if era == "end-64" else min(nb, 512)
         brk = T - off
         if start < brk:
-            n_batches = -(-(brk - start) // nb) + 1
+            counts = batch_counts(start, T, nb, ub, (brk,))
             k = brk
         else:
-            n_batches = -(-(T - start) // nb)
+            counts = batch_counts(start, T, nb, ub)
             k = start
         ok = k >= 64 and (last_k is None or k > last_k + 64) and k > 0
-    return PrefillPlan((k,) if ok else (), n_batches)
+    return PrefillPlan((k,) if ok else (), *counts)
 
 
 def spacing_victims(rules: ServerRules, ckpts: list[tuple[int, int]], task_id: int, min_step: int,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostProfile, load_profile
-from .policies import Policy, PrefillView, make_policy, n_batches_with_breaks
+from .policies import Policy, PrefillView, make_policy
 from .records import Checkpoint, Event, EventKind, RequestResult
-from .server import PrefillPlan, restore_decision
+from .server import PrefillPlan, batch_counts, restore_decision
 from .trace import Trace
 
 
@@ -307,7 +307,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             plan = pol.place(PrefillView(r, slot.id, n_past, T, user_starts[r], tool_starts[r],
                                          tuple(ks), nb, ub))
         else:
-            plan = PrefillPlan((), n_batches_with_breaks(n_past, T, nb, ()))
+            plan = PrefillPlan((), *batch_counts(n_past, T, nb, ub))
         n_created = n_evicted = 0
         create_ms = 0.0
         created_at = []
@@ -336,7 +336,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             c = ckpts.pop(i)
             n_evicted += 1
             emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
-        prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches)
+        prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches, plan.n_ubatches)
         decode_ms = prof.decode_ms(T, n_out)
 
         slot.seq = r

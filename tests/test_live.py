@@ -95,3 +95,20 @@ def test_server_start_probe_and_clean_stop(tmp_path):
         srv.stop()
     with pytest.raises(ServerError, match="connection refused"):
         c.get("/health")
+
+
+def test_calibrate_at_several_ubatch_sizes(tmp_path):
+    """`calibrate --tiny --ubatch-sizes 64,256 -b 256`: one real server per -ub, each with its own log
+    and run in one measurements file, fitted together and each replayed under its own flags."""
+    out = tmp_path / "ub.json"
+    r = CliRunner().invoke(app, ["calibrate", "--tiny", "--quick", "-c", "2048", "-b", "256",
+                                 "--ubatch-sizes", "64,256", "--passes", "2", "-o", str(out), "--json"],
+                           env={"CKPTSIM_CACHE": str(tmp_path)})
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    prov = load_profile(str(out)).provenance
+    assert (prov["n_batch"], prov["n_ubatch"]) == (256, [64, 256])
+    assert len(prov["measurements"]["run"].split(",")) == 2
+    assert (tmp_path / "ub.server-ub64.log").is_file() and (tmp_path / "ub.server-ub256.log").is_file()
+    assert [c["n_ubatch"] for c in doc["validation"]["config"]] == [64, 256]
+    assert doc["validation"]["cache_n_agree"] == doc["validation"]["n_requests"]

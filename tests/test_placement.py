@@ -1,7 +1,7 @@
 """Checkpoint placement of llama-server per era, checked against the spec's worked examples and real logs."""
 from __future__ import annotations
 
-from ckptsim.server import ServerRules, server_placement
+from ckptsim.server import ServerRules, batch_counts, server_placement
 
 
 def test_spec_example_current():
@@ -10,6 +10,16 @@ def test_spec_example_current():
     plan = server_placement(ServerRules(10573), 0, 20000, (), None, 2048, 512, 8192, -1)
     assert plan.positions == (19484, 19996)
     assert plan.n_batches == 9 + 1 + 1 + 1   # 9 full batches to 18432, then 1052, 512 and 4 tokens
+    # each 2048-token batch is 4 ubatches of 512; 1052 tokens are 3 (512, 512, 28); then 1 and 1
+    assert plan.n_ubatches == 9 * 4 + 3 + 1 + 1
+
+
+def test_batch_counts_by_hand():
+    """[1000, 5000) with -b 2048 -ub 512 and a break at 4500: [1000,3048) is 4 ubatches,
+    [3048,4500) 1452 tokens = 3 ubatches, [4500,5000) 1; -ub larger than -b is capped at -b."""
+    assert batch_counts(1000, 5000, 2048, 512, (4500,)) == (3, 4 + 3 + 1)
+    assert batch_counts(0, 4096, 2048, 4096) == (2, 2)
+    assert batch_counts(10, 10, 2048, 512) == (0, 0)
 
 
 def test_user_start_gets_checkpoint():

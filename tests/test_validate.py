@@ -128,3 +128,14 @@ def test_calibration_log_round_trip_and_total_time() -> None:
     doc = v.to_json()
     assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0
     assert abs(doc["prompt_time"]["total_error_pct"]) < 15.0
+
+
+@pytest.mark.parametrize("ub", [64, 256, 1024])
+def test_calibration_logs_at_several_ubatch_sizes(ub: int) -> None:
+    """The committed -ub sweep (docs/calibration/tiny-ub-sweep-cpu.server-ub*.log.gz, real llama.cpp
+    b11549 at -b 1024): every decision, including the T-(4+ub) checkpoints, replays at every -ub."""
+    from ckptsim.validate import validate_log
+    repo = Path(__file__).resolve().parents[1]
+    v = validate_log(repo / "docs" / "calibration" / f"tiny-ub-sweep-cpu.server-ub{ub}.log.gz")
+    doc = v.to_json()
+    assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0

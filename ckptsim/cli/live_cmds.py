@@ -123,10 +123,15 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
               url: str = typer.Option(None, "--url", help="running llama-server, http://127.0.0.1:PORT"),
               log: Path = typer.Option(None, "--log", help="that server's log (-lv 4): exact events and sizes"),
               tiny: bool = typer.Option(False, "--tiny", help="start serve-tiny's server for the run"),
+              preset_name: str = typer.Option("tiny", "--preset", help="with --tiny: the model preset"),
+              ubatch_sizes: str = typer.Option(None, "--ubatch-sizes",
+                                               help="with --tiny: one run per -ub (e.g. 64,256,1024), "
+                                                    "fitted together to separate the per-ubatch cost"),
               measurements: Path = typer.Option(None, "--measurements",
                                                 help="raw measurements JSONL, appended to (default: OUT.measurements.jsonl)"),
               refit: bool = typer.Option(False, "--refit", help="no server: fit --measurements again"),
-              run_id: str = typer.Option(None, "--run", help="with --refit: which run (default: the last)"),
+              run_id: str = typer.Option(None, "--run", help="with --refit: run id, a comma list or all "
+                                                             "(default: the last)"),
               passes: int = typer.Option(3, help="repeats of the plan; the last is held out"),
               quick: bool = typer.Option(False, "--quick", help="a short plan (tests, dry runs)"),
               cap: int = typer.Option(16384, help="deepest prompt, in tokens (at most the server's n_ctx)"),
@@ -148,25 +153,38 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
     if sum(bool(x) for x in (url, tiny, refit)) != 1:
         raise UserError("give exactly one of --url URL, --tiny or --refit")
     meas = measurements or out.with_name(out.stem + ".measurements.jsonl")
+    logs: dict[str, Path] = {}
+    if ubatch_sizes is not None and not tiny:
+        raise UserError("--ubatch-sizes needs --tiny (against your own server, run calibrate once per "
+                        "-ub into one --measurements file, then --refit --run all)")
     if refit:
         if measurements is None:
             raise UserError("--refit needs --measurements FILE")
     elif tiny:
         _need_live()
         from ..live.server import LiveServer, ServerFlags
-        log = log or out.with_name(out.stem + ".server.log")
-        flags = ServerFlags(n_ctx=ctx, n_batch=n_batch or 512, n_ubatch=n_ubatch or 512,
-                            ctx_checkpoints=ctx_checkpoints if ctx_checkpoints is not None else 8,
-                            checkpoint_min_step=min_step if min_step is not None else 256,
-                            cache_ram_mib=cache_ram if cache_ram is not None else 8192)
         from ..live.tinymodel import model_shape_of
-        model = _tiny_model("tiny", None, None)
+        sizes = _int_list(ubatch_sizes, "--ubatch-sizes") if ubatch_sizes else [n_ubatch or 512]
+        model = _tiny_model(preset_name, None, None)
         shape = model_shape_of(model)
-        with LiveServer(model, log, flags) as srv:
-            _measure(srv.url, log, meas, flags.n_batch, flags.n_ubatch, flags.ctx_checkpoints,
-                     flags.checkpoint_min_step, flags.cache_ram_mib, passes, quick, cap, timeout,
-                     {"server_args": flags.to_args(), "backend": "xllamacpp",
-                      "model_shape": asdict(shape) if shape else None})
+        for ub in sizes:
+            run_log = log or out.with_name(out.stem + ".server.log")
+            if len(sizes) > 1:
+                run_log = run_log.with_name(f"{run_log.stem}-ub{ub}{run_log.suffix}")
+            flags = ServerFlags(n_ctx=ctx, n_batch=max(n_batch or 512, ub), n_ubatch=ub,
+                                ctx_checkpoints=ctx_checkpoints if ctx_checkpoints is not None else 8,
+                                checkpoint_min_step=min_step if min_step is not None else 256,
+                                cache_ram_mib=cache_ram if cache_ram is not None else 8192)
+            with LiveServer(model, run_log, flags) as srv:
+                rid = _measure(srv.url, run_log, meas, flags.n_batch, flags.n_ubatch, flags.ctx_checkpoints,
+                               flags.checkpoint_min_step, flags.cache_ram_mib, passes, quick, cap, timeout,
+                               {"server_args": flags.to_args(), "backend": "xllamacpp",
+                                "model_shape": asdict(shape) if shape else None})
+            logs[rid] = run_log
+        if len(sizes) > 1:
+            run_id, log = ",".join(logs), None
+        else:
+            log = next(iter(logs.values()))
     else:
         from ..live.calibrate import parse_server_log
         slog = parse_server_log(log) if log else None
@@ -176,12 +194,23 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
             (slog.checkpoint_min_step if slog and slog.checkpoint_min_step is not None else 8192)
         _measure(url, log, meas, n_batch or 2048, n_ubatch or 512, ctx_checkpoints, min_step,
                  cache_ram if cache_ram is not None else 8192, passes, quick, cap, timeout, {})
-    _fit_and_write(meas, log, run_id, out, name, validate, as_json)
+    _fit_and_write(meas, log, run_id, out, name, validate, as_json, logs)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option}: expected whole numbers separated by commas, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise UserError(f"{option}: expected positive whole numbers, got {text!r}")
+    return list(dict.fromkeys(vals))
 
 
 def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int, ctx_checkpoints: int,
              min_step: int, cache_ram: int, passes: int, quick: bool, cap: int, timeout: float,
-             extra: dict) -> None:
+             extra: dict) -> str:
+    """Run the measurement plan against ``url``; returns the run id written to ``meas``."""
     from ..live.harness import Client, Harness, Plan, ServerError, probe
     from ..live.server import XLLAMACPP, backend_build
     client = Client(url, timeout_s=timeout)
@@ -196,17 +225,17 @@ def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int
         h = Harness(client, meas, log, n_batch, n_ubatch, flags,
                     on_progress=lambda d: bar.update(task, advance=1, description=d))
         try:
-            h.run(plan, info)
+            return h.run(plan, info)
         except ServerError as e:
             raise RuntimeError(f"{e} ({h.n_taken} measurements kept in {meas})") from None
 
 
 def _fit_and_write(meas: Path, log: Path | None, run_id: str | None, out: Path, name: str | None,
-                   validate: bool, as_json: bool) -> None:
+                   validate: bool, as_json: bool, logs: dict[str, Path] | None = None) -> None:
     from dataclasses import replace
 
     from ..live.calibrate import fit_profile, validate_with_simulator
-    fit = fit_profile(meas, log, run_id=run_id, name=name or out.stem)
+    fit = fit_profile(meas, log, run_id=run_id, name=name or out.stem, logs=logs)
     prof = fit.profile
     doc: dict = {"profile": str(out), "measurements": str(meas), "coefficients": fit.coef,
                  "ckpt_size_mib": prof.ckpt_size_mib, "fit": fit.fit_summary(),
@@ -231,7 +260,8 @@ def _fit_and_write(meas: Path, log: Path | None, run_id: str | None, out: Path, 
         return
     h = doc["heldout"]
     err.print(f"wrote {out}: {prof.prefill_ms_per_token:.4f} ms/token + "
-              f"{prof.prefill_ms_per_token_per_ktok:.4f} ms/token/ktok + {prof.prefill_ms_per_batch:.3f} ms/batch; "
+              f"{prof.prefill_ms_per_token_per_ktok:.4f} ms/token/ktok + {prof.prefill_ms_per_batch:.3f} ms/batch + "
+              f"{prof.prefill_ms_per_ubatch:.3f} ms/ubatch; "
               f"restore {prof.restore_ms_fixed:.3f} ms, checkpoint {prof.ckpt_size_mib} MiB")
     if h.get("n"):
         err.print(f"held-out pass: predicted {h['total_predicted_ms']:.0f} ms vs measured "

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..cost import CostProfile
-from .harness import read_measurements
+from .harness import list_runs, read_measurements
 
 FEATURES = ("prefill_ms_per_token", "prefill_ms_per_token_per_ktok", "prefill_ms_per_batch",
-            "restore_ms_fixed", "create_ms_fixed")
+            "prefill_ms_per_ubatch", "restore_ms_fixed", "create_ms_fixed")
 
 
 @dataclass
@@ -90,25 +90,25 @@ def parse_server_log(path: str | Path) -> ServerLog:
                      st.get("ctx_checkpoints"), st.get("min_step"))
 
 
-def rule_features(rec: dict, n_batch: int, n_ubatch: int) -> tuple[int, bool, int]:
-    """(n_batches, restored, n_created) of one request from the server's rules, without a log.
+def rule_features(rec: dict, n_batch: int, n_ubatch: int) -> tuple[int, int, bool, int]:
+    """(n_batches, n_ubatches, restored, n_created) of one request from the server's rules, without a log.
 
     Batches end at n_batch tokens and at the break points T-min(b, 4+ub) and T-4 (spec §2.3); a
     restore happened when the server searched (the cache was not a prefix of the prompt, or the
     prompt was fully cached) and still reused tokens (spec §2.2).
     """
-    from ..policies import n_batches_with_breaks
+    from ..server import batch_counts
 
     start, T = rec["cache_n"], rec["n_prompt"]
     breaks = (T - min(n_batch, 4 + n_ubatch), T - min(n_batch, 4))
-    nb = n_batches_with_breaks(start, T, n_batch, breaks)
+    nb, nub = batch_counts(start, T, n_batch, n_ubatch, breaks)
     lcp, L = rec["lcp_cache"], rec["cache_len_before"]
     searched = lcp > 0 and not (lcp < T and lcp == L)
     restored = searched and start > 0
     created = sum(1 for k in set(breaks) if start < k < T)
     if start > 0 and T - start <= min(n_batch, 4 + n_ubatch) and start not in breaks:
         created += 1        # the first batch is near the end: a checkpoint at its start
-    return nb, restored, created
+    return nb, nub, restored, created
 
 
 @dataclass
@@ -162,39 +162,76 @@ def _rows(recs: list[dict], log: ServerLog | None, n_batch: int, n_ubatch: int) 
     for i, r in enumerate(recs):
         if r.get("endpoint") != "/completion" or r.get("prompt_n", 0) < 1 or r.get("prompt_ms", -1) < 0:
             continue
+        # The log does not print ubatches; their count follows from the batch geometry (spec §2.3).
+        nb, nub, restored, created = rule_features(r, n_batch, n_ubatch)
+        full = r["cache_n"] == 0 and r["lcp_cache"] > 0
         if tasks is not None:
             t = tasks[i]
             nb, restored, created = t.n_batches, t.restored >= 0, len(t.created)
             full = t.full_reprocess
-        else:
-            nb, restored, created = rule_features(r, n_batch, n_ubatch)
-            full = r["cache_n"] == 0 and r["lcp_cache"] > 0
         n, s, T = r["prompt_n"], r["cache_n"], r["n_prompt"]
         rows.append({"seq": r["seq"], "phase": r["phase"], "pass": r["pass"], "n_prompt": T,
                      "cache_n": s, "prompt_n": n, "measured_ms": r["prompt_ms"],
-                     "x": [n, n * (s + T - 1) / 2000.0, nb, float(restored), float(created)],
+                     "x": [n, n * (s + T - 1) / 2000.0, nb, nub, float(restored), float(created)],
                      "restored": bool(restored), "full_reprocess": bool(full), "n_created": created,
-                     "n_batches": nb})
+                     "n_batches": nb, "n_ubatches": nub, "n_ubatch": n_ubatch})
     return rows, used_log, notes
 
 
+def run_ids_of(measurements: str | Path, run_id: str | None = None) -> list[str]:
+    """The runs ``run_id`` names: one id, a comma list, "all", or None for the last run."""
+    order = list_runs(measurements)
+    if run_id in (None, ""):
+        return order[-1:]
+    if run_id == "all":
+        return order
+    ids = [x.strip() for x in run_id.split(",") if x.strip()]
+    missing = [x for x in ids if x not in order]
+    if missing:
+        raise ValueError(f"{measurements}: no run {', '.join(missing)} (runs: {', '.join(order)})")
+    return ids
+
+
 def fit_profile(measurements: str | Path, log: str | Path | None = None, run_id: str | None = None,
-                name: str | None = None, ckpt_size_mib: float | None = None) -> Fit:
-    """Fit the cost model to one run of a measurements file; the run's last pass is held out."""
+                name: str | None = None, ckpt_size_mib: float | None = None,
+                logs: dict[str, str | Path] | None = None) -> Fit:
+    """Fit the cost model to runs of a measurements file; each run's last pass is held out.
+
+    ``run_id``: one run (default: the last), a comma list or "all". Several runs of one model at
+    different ``-b``/``-ub`` separate the per-ubatch cost from the per-batch and per-token costs;
+    ``logs`` maps run ids to their server logs (``log`` serves a single run).
+    """
     from scipy.optimize import least_squares
 
-    header, recs = read_measurements(measurements, run_id)
-    n_batch, n_ubatch = int(header["n_batch"]), int(header["n_ubatch"])
-    slog = parse_server_log(log) if log else None
-    rows, used_log, notes = _rows(recs, slog, n_batch, n_ubatch)
-    passes = sorted({r["pass"] for r in rows if r["pass"] >= 0})
-    if not passes:
-        raise ValueError(f"{measurements}: run {header['run']} has no measured passes to fit")
-    held = passes[-1] if len(passes) > 1 else None
-    if held is None:
-        notes.append("a single pass: no held-out measurements (run the plan with passes >= 2)")
-    fit_rows = [r for r in rows if r["phase"] != "warmup" and r["pass"] != held]
-    held_rows = [r for r in rows if r["pass"] == held] if held is not None else []
+    ids = run_ids_of(measurements, run_id)
+    rows: list[dict] = []
+    notes: list[str] = []
+    all_recs: list[dict] = []
+    used_log = False
+    slog = None
+    n_batches_of: set[int] = set()
+    for rid in ids:
+        header_r, recs = read_measurements(measurements, rid)
+        n_batches_of.add(int(header_r["n_batch"]))
+        path = (logs or {}).get(rid) or (log if len(ids) == 1 else None)
+        slog_r = parse_server_log(path) if path else None
+        slog = slog or slog_r
+        rows_r, used_r, notes_r = _rows(recs, slog_r, int(header_r["n_batch"]), int(header_r["n_ubatch"]))
+        passes = sorted({r["pass"] for r in rows_r if r["pass"] >= 0})
+        held = passes[-1] if len(passes) > 1 else None
+        if held is None:
+            notes.append(f"run {rid}: a single pass, no held-out measurements (run the plan with passes >= 2)")
+        for r in rows_r:
+            r["run"], r["held_out"] = rid, held is not None and r["pass"] == held
+        rows += rows_r
+        notes += notes_r
+        all_recs += recs
+        used_log = used_log or used_r
+    header = header_r                       # provenance: the newest run's server, model, machine
+    if not any(r["pass"] >= 0 for r in rows):
+        raise ValueError(f"{measurements}: run {', '.join(ids)} has no measured passes to fit")
+    fit_rows = [r for r in rows if r["phase"] != "warmup" and not r["held_out"]]
+    held_rows = [r for r in rows if r["held_out"]]
     if len(fit_rows) < len(FEATURES) + 2:
         raise ValueError(f"{measurements}: only {len(fit_rows)} usable measurements; too few to fit")
     X = np.array([r["x"] for r in fit_rows], float)
@@ -203,43 +240,55 @@ def fit_profile(measurements: str | Path, log: str | Path | None = None, run_id:
     # restores) must still pin down the per-batch and per-restore terms.
     w = 1.0 / np.sqrt(np.maximum(y, 1.0))
     cols = np.flatnonzero(X.any(axis=0))          # a feature never seen cannot be fitted
+    i_b, i_ub = FEATURES.index("prefill_ms_per_batch"), FEATURES.index("prefill_ms_per_ubatch")
+    if np.array_equal(X[:, i_b], X[:, i_ub]):
+        # -b == -ub: every batch is one ubatch, and the two costs are one column. Keep it as
+        # the per-batch cost (what the fit measured) and say how to separate them.
+        cols = cols[cols != i_ub]
+        notes.append("prefill_ms_per_ubatch: every batch was one ubatch (-b == -ub), so it cannot be "
+                     "told apart from prefill_ms_per_batch; left at 0 (calibrate at several -ub, "
+                     "--ubatch-sizes, to separate them)")
     res = least_squares(lambda c: (X[:, cols] @ c - y) * w, x0=np.full(len(cols), 0.01),
                         bounds=(0.0, np.inf), loss="soft_l1", f_scale=2.0)
     coef = np.zeros(len(FEATURES))
     coef[cols] = res.x
-    for j in set(range(len(FEATURES))) - set(cols.tolist()):
+    for j in set(range(len(FEATURES))) - set(cols.tolist()) - {i_ub}:
         notes.append(f"{FEATURES[j]}: no measurement exercised it; left at 0")
     for r in rows:
         r["predicted_ms"] = float(np.dot(coef, r["x"]))
-    decode = _fit_decode(recs)
+    decode = _fit_decode(all_recs)
     size, kv, size_src = _sizes(header, slog, ckpt_size_mib)
     notes.append(f"checkpoint size from {size_src}")
     hw = header.get("hardware", {})
+
+    def one_or_all(v: set[int]) -> int | list[int]:
+        return next(iter(v)) if len(v) == 1 else sorted(v)
+
     prov = {
         "kind": "fitted by ckptsim calibrate",
         "server_build": (slog.build if slog and slog.build and not slog.build.startswith("b0")
                          else None) or header.get("flags", {}).get("backend_build") or header.get("build"),
         "model": Path(header.get("model_path") or "unknown").name,
         "model_shape": header.get("flags", {}).get("model_shape"),
-        "n_ctx": header.get("n_ctx"), "n_batch": n_batch, "n_ubatch": n_ubatch,
+        "n_ctx": header.get("n_ctx"), "n_batch": one_or_all(n_batches_of),
+        "n_ubatch": one_or_all({r["n_ubatch"] for r in rows}),
         "server_flags": header.get("flags", {}).get("server_args"),
         "hardware": hw, "date": header.get("date"),
-        "measurements": {"file": Path(measurements).name, "run": header["run"],
-                         "n_requests": len(recs), "n_fit": len(fit_rows), "n_heldout": len(held_rows),
-                         "held_out_pass": held},
+        "measurements": {"file": Path(measurements).name, "run": ",".join(ids),
+                         "n_requests": len(all_recs), "n_fit": len(fit_rows), "n_heldout": len(held_rows),
+                         "held_out": "the last pass of each run"},
         "features_from": "server log (-lv 4)" if used_log else "server rules (no log)",
         "fit": {"method": "scipy.optimize.least_squares, bounds >= 0, soft_l1, weights 1/sqrt(ms)",
-                "model": "prompt_ms = a*n + b*n*(cache_n+T-1)/2000 + c*n_batches + r*restored + w*n_created",
+                "model": "prompt_ms = a*n + b*n*(cache_n+T-1)/2000 + c*n_batches + u*n_ubatches"
+                         " + r*restored + w*n_created",
                 **{k: round(float(v), 6) for k, v in zip(FEATURES, coef)},
                 "fit": _summary(fit_rows), "heldout": _summary(held_rows)},
         "notes": notes,
     }
     profile = CostProfile(
         name=name or f"{Path(header.get('model_path') or 'model').stem}-calibrated",
-        prefill_ms_per_token=float(coef[0]), prefill_ms_per_token_per_ktok=float(coef[1]),
-        prefill_ms_per_batch=float(coef[2]), decode_ms_per_token=decode[0],
-        decode_ms_per_token_per_ktok=decode[1], ckpt_size_mib=size,
-        restore_ms_fixed=float(coef[3]), create_ms_fixed=float(coef[4]), kv_mib_per_ktok=kv,
+        **{k: float(v) for k, v in zip(FEATURES, coef)}, decode_ms_per_token=decode[0],
+        decode_ms_per_token_per_ktok=decode[1], ckpt_size_mib=size, kv_mib_per_ktok=kv,
         provenance=prov)
     return Fit(profile, dict(zip(FEATURES, map(float, coef))), fit_rows, held_rows, used_log, notes)
 
@@ -310,11 +359,28 @@ def validate_with_simulator(measurements: str | Path, profile: CostProfile, run_
 
     The simulator decides cache_n, restores and checkpoint placement itself (the llama-server
     policy of the run's build and flags), so this checks the rules and the costs together.
+    ``run_id`` as in ``fit_profile``: each run is replayed under its own server flags.
     """
+    rows: list[dict] = []
+    configs: list[dict] = []
+    policy = ""
+    for rid in run_ids_of(measurements, run_id):
+        policy, cfg, rows_r = _replay_run(measurements, profile, rid)
+        configs.append(cfg)
+        rows += rows_r
+    held_rows = [r for r in rows if r["held_out"]]
+    same = sum(1 for r in rows if r["cache_n_measured"] == r["cache_n_predicted"])
+    return {"policy": policy, "config": configs[0] if len(configs) == 1 else configs,
+            "n_requests": len(rows), "cache_n_agree": same,
+            "all": _summary(rows), "heldout": _summary(held_rows), "held_out_pass": "last of each run",
+            "rows": rows}
+
+
+def _replay_run(measurements: str | Path, profile: CostProfile, rid: str) -> tuple[str, dict, list[dict]]:
     from ..sim import ServerConfig, simulate
 
-    header, _ = read_measurements(measurements, run_id)
-    trace = trace_from_measurements(measurements, run_id)
+    header, recs = read_measurements(measurements, rid)
+    trace = trace_from_measurements(measurements, rid)
     flags = header.get("flags", {})
     build = str(flags.get("backend_build") or header.get("build") or "latest").split()[0]
     if not re.fullmatch(r"b\d+", build) or build == "b0":
@@ -325,18 +391,15 @@ def validate_with_simulator(measurements: str | Path, profile: CostProfile, run_
                        cache_ram_mib=float(flags.get("cache_ram_mib", 8192)))
     policy = f"llama-server:version={build},min_step={int(flags.get('checkpoint_min_step', 8192))}"
     run = simulate(trace, policy, cfg, profile, record_events=False)
-    passes = {r["seq"]: r["pass"] for r in read_measurements(measurements, run_id)[1] if r.get("seq") is not None}
+    passes = {r["seq"]: r["pass"] for r in recs if r.get("seq") is not None}
     held = max((p for p in passes.values() if p >= 0), default=None)
     rows = []
     for res, req in zip(run.results, trace):
         obs = req.observed or {}
-        rows.append({"seq": req.id, "pass": passes.get(req.id), "n_prompt": req.n_prompt,
+        rows.append({"run": rid, "seq": req.id, "pass": passes.get(req.id),
+                     "held_out": held is not None and passes.get(req.id) == held, "n_prompt": req.n_prompt,
                      "cache_n_measured": obs.get("cache_n"), "cache_n_predicted": res.n_cached,
                      "measured_ms": obs.get("prompt_ms"),
                      "predicted_ms": round(res.prefill_ms + res.restore_ms + res.create_ms, 3)})
-    held_rows = [r for r in rows if r["pass"] == held]
-    same = sum(1 for r in rows if r["cache_n_measured"] == r["cache_n_predicted"])
-    return {"policy": policy, "config": {"n_ctx": cfg.n_ctx, "n_batch": cfg.n_batch,
-                                         "n_ubatch": cfg.n_ubatch, "ctx_checkpoints": cfg.ctx_checkpoints},
-            "n_requests": len(rows), "cache_n_agree": same,
-            "all": _summary(rows), "heldout": _summary(held_rows), "held_out_pass": held, "rows": rows}
+    return policy, {"n_ctx": cfg.n_ctx, "n_batch": cfg.n_batch, "n_ubatch": cfg.n_ubatch,
+                    "ctx_checkpoints": cfg.ctx_checkpoints}, rows

@@ -234,6 +234,19 @@ class MeasurementLog:
 
 def read_measurements(path: str | Path, run_id: str | None = None) -> tuple[dict, list[dict]]:
     """(run header, request records) of one run in a measurements file (the last run by default)."""
+    runs, recs, order = _read_runs(path)
+    rid = run_id or order[-1]
+    if rid not in runs:
+        raise ValueError(f"{path}: no run {rid!r} (runs: {', '.join(order)})")
+    return runs[rid], recs[rid]
+
+
+def list_runs(path: str | Path) -> list[str]:
+    """Run ids of a measurements file, oldest first."""
+    return _read_runs(path)[2]
+
+
+def _read_runs(path: str | Path) -> tuple[dict[str, dict], dict[str, list[dict]], list[str]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such measurements file")
@@ -263,10 +276,7 @@ def read_measurements(path: str | Path, run_id: str | None = None) -> tuple[dict
                 raise ValueError(f"{path}:{i}: unknown record kind {d.get('kind')!r}")
     if not order:
         raise ValueError(f"{path}: no run in this file")
-    rid = run_id or order[-1]
-    if rid not in runs:
-        raise ValueError(f"{path}: no run {rid!r} (runs: {', '.join(order)})")
-    return runs[rid], recs[rid]
+    return runs, recs, order
 
 
 @dataclass
