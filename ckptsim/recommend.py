@@ -2,8 +2,9 @@
 
 The search runs the ``llama-server`` policy of the user's build over its own flags
 (``--ctx-checkpoints``, ``--checkpoint-min-step`` or ``--checkpoint-every-n-tokens``, ``--cache-ram``)
-in two stages: first count x spacing at the default prompt cache, then the prompt-cache size for
-the best few. Every candidate must fit in host RAM (spec §4, §5)::
+in three stages: count x spacing at the default prompt cache, then the prompt-cache size for the
+best few, then ``-b``/``-ub`` at the winner (they move the T-(4+ub) checkpoint, spec §2.3, and set
+how many batches and ubatches a prompt costs). Every candidate must fit in host RAM (spec §4, §5)::
 
     n_slots x ctx_checkpoints x checkpoint size  +  cache_ram  <=  --ram-mib
 
@@ -28,6 +29,9 @@ from .sweep import SweepTask, run_sweep
 CTX_CHECKPOINTS = (0, 2, 4, 8, 16, 32, 64, 128)
 MIN_STEPS = (0, 256, 1024, 2048, 4096, 8192, 16384)
 EVERY_N = (-1, 1024, 2048, 4096, 8192, 16384)
+# (-b, -ub) pairs; the first is the server default (spec §8). Bigger -ub means fewer graph computes
+# but a bigger compute buffer on the device, so a change must earn more than TOLERANCE.
+BATCH_SIZES = ((2048, 512), (2048, 128), (2048, 256), (2048, 1024), (2048, 2048), (4096, 4096), (512, 512))
 CACHE_RAM_MIB = (0, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 OBJECTIVES = {"prefill": "prompt_s", "p95": "ttft_p95_ms"}
 # Policies outside the server's flags, compared at the recommended flags (upstream PR evidence).
@@ -44,6 +48,8 @@ class Flags:
     cache_ram_mib: float
     min_step: int | None = None      # --checkpoint-min-step (b9315+)
     every_n: int | None = None       # --checkpoint-every-n-tokens (b8232-b9314)
+    n_batch: int = 2048              # -b
+    n_ubatch: int = 512              # -ub
 
     def policy_spec(self, version: str) -> str:
         """The simulator policy that behaves like the server with these flags."""
@@ -61,7 +67,7 @@ class Flags:
             args += ["--checkpoint-min-step", str(self.min_step)]
         if self.every_n is not None:
             args += ["--checkpoint-every-n-tokens", str(self.every_n)]
-        args += ["--cache-ram", _num(self.cache_ram_mib)]
+        args += ["--cache-ram", _num(self.cache_ram_mib), "-b", str(self.n_batch), "-ub", str(self.n_ubatch)]
         return " ".join(args)
 
 
@@ -87,7 +93,8 @@ def flags_from_command_line(line: str, version: str, base: ServerConfig | None =
     vals: dict[str, str] = {}
     names = {"-np": "np", "--parallel": "np", "--ctx-checkpoints": "cp", "-ctxcp": "cp",
              "--checkpoint-min-step": "ms", "-cms": "ms", "--cache-ram": "ram", "-cram": "ram",
-             "--checkpoint-every-n-tokens": "en", "-cpent": "en"}
+             "--checkpoint-every-n-tokens": "en", "-cpent": "en", "-b": "b", "--batch-size": "b",
+             "-ub": "ub", "--ubatch-size": "ub"}
     i = 0
     while i < len(args):
         key = names.get(args[i])
@@ -97,9 +104,11 @@ def flags_from_command_line(line: str, version: str, base: ServerConfig | None =
         i += 2
     f = Flags(int(vals.get("cp", d.ctx_checkpoints)), float(vals.get("ram", d.cache_ram_mib)),
               int(vals["ms"]) if "ms" in vals else d.min_step,
-              int(vals["en"]) if "en" in vals else d.every_n)
+              int(vals["en"]) if "en" in vals else d.every_n,
+              int(vals.get("b", d.n_batch)), int(vals.get("ub", d.n_ubatch)))
     cfg = dataclasses.replace(base, n_slots=int(vals.get("np", base.n_slots)),
-                              ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib)
+                              ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib,
+                              n_batch=f.n_batch, n_ubatch=f.n_ubatch)
     return cfg, f.policy_spec(version)
 
 
@@ -120,6 +129,7 @@ class Recommendation:
     oracle: dict                     # the oracle policy at the recommended flags
     bound: dict                      # proven lower bound (any policy, any flags)
     alternatives: list[dict]         # other policies at the recommended flags
+    batch_sizes: list[dict]          # the -b/-ub candidates at the recommended checkpoint flags
     pareto: pd.DataFrame = field(repr=False)
     table: pd.DataFrame = field(repr=False)
     notes: list[str] = field(default_factory=list)
@@ -130,7 +140,7 @@ class Recommendation:
                 "ram_mib": self.ram_mib, "vram_mib": self.vram_mib, "ckpt_mib": self.ckpt_mib,
                 "flags": dataclasses.asdict(self.best), "command_line": self.command_line,
                 "claimed": self.claimed, "defaults": self.defaults, "oracle": self.oracle,
-                "bound": self.bound, "alternatives": self.alternatives,
+                "bound": self.bound, "alternatives": self.alternatives, "batch_sizes": self.batch_sizes,
                 "gain_vs_defaults": gain(self.defaults, self.claimed, self.objective),
                 "gap_to_oracle": gain(self.claimed, self.oracle, self.objective),
                 "pareto": _records(self.pareto), "notes": self.notes}
@@ -215,7 +225,8 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
     def evaluate(flags: list[Flags], policies: tuple[str | None, ...] = (None,)) -> pd.DataFrame:
         tasks, keys = [], []
         for f in flags:
-            cfg = dataclasses.replace(base, ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib)
+            cfg = dataclasses.replace(base, ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib,
+                                      n_batch=f.n_batch, n_ubatch=f.n_ubatch)
             for pol in policies:
                 for p in traces:
                     tasks.append(SweepTask(p, pol or f.policy_spec(version), cfg, profile))
@@ -248,6 +259,7 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
     pick = near.sort_values(["ram_mib", col]).iloc[0]
     best = pick["flags"]
     claimed = _row_dict(pick)
+    best, claimed, batch_rows = _search_batch_sizes(best, claimed, col, evaluate, per_flags, prof, notes)
     defaults = _row_dict(table[table["flags"].map(lambda f: f == d)].iloc[0])
     if not fits(d):
         notes.append(f"the server defaults need {ram_needed_mib(d, n_slots, ckpt_mib):,.0f} MiB, "
@@ -268,7 +280,8 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
                          + (" (coverage-preserving eviction, PR #22826, not merged)"
                             if s.startswith("coverage") else ""))
     oracle = next(a for a in alt_rows if a["policy"] == "oracle")
-    bounds = [lower_bound(t, base, prof) for t in loaded]
+    at_best = dataclasses.replace(base, n_batch=best.n_batch, n_ubatch=best.n_ubatch)
+    bounds = [lower_bound(t, at_best, prof) for t in loaded]
     bound = {"reprocessed_tokens": sum(b.reprocessed_tokens for b in bounds),
              "prefill_s": sum(b.prefill_s for b in bounds),
              "prompt_s": sum(b.prefill_s for b in bounds),
@@ -282,8 +295,38 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
     return Recommendation(version, objective, n_slots, ram_mib, vram_mib, ckpt_mib, best,
                           best.command_line(n_slots), claimed, defaults,
                           {k: v for k, v in oracle.items() if k != "gain_vs_recommended"}, bound,
-                          [a for a in alt_rows if a["policy"] != "oracle"], pareto,
+                          [a for a in alt_rows if a["policy"] != "oracle"], batch_rows, pareto,
                           table.drop(columns=["flags"]), notes)
+
+
+def _search_batch_sizes(best: Flags, claimed: dict, col: str, evaluate, per_flags, prof,
+                        notes: list[str]) -> tuple[Flags, dict, list[dict]]:
+    """Stage 3: -b/-ub at the chosen checkpoint flags. Keep the current pair unless another beats
+    it by more than TOLERANCE (ties: the smaller -ub, whose compute buffer is smaller)."""
+    cands = [dataclasses.replace(best, n_batch=b, n_ubatch=ub) for b, ub in BATCH_SIZES]
+    cands = [f for f in dict.fromkeys(cands) if f != best]
+    t = per_flags(evaluate(cands))
+    rows = [{"n_batch": best.n_batch, "n_ubatch": best.n_ubatch, col: claimed[col],
+             "reprocessed_tokens": claimed["reprocessed_tokens"], "ttft_p95_ms": claimed["ttft_p95_ms"]}]
+    rows += [{"n_batch": r["flags"].n_batch, "n_ubatch": r["flags"].n_ubatch, col: r[col],
+              "reprocessed_tokens": int(r["reprocessed_tokens"]), "ttft_p95_ms": r["ttft_p95_ms"]}
+             for _, r in t.iterrows()]
+    rows.sort(key=lambda r: (r["n_ubatch"], r["n_batch"]))
+    better = t[t[col] < claimed[col] * (1 - TOLERANCE) - 1e-9]
+    if prof.prefill_ms_per_ubatch == 0:
+        notes.append(f"-b/-ub: profile {prof.name} has no per-ubatch cost, so they were compared on "
+                     "checkpoint placement and per-batch cost only; a GPU usually prefills faster with a "
+                     "larger -ub (calibrate --ubatch-sizes measures it)")
+    if better.empty:
+        return best, claimed, rows
+    lo = better[col].min()
+    near = better[better[col] <= lo * (1 + TOLERANCE) + 1e-9]
+    pick = min((r for _, r in near.iterrows()), key=lambda r: (r["flags"].n_ubatch, r[col]))
+    f = pick["flags"]
+    notes.append(f"-b {f.n_batch} -ub {f.n_ubatch} instead of -b {best.n_batch} -ub {best.n_ubatch}: "
+                 f"{gain(claimed, _row_dict(pick), 'prefill' if col == 'prompt_s' else 'p95'):.1%} less; "
+                 f"a larger -ub also takes a larger compute buffer on the device")
+    return f, _row_dict(pick), rows
 
 
 def _label(objective: str) -> str:

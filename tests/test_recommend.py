@@ -89,3 +89,43 @@ def test_slot_count_is_searched_too() -> None:
     assert config.n_slots == rec.n_slots
     s = simulate(load_trace(multi), spec, config).summary()
     assert s["reprocessed_tokens"] == rec.claimed["reprocessed_tokens"]
+
+
+def _profile_with(tmp_path: Path, **costs) -> str:
+    """The default profile with some prefill costs replaced, written as a profile file."""
+    import dataclasses
+
+    from ckptsim.cost import load_profile
+    prof = dataclasses.replace(load_profile(None), name="test-profile", **costs)
+    path = tmp_path / "test-profile.json"
+    path.write_text(json.dumps(prof.to_json()))
+    return str(path)
+
+
+def test_batch_sizes_follow_a_per_ubatch_cost(tmp_path) -> None:
+    """With 40 ms per ubatch (a GPU streaming its weights once per ubatch), -ub 512 pays 4x the
+    ubatches of -ub 2048 on every 2048-token batch: the search must leave the default for a
+    larger -ub, and the printed line must re-simulate to the claim (with that profile)."""
+    prof = _profile_with(tmp_path, prefill_ms_per_ubatch=40.0)
+    rec = recommend([TRACE], version="b10573", profile=prof, jobs=1, **GRID)
+    assert rec.best.n_ubatch >= 1024
+    by_ub = {(r["n_batch"], r["n_ubatch"]): r["prompt_s"] for r in rec.batch_sizes}
+    assert by_ub[(rec.best.n_batch, rec.best.n_ubatch)] < by_ub[(2048, 512)] * (1 - TOLERANCE)
+    assert f"-ub {rec.best.n_ubatch}" in rec.command_line
+    config, spec = flags_from_command_line(rec.command_line, rec.version)
+    assert (config.n_batch, config.n_ubatch) == (rec.best.n_batch, rec.best.n_ubatch)
+    s = simulate(load_trace(TRACE), spec, config, prof).summary()
+    assert s["prefill_s"] + s["restore_s"] + s["create_s"] == pytest.approx(rec.claimed["prompt_s"])
+
+
+def test_batch_sizes_stay_at_the_default_without_evidence(tmp_path) -> None:
+    """No checkpoints (50 MiB of RAM holds none of 62.8 MiB, so placement cannot matter) and no
+    per-batch/ubatch cost: every pair costs the same, so the server default -b 2048 -ub 512 stays,
+    and a note says what was not measured."""
+    prof = _profile_with(tmp_path, prefill_ms_per_batch=0.0, prefill_ms_per_ubatch=0.0)
+    rec = recommend([TRACE], version="b10573", profile=prof, ram_mib=50, jobs=1, ctx_grid=(0, 4),
+                    spacing_grid=(8192,), ram_grid=(0,))
+    assert rec.best.ctx_checkpoints == 0
+    assert (rec.best.n_batch, rec.best.n_ubatch) == (2048, 512)
+    assert len({round(r["prompt_s"], 9) for r in rec.batch_sizes}) == 1
+    assert any("no per-ubatch cost" in n for n in rec.notes)

@@ -149,6 +149,13 @@ def recommend(traces: List[Path] = TracesArg,
     for _, r in rec.pareto.iterrows():
         t.add_row(*[_cell(r[c]) for c in cols])
     out.print(t)
+    b = Table(title="-b/-ub at the recommended checkpoint flags", title_justify="left")
+    for c in ("-b", "-ub", col, "re-processed tok", "ttft_p95_ms"):
+        b.add_column(c, justify="right")
+    for r in rec.batch_sizes:
+        b.add_row(str(r["n_batch"]), str(r["n_ubatch"]), _cell(r[col]), f"{r['reprocessed_tokens']:,}",
+                  _cell(r["ttft_p95_ms"]))
+    out.print(b)
     a = Table(title="Other policies at the recommended flags", title_justify="left")
     for c in ("policy", col, "re-processed tok", "vs recommended"):
         a.add_column(c, justify="left" if c == "policy" else "right")
