@@ -96,11 +96,12 @@ class RequestResult:
     prefill_ms: float
     restore_ms: float
     create_ms: float
-    ttft_ms: float            # queue wait + restore + prefill + checkpoint creation
+    ttft_ms: float            # queue wait (slot, then device) + restore + prefill + checkpoint creation
     finish_s: float
     ckpt_mib_after: float     # checkpoint memory held by all slots after this request
     cache_ram_mib_after: float = 0.0
     created_at: tuple[int, ...] = field(default=())
+    device_wait_ms: float = 0.0   # part of the queue wait spent behind other slots' prompts (spec §9.3)
 
     @property
     def n_lost(self) -> int:

@@ -6,11 +6,17 @@ apply the restore rule (§2.2, ``server.restore_decision``); erase invalidated c
 generation then appends the output, and the cache keeps prompt + generated[:-1] (§0).
 
 Time: a request starts when it has arrived, its session's previous request has finished, and a
-slot is idle (deferred requests are served in arrival order). Each slot's work is costed as if
-it ran alone: concurrent slots sharing one ``n_batch`` is not modelled (spec §9.3).
+slot is idle (deferred requests are served in arrival order). Slots share one device (spec §9.3:
+every ``update_slots`` builds one batch of at most ``n_batch`` tokens for all slots), so the
+prompt work of concurrent requests (restore, prefill, checkpoint copies) is served one after
+another, in the first idle stretch of the device; decoding slots batch together and are not
+serialised. Approximations: the server gives lower slot indices the batch first (not arrival
+order), decode steps that share a batch with a prompt are not slowed, and the batch starts of
+one slot do not move with another's tokens (only non-forced checkpoints would, §9.3).
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,6 +224,36 @@ class _PromptCache:
             self._evict_oldest(emit)
 
 
+class _Device:
+    """Busy intervals of the one device all slots share (module docstring)."""
+
+    def __init__(self) -> None:
+        self.busy: list[tuple[float, float]] = []     # (start_s, end_s), sorted, disjoint
+
+    def run(self, ready_s: float, work_s: float, now_s: float) -> float:
+        """Book ``work_s`` seconds at the first idle stretch at or after ``ready_s``; its start.
+
+        ``now_s`` (the current arrival) bounds every later ``ready_s`` from below, so stretches
+        that ended before it can be forgotten.
+        """
+        busy = self.busy
+        drop = 0
+        while drop < len(busy) and busy[drop][1] <= now_s:
+            drop += 1
+        if drop:
+            del busy[:drop]
+        t = ready_s
+        i = bisect.bisect_left(busy, (t, t))
+        if i > 0 and busy[i - 1][1] > t:
+            t = busy[i - 1][1]
+        while i < len(busy) and busy[i][0] < t + work_s:
+            t = max(t, busy[i][1])
+            i += 1
+        if work_s > 0:
+            busy.insert(i, (t, t + work_s))
+        return t
+
+
 def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = None,
              profile: CostProfile | str | None = None, *, record_events: bool = True,
              on_progress: Callable[[int], None] | None = None) -> Run:
@@ -235,6 +271,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
         if config.cache_ram_mib != 0 else None
     session_free: dict[str, float] = {}
+    device = _Device()
     results: list[RequestResult] = []
     events: list[Event] = []
     peak_ckpt = peak_ram = 0.0
@@ -342,7 +379,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         slot.seq = r
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
         work_ms = restore_ms + prefill_ms + create_ms
-        finish = start_s + (work_ms + decode_ms) / 1000.0
+        work_start = device.run(start_s, work_ms / 1000.0, arrival)
+        finish = work_start + (work_ms + decode_ms) / 1000.0
         slot.busy_until = finish
         slot.t_last_used = finish
         session_free[session] = finish
@@ -357,8 +395,9 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             n_reprocessed=T - n_past, restored_n_tokens=dec.restored,
             full_reprocess=dec.full_reprocess, n_created=n_created, n_evicted=n_evicted,
             n_invalidated=n_invalid, prefill_ms=prefill_ms, restore_ms=restore_ms,
-            create_ms=create_ms, ttft_ms=(start_s - arrival) * 1000.0 + work_ms, finish_s=finish,
-            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(created_at)))
+            create_ms=create_ms, ttft_ms=(work_start - arrival) * 1000.0 + work_ms, finish_s=finish,
+            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(created_at),
+            device_wait_ms=(work_start - start_s) * 1000.0))
         if on_progress is not None and (done & 255) == 255:
             on_progress(256)
     if on_progress is not None:
