@@ -5,8 +5,14 @@ apply the restore rule (§2.2, ``server.restore_decision``); erase invalidated c
 [cache_n, T) while the policy places checkpoints (§2.3), evicting while over budget (§2.4);
 generation then appends the output, and the cache keeps prompt + generated[:-1] (§0).
 
-Time: a request starts when it has arrived, its session's previous request has finished, and a
-slot is idle (deferred requests are served in arrival order). Slots share one device (spec §9.3:
+Time: a request starts once it has arrived, its session's previous request has finished (an
+agent sends its next prompt only after the answer) and a slot is idle. Two service orders
+(``ServerConfig.arrival_order``): by default requests are served in arrival order, so every
+policy sees the same interleaving and differences are the policy's (but a request held back by
+its own session keeps its place, and can keep a slot from a later request of another session);
+with ``arrival_order=False`` they are served in the order they became ready, as the server's
+task queue does, which is faithful but lets a faster policy change the interleaving. Slots
+share one device (spec §9.3:
 every ``update_slots`` builds one batch of at most ``n_batch`` tokens for all slots), so the
 prompt work of concurrent requests (restore, prefill, checkpoint copies) is served one after
 another, in the first idle stretch of the device; decoding slots batch together and are not
@@ -17,6 +23,7 @@ one slot do not move with another's tokens (only non-forced checkpoints would, �
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +51,11 @@ class ServerConfig:
     slot_prompt_similarity: float = 0.10   # -sps
     cache_idle_slots: bool = True          # --cache-idle-slots
     kv_unified: bool = True                # -kvu (auto with -np auto)
+    # True: serve requests in the trace's order, each after its arrival and its session's previous
+    # answer, so every policy sees the same interleaving (and a log of this very server replays in
+    # its own order). False: in the order they become ready, as the server's task queue does
+    # (module docstring) -- faithful queueing, but the order then depends on the policy.
+    arrival_order: bool = True
 
     def __post_init__(self) -> None:
         if self.n_slots < 1:
@@ -233,8 +245,9 @@ class _Device:
     def run(self, ready_s: float, work_s: float, now_s: float) -> float:
         """Book ``work_s`` seconds at the first idle stretch at or after ``ready_s``; its start.
 
-        ``now_s`` (the current arrival) bounds every later ``ready_s`` from below, so stretches
-        that ended before it can be forgotten.
+        ``now_s`` bounds every later ``ready_s`` from below (the current start when serving in
+        ready order, where starts never decrease; else the current arrival), so stretches that
+        ended before it can be forgotten.
         """
         busy = self.busy
         drop = 0
@@ -270,24 +283,45 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     slots = [_Slot(i) for i in range(config.n_slots)]
     pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
         if config.cache_ram_mib != 0 else None
-    session_free: dict[str, float] = {}
     device = _Device()
     results: list[RequestResult] = []
     events: list[Event] = []
     peak_ckpt = peak_ram = 0.0
-    order = np.argsort(trace.t_s, kind="stable")
+    order = np.argsort(trace.t_s, kind="stable").tolist()
     ckpt_total = 0.0
     budget_finite = math.isfinite(budget)
     n_prompt_l, n_output_l, t_l = trace.n_prompt.tolist(), trace.n_output.tolist(), trace.t_s.tolist()
     sessions, user_starts, tool_starts = trace.session, trace.user_starts, trace.tool_starts
     sps = config.slot_prompt_similarity
 
-    for done, r in enumerate(order.tolist()):
+    # The task queue: (ready time, arrival rank, id). A session's next request joins it when the
+    # previous one finishes; start times then never decrease, so slot state stays causal.
+    rank = {r: i for i, r in enumerate(order)}
+    nxt_in_session: dict[int, int] = {}
+    last_of: dict[str, int] = {}
+    session_free: dict[str, float] = {}
+    queue: list[tuple[float, int, int]] = []
+    for r in order:
+        prev = last_of.get(sessions[r])
+        if prev is None or config.arrival_order:
+            queue.append((float(rank[r]) if config.arrival_order else t_l[r], rank[r], r))
+        else:
+            nxt_in_session[prev] = r
+        last_of[sessions[r]] = r
+    heapq.heapify(queue)
+    done = 0
+
+    while queue:
+        key, _, r = heapq.heappop(queue)
         T = n_prompt_l[r]
         n_out = n_output_l[r]
         arrival = t_l[r]
         session = sessions[r]
-        start_s = max(arrival, session_free.get(session, 0.0))
+        if config.arrival_order:
+            start_s = max(arrival, session_free.get(session, 0.0))
+            now_s = arrival             # starts may go back in time; arrivals do not
+        else:
+            start_s = now_s = key
         idle = [s for s in slots if s.busy_until <= start_s]
         if not idle:
             start_s = min(s.busy_until for s in slots)
@@ -379,11 +413,14 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         slot.seq = r
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
         work_ms = restore_ms + prefill_ms + create_ms
-        work_start = device.run(start_s, work_ms / 1000.0, arrival)
+        work_start = device.run(start_s, work_ms / 1000.0, now_s)
         finish = work_start + (work_ms + decode_ms) / 1000.0
         slot.busy_until = finish
         slot.t_last_used = finish
         session_free[session] = finish
+        q = nxt_in_session.get(r)
+        if q is not None:
+            heapq.heappush(queue, (max(t_l[q], finish), rank[q], q))
         ckpt_total = sum([s.ckpt_mib for s in slots])
         if ckpt_total > peak_ckpt:
             peak_ckpt = ckpt_total
@@ -398,7 +435,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             create_ms=create_ms, ttft_ms=(work_start - arrival) * 1000.0 + work_ms, finish_s=finish,
             ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(created_at),
             device_wait_ms=(work_start - start_s) * 1000.0))
-        if on_progress is not None and (done & 255) == 255:
+        done += 1
+        if on_progress is not None and (done & 255) == 0:
             on_progress(256)
     if on_progress is not None:
         on_progress(len(order) & 255)

@@ -83,9 +83,9 @@ def _trace(path: str):
 
 
 @lru_cache(maxsize=32)
-def _bound(path: str, n_batch: int, n_ctx: int, profile: str | None) -> tuple[int, float, float]:
+def _bound(path: str, n_batch: int, n_ubatch: int, n_ctx: int, profile: str | None) -> tuple[int, float, float]:
     from .oracle import lower_bound
-    lb = lower_bound(_trace(path), ServerConfig(n_batch=n_batch, n_ctx=n_ctx), profile)
+    lb = lower_bound(_trace(path), ServerConfig(n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_ctx), profile)
     return lb.reprocessed_tokens, lb.prefill_s, lb.ttft_p95_ms
 
 
@@ -108,7 +108,7 @@ def run_task(task: SweepTask) -> dict:
     cfg = task.config
     pol = make_policy(task.policy)
     max_ckpt = prof.ckpt_mib(int(trace.n_prompt.max())) if len(trace) else prof.ckpt_mib(0)
-    lb = _bound(task.trace_path, cfg.n_batch, cfg.n_ctx, task.profile)
+    lb = _bound(task.trace_path, cfg.n_batch, cfg.n_ubatch, cfg.n_ctx, task.profile)
     row.update(
         trace=trace.name or Path(task.trace_path).stem, trace_path=task.trace_path, policy=task.policy,
         policy_name=task.policy.split(":")[0].split("+")[0],

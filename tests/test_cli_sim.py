@@ -60,9 +60,31 @@ def test_compare_writes_outputs_and_refuses_overwrite(edit_trace, tmp_path):
     assert r2.exit_code == 2 and "exists" in r2.output
 
 
+def test_queue_ready_lets_a_waiting_session_be_overtaken(tmp_path):
+    """--queue ready: session a's second request (sent at 0.1 s, but only after its first answer,
+    2000 tokens of generation later) is served after b's, which arrived at 1 s; --queue arrival
+    (the default) keeps the trace's order."""
+    reqs = [Request(0, "a", 0.0, 1000, 2000), Request(1, "a", 0.1, 1000, 1), Request(2, "b", 1.0, 1000, 1)]
+    p = tmp_path / "q.jsonl"
+    save_trace(p, TraceHeader(name="q"), reqs)
+    starts = {}
+    for queue in ("arrival", "ready"):
+        per = tmp_path / f"{queue}.csv"
+        r = runner.invoke(app, ["simulate", str(p), "--policy", "none", "--queue", queue,
+                                "--per-request", str(per), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["config"]["arrival_order"] is (queue == "arrival")
+        import pandas as pd
+        df = pd.read_csv(per).set_index("request_id")
+        starts[queue] = df["start_s"].to_dict()
+    assert starts["arrival"][1] < starts["arrival"][2]
+    assert starts["ready"][2] < starts["ready"][1]
+
+
 @pytest.mark.parametrize("args,msg", [
     (["simulate", "missing.jsonl"], "no such file"),
     (["simulate", "{trace}", "--policy", "bogus"], "unknown policy"),
+    (["simulate", "{trace}", "--queue", "lifo"], "--queue must be arrival or ready"),
 ])
 def test_errors_are_one_line(edit_trace, args, msg):
     args = [a.replace("{trace}", str(edit_trace)) for a in args]

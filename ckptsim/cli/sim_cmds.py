@@ -23,15 +23,21 @@ UbatchOpt = typer.Option(512, "--ubatch", "-ub", help="Physical batch size (-ub)
 RamOpt = typer.Option(8192.0, "--cache-ram", help="Host prompt cache MiB (0 off, -1 unlimited).")
 BudgetOpt = typer.Option(None, "--ckpt-budget-mib", help="Host RAM cap for checkpoints per slot, MiB.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+QueueOpt = typer.Option("arrival", "--queue", help="Service order: arrival (every policy sees the "
+                        "same interleaving) or ready (the server's task queue: a request waiting for "
+                        "its session's answer does not hold its place).")
 
 
 def server_config(n_slots: int, ctx_checkpoints: int, batch: int, ubatch: int, cache_ram: float,
-                  budget_mib: float | None):
+                  budget_mib: float | None, queue: str = "arrival"):
     """Build a ServerConfig from the shared CLI flags."""
     from ..sim import ServerConfig
+    if queue not in ("arrival", "ready"):
+        raise UserError(f"--queue must be arrival or ready, got {queue!r}")
     return ServerConfig(n_slots=n_slots, ctx_checkpoints=ctx_checkpoints, n_batch=batch,
                         n_ubatch=ubatch, cache_ram_mib=cache_ram,
-                        ckpt_budget_mib=math.inf if budget_mib is None else budget_mib)
+                        ckpt_budget_mib=math.inf if budget_mib is None else budget_mib,
+                        arrival_order=queue == "arrival")
 
 
 def run_policies(trace, policies: list[str], config, profile, show_progress: bool):
@@ -78,13 +84,13 @@ def simulate(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckp
              policy: str = typer.Option("llama-server", "--policy", "-p", help="Policy spec."),
              profile: Optional[str] = ProfileOpt, n_slots: int = SlotsOpt,
              ctx_checkpoints: int = CkptOpt, batch: int = BatchOpt, ubatch: int = UbatchOpt,
-             cache_ram: float = RamOpt, ckpt_budget_mib: Optional[float] = BudgetOpt,
+             cache_ram: float = RamOpt, ckpt_budget_mib: Optional[float] = BudgetOpt, queue: str = QueueOpt,
              per_request: Optional[Path] = typer.Option(None, "--per-request", help="Write per-request CSV here."),
              as_json: bool = JsonOpt) -> None:
     """Replay a trace against one policy and print the run's metrics."""
     from ..trace import load_trace
     trace = load_trace(trace_path)
-    config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib)
+    config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib, queue)
     (run,) = run_policies(trace, [policy], config, profile, show_progress=not as_json)
     s = run.summary()
     if per_request is not None:
@@ -115,7 +121,7 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
                                                    "(use ';' if a spec has commas)."),
             profile: Optional[str] = ProfileOpt, n_slots: int = SlotsOpt,
             ctx_checkpoints: int = CkptOpt, batch: int = BatchOpt, ubatch: int = UbatchOpt,
-            cache_ram: float = RamOpt, ckpt_budget_mib: Optional[float] = BudgetOpt,
+            cache_ram: float = RamOpt, ckpt_budget_mib: Optional[float] = BudgetOpt, queue: str = QueueOpt,
             out_dir: Optional[Path] = typer.Option(None, "--out", help="Write compare.csv and compare.png here."),
             force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
             as_json: bool = JsonOpt) -> None:
@@ -123,7 +129,7 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
     from ..trace import load_trace
     trace = load_trace(trace_path)
     specs = split_policies(policies) if policies else default_policies(trace.header.meta.get("build"))
-    config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib)
+    config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib, queue)
     runs = run_policies(trace, specs, config, profile, show_progress=not as_json)
     summaries = [r.summary() for r in runs]
     from ..oracle import lower_bound

@@ -394,7 +394,9 @@ def _replay_run(measurements: str | Path, profile: CostProfile, rid: str) -> tup
     passes = {r["seq"]: r["pass"] for r in recs if r.get("seq") is not None}
     held = max((p for p in passes.values() if p >= 0), default=None)
     rows = []
-    for res, req in zip(run.results, trace):
+    served = {res.request_id: res for res in run.results}
+    for req in trace:
+        res = served[req.id]
         obs = req.observed or {}
         rows.append({"run": rid, "seq": req.id, "pass": passes.get(req.id),
                      "held_out": held is not None and passes.get(req.id) == held, "n_prompt": req.n_prompt,
