@@ -91,6 +91,7 @@ configs = st.builds(
     cache_ram_mib=st.sampled_from([0.0, -1.0, 200.0, 8192.0]),
     ckpt_budget_mib=st.sampled_from([math.inf, 150.0]),
     kv_unified=st.booleans(),
+    arrival_order=st.booleans(),     # the bound holds for either service order (docs/oracle.md)
 )
 
 
