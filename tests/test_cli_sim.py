@@ -113,3 +113,16 @@ def test_compare_adds_the_build_a_log_came_from(tmp_path):
     r = runner.invoke(app, ["compare", str(p), "--json"])
     names = [s["policy"] for s in json.loads(r.stdout)["policies"]]
     assert any(n.startswith("llama-server:version=b9161") for n in names)
+
+
+def test_demo_runs_the_quick_start(tmp_path):
+    """README's quick start: `ckptsim demo` compares every default policy on the bundled trace and
+    writes the CSV and PNG; no policy beats the proven lower bound."""
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    names = [p["policy"] for p in doc["policies"]]
+    assert "none" in names and any(n.startswith("llama-server") for n in names)
+    assert all(p["reprocessed_tokens"] >= doc["lower_bound"]["reprocessed_tokens"] for p in doc["policies"])
+    assert (out / "compare.csv").exists() and (out / "compare.png").stat().st_size > 1000

@@ -228,7 +228,7 @@ def demo(out_dir: Path = typer.Option(Path("reports/demo"), "--out", help="Where
     if not p.exists():
         raise UserError(f"the bundled demo trace is missing ({p}); reinstall ckptsim")
     compare(trace_path=p, policies=None, profile=None, n_slots=1, ctx_checkpoints=32, batch=2048,
-            ubatch=512, cache_ram=8192.0, ckpt_budget_mib=None, out_dir=out_dir, force=True,
+            ubatch=512, cache_ram=8192.0, ckpt_budget_mib=None, queue="arrival", out_dir=out_dir, force=True,
             as_json=as_json)
 
 
