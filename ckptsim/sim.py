@@ -11,10 +11,10 @@ agent sends its next prompt only after the answer) and a slot is idle. Two servi
 policy sees the same interleaving and differences are the policy's (but a request held back by
 its own session keeps its place, and can keep a slot from a later request of another session);
 with ``arrival_order=False`` they are served in the order they became ready, as the server's
-task queue does, which is faithful but lets a faster policy change the interleaving. Slots
-share one device (spec §9.3:
-every ``update_slots`` builds one batch of at most ``n_batch`` tokens for all slots), so the
-prompt work of concurrent requests (restore, prefill, checkpoint copies) is served one after
+task queue does, which is faithful but lets a faster policy change the interleaving.
+
+Slots share one device (spec §9.3: every ``update_slots`` builds one batch of at most
+``n_batch`` tokens for all slots), so the prompt work of concurrent requests (restore, prefill, checkpoint copies) is served one after
 another, in the first idle stretch of the device; decoding slots batch together and are not
 serialised. Approximations: the server gives lower slot indices the batch first (not arrival
 order), decode steps that share a batch with a prompt are not slowed, and the batch starts of
@@ -294,8 +294,10 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     sessions, user_starts, tool_starts = trace.session, trace.user_starts, trace.tool_starts
     sps = config.slot_prompt_similarity
 
-    # The task queue: (ready time, arrival rank, id). A session's next request joins it when the
-    # previous one finishes; start times then never decrease, so slot state stays causal.
+    # The task queue: (key, arrival rank, id). In arrival order the key is the rank and every
+    # request is queued up front. In ready order the key is the ready time and a session's next
+    # request joins when the previous one finishes; start times then never decrease, so slot
+    # state stays causal.
     rank = {r: i for i, r in enumerate(order)}
     nxt_in_session: dict[int, int] = {}
     last_of: dict[str, int] = {}
