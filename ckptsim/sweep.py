@@ -115,6 +115,7 @@ def run_task(task: SweepTask) -> dict:
         ctx_checkpoints=cfg.ctx_checkpoints,
         min_step=task.min_step if task.min_step is not None else getattr(pol, "min_step", None),
         cache_ram_mib=cfg.cache_ram_mib, n_slots=cfg.n_slots, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
+        queue="arrival" if cfg.arrival_order else "ready",
         ckpt_budget_mib=None if math.isinf(cfg.ckpt_budget_mib) else cfg.ckpt_budget_mib,
         ckpt_mem_mib=ckpt_memory_mib(cfg, max_ckpt, pol.ctx_checkpoints),
         bound_reprocessed_tokens=lb[0], bound_prefill_s=lb[1], bound_ttft_p95_ms=lb[2],

@@ -73,6 +73,26 @@ def test_cli_json_is_one_document_and_line_reproduces() -> None:
 def test_cli_rejects_bad_input() -> None:
     r = CliRunner().invoke(app, ["recommend", str(TRACE), "--version", "banana"])
     assert r.exit_code == 2 and "banana" in r.output
+    r = CliRunner().invoke(app, ["recommend", str(TRACE), "--queue", "fifo"])
+    assert r.exit_code == 2 and "--queue must be arrival or ready" in r.output
+
+
+def test_queue_ready_claim_is_simulated_in_ready_order() -> None:
+    """recommend --queue ready searches and claims under the server's task-queue order: the flag
+    line re-simulated in that order gives the claim, on concurrent closed-loop sessions where the
+    two orders differ."""
+    import dataclasses
+    multi = REPO / "traces" / "multi-session.jsonl"
+    r = CliRunner().invoke(app, ["recommend", str(multi), "--version", "b10573", "-np", "2", "--queue", "ready",
+                                 "--json", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    config, spec = flags_from_command_line(doc["command_line"], doc["version"])
+    trace = load_trace(multi)
+    ready = simulate(trace, spec, dataclasses.replace(config, arrival_order=False)).summary()
+    arrival = simulate(trace, spec, config).summary()
+    assert ready["reprocessed_tokens"] == doc["claimed"]["reprocessed_tokens"]
+    assert arrival["ttft_p95_ms"] != ready["ttft_p95_ms"]
 
 
 def test_slot_count_is_searched_too() -> None:

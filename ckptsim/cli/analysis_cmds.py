@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ._app import UserError, app, cli_errors, err, out, print_json, progress
-from .sim_cmds import split_policies
+from .sim_cmds import QueueOpt, arrival_order, split_policies
 
 TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
@@ -64,7 +64,7 @@ def sweep(traces: List[Path] = TracesArg,
           profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
           output: Path = typer.Option(..., "-o", "--output", help="OUT.csv or OUT.parquet."),
           force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
-          as_json: bool = JsonOpt) -> None:
+          queue: str = QueueOpt, as_json: bool = JsonOpt) -> None:
     """Simulate traces x policies x flags on all cores; write one tidy table (one row per run)."""
     from ..sim import ServerConfig
     from ..sweep import expand, run_sweep, write_table
@@ -77,7 +77,7 @@ def sweep(traces: List[Path] = TracesArg,
     steps = _ints(min_step, "--min-step") if min_step else [None]
     tasks = expand([str(t) for t in traces], specs, _ints(ctx_checkpoints, "--ctx-checkpoints"), steps,
                    _floats(cache_ram, "--cache-ram"), _ints(n_slots, "--n-slots"),
-                   ServerConfig(n_batch=batch, n_ubatch=ubatch), profile)
+                   ServerConfig(n_batch=batch, n_ubatch=ubatch, arrival_order=arrival_order(queue)), profile)
     bar, done = _with_bar(len(tasks), f"sweep ({len(tasks)} runs)", not as_json)
     with bar:
         df = run_sweep(tasks, jobs=jobs, on_done=done)
@@ -109,9 +109,10 @@ def recommend(traces: List[Path] = TracesArg,
                                           "(e.g. 1,2,4) searches them too."),
               objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time) or p95 "
                                             "(95th percentile TTFT)."),
-              jobs: Optional[int] = JobsOpt, as_json: bool = JsonOpt) -> None:
+              jobs: Optional[int] = JobsOpt, queue: str = QueueOpt, as_json: bool = JsonOpt) -> None:
     """The llama-server flags that minimise prompt time under your memory limits, with the evidence."""
     from ..recommend import explain, recommend_over_slots
+    from ..sim import ServerConfig
     _check_traces(traces)
     if ram_mib is not None and ram_mib < 0:
         raise UserError("--ram-mib must be >= 0")
@@ -122,6 +123,7 @@ def recommend(traces: List[Path] = TracesArg,
         rec, by_slots = recommend_over_slots([str(t) for t in traces], slot_counts, version=version,
                                              profile=profile, ram_mib=ram_mib, vram_mib=vram_mib,
                                              objective=objective, jobs=jobs,
+                                             base=ServerConfig(arrival_order=arrival_order(queue)),
                                              on_done=lambda _r: bar.advance(task, 1))
     if as_json:
         print_json({**rec.to_json(), "by_n_slots": by_slots})

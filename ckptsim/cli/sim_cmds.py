@@ -32,12 +32,17 @@ def server_config(n_slots: int, ctx_checkpoints: int, batch: int, ubatch: int, c
                   budget_mib: float | None, queue: str = "arrival"):
     """Build a ServerConfig from the shared CLI flags."""
     from ..sim import ServerConfig
-    if queue not in ("arrival", "ready"):
-        raise UserError(f"--queue must be arrival or ready, got {queue!r}")
     return ServerConfig(n_slots=n_slots, ctx_checkpoints=ctx_checkpoints, n_batch=batch,
                         n_ubatch=ubatch, cache_ram_mib=cache_ram,
                         ckpt_budget_mib=math.inf if budget_mib is None else budget_mib,
-                        arrival_order=queue == "arrival")
+                        arrival_order=arrival_order(queue))
+
+
+def arrival_order(queue: str) -> bool:
+    """ServerConfig.arrival_order from the --queue flag."""
+    if queue not in ("arrival", "ready"):
+        raise UserError(f"--queue must be arrival or ready, got {queue!r}")
+    return queue == "arrival"
 
 
 def run_policies(trace, policies: list[str], config, profile, show_progress: bool):
