@@ -230,7 +230,7 @@ def test_cli_calibrate_bad_usage_exit_2(tmp_path):
                                  "-o", str(tmp_path / "p.json")])
     assert r.exit_code == 2 and "--ubatch-sizes needs --tiny" in r.output
     r = CliRunner().invoke(app, ["calibrate", "--tiny", "--ubatch-sizes", "64,big", "-o", str(tmp_path / "p.json")])
-    assert r.exit_code == 2 and "whole numbers" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "comma-separated integers" in r.output and "Traceback" not in r.output
 
 
 # --- the fit -------------------------------------------------------------------------------------

@@ -73,3 +73,11 @@ def progress(enabled: bool = True):
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=err, disable=not enabled, transient=False)
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers from a CLI flag; a bad item is a usage error."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None

@@ -8,20 +8,13 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._app import UserError, app, cli_errors, err, out, print_json, progress
+from ._app import UserError, app, cli_errors, err, int_list, out, print_json, progress
 from .sim_cmds import QueueOpt, arrival_order, split_policies
 
 TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
 ProfileOpt = typer.Option(None, "--profile", help="Cost profile: a shipped name or a JSON file.")
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes (default: all cores).")
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -74,9 +67,9 @@ def sweep(traces: List[Path] = TracesArg,
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists; pass --force to overwrite it")
     specs = [s for p in policy for s in split_policies(p)]
-    steps = _ints(min_step, "--min-step") if min_step else [None]
-    tasks = expand([str(t) for t in traces], specs, _ints(ctx_checkpoints, "--ctx-checkpoints"), steps,
-                   _floats(cache_ram, "--cache-ram"), _ints(n_slots, "--n-slots"),
+    steps = int_list(min_step, "--min-step") if min_step else [None]
+    tasks = expand([str(t) for t in traces], specs, int_list(ctx_checkpoints, "--ctx-checkpoints"), steps,
+                   _floats(cache_ram, "--cache-ram"), int_list(n_slots, "--n-slots"),
                    ServerConfig(n_batch=batch, n_ubatch=ubatch, arrival_order=arrival_order(queue)), profile)
     bar, done = _with_bar(len(tasks), f"sweep ({len(tasks)} runs)", not as_json)
     with bar:
@@ -116,7 +109,7 @@ def recommend(traces: List[Path] = TracesArg,
     _check_traces(traces)
     if ram_mib is not None and ram_mib < 0:
         raise UserError("--ram-mib must be >= 0")
-    slot_counts = _ints(n_slots, "--n-slots")
+    slot_counts = int_list(n_slots, "--n-slots")
     bar = progress(enabled=not as_json)
     task = bar.add_task("searching flags (simulations done)", total=None)
     with bar:
@@ -196,7 +189,7 @@ def report(traces: List[Path] = TracesArg,
     _check_traces(traces)
     check_out_dir(out_dir, force)
     specs = tuple(split_policies(policies)) if policies else DEFAULT_POLICIES
-    grid = tuple(_ints(ctx_checkpoints, "--ctx-checkpoints"))
+    grid = tuple(int_list(ctx_checkpoints, "--ctx-checkpoints"))
     spec = ReportSpec(tuple(str(t) for t in traces), specs, grid,
                       ServerConfig(n_slots=n_slots, ctx_checkpoints=at, cache_ram_mib=cache_ram), profile,
                       timeline_policies=tuple(p for p in ("llama-server", "oracle")))

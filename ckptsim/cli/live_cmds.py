@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import UserError, app, cli_errors, err, print_json, progress
+from ._app import UserError, app, cli_errors, err, int_list, print_json, progress
 
 _CACHE_HELP = "cache folder for generated models and the built server (default ~/.cache/ckptsim)"
 
@@ -164,7 +164,10 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
         _need_live()
         from ..live.server import LiveServer, ServerFlags
         from ..live.tinymodel import model_shape_of
-        sizes = _int_list(ubatch_sizes, "--ubatch-sizes") if ubatch_sizes else [n_ubatch or 512]
+        sizes = list(dict.fromkeys(int_list(ubatch_sizes, "--ubatch-sizes"))) if ubatch_sizes \
+            else [n_ubatch or 512]
+        if not sizes or min(sizes) < 1:
+            raise UserError(f"--ubatch-sizes: expected positive integers, got {ubatch_sizes!r}")
         model = _tiny_model(preset_name, None, None)
         shape = model_shape_of(model)
         for ub in sizes:
@@ -195,16 +198,6 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
         _measure(url, log, meas, n_batch or 2048, n_ubatch or 512, ctx_checkpoints, min_step,
                  cache_ram if cache_ram is not None else 8192, passes, quick, cap, timeout, {})
     _fit_and_write(meas, log, run_id, out, name, validate, as_json, logs)
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{option}: expected whole numbers separated by commas, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise UserError(f"{option}: expected positive whole numbers, got {text!r}")
-    return list(dict.fromkeys(vals))
 
 
 def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int, ctx_checkpoints: int,
