@@ -139,3 +139,14 @@ def test_calibration_logs_at_several_ubatch_sizes(ub: int) -> None:
     v = validate_log(repo / "docs" / "calibration" / f"tiny-ub-sweep-cpu.server-ub{ub}.log.gz")
     doc = v.to_json()
     assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen35-h200", "qwen35-0.8b-h200"])
+@pytest.mark.parametrize("ub", [128, 512, 2048])
+def test_gpu_calibration_logs_replay_every_decision(name: str, ub: int) -> None:
+    """The H200 calibration logs (llama-server b11434 built with CUDA, bench/gpu_calibrate.sh):
+    the simulator reproduces every decision of every task at every -ub on a GPU build too."""
+    from ckptsim.validate import validate_log
+    repo = Path(__file__).resolve().parents[1]
+    doc = validate_log(repo / "docs" / "calibration" / f"{name}.server-ub{ub}.log.gz").to_json()
+    assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0

@@ -11,12 +11,16 @@ import typer
 from ._app import UserError, app, cli_errors, err, int_list, print_json, progress
 
 _CACHE_HELP = "cache folder for generated models and the built server (default ~/.cache/ckptsim)"
+_NGL_HELP = "the server's -ngl: layers on the GPU (e.g. 99 for all; default: the build's own)"
 
 
-def _need_live() -> None:
+def _need_live(backend: str | None = None) -> None:
+    """The live extra: gguf writes the models; xllamacpp is the server unless a binary is given."""
+    from ..live.server import XLLAMACPP
     try:
         import gguf  # noqa: F401
-        import xllamacpp  # noqa: F401
+        if backend in (None, XLLAMACPP):
+            import xllamacpp  # noqa: F401
     except ImportError as e:
         raise UserError(f"this command needs the 'live' extra ({e.name} is missing): "
                         "pip install 'ckptsim[live]'") from None
@@ -91,16 +95,17 @@ def serve_tiny(port: int = typer.Option(0, help="port on 127.0.0.1 (0: a free on
                cache_ram: int = typer.Option(8192, "--cache-ram"),
                log: Path = typer.Option(Path("ckptsim-server.log"), "--log", help="server log file (appended)"),
                server: str = typer.Option(None, "--server", help="llama-server binary (default: xllamacpp)"),
+               gpu_layers: int = typer.Option(None, "-ngl", "--gpu-layers", help=_NGL_HELP),
                cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
                as_json: bool = typer.Option(False, "--json", help="print one JSON document when ready")) -> None:
     """Start a real llama.cpp server on 127.0.0.1 with a generated hybrid model; Ctrl-C stops it."""
-    _need_live()
-    from ..live.server import LiveServer, ServerFlags, backend_build
     backend = _backend(server)
+    _need_live(backend)
+    from ..live.server import LiveServer, ServerFlags, backend_build
     model = model or _tiny_model(preset_name, layers, cache_dir)
     flags = ServerFlags(n_ctx=ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=threads,
                         ctx_checkpoints=ctx_checkpoints, checkpoint_min_step=min_step,
-                        cache_ram_mib=cache_ram)
+                        cache_ram_mib=cache_ram, n_gpu_layers=gpu_layers)
     srv = LiveServer(model, log, flags, backend=backend, port=port or None)
     with srv:
         doc = {"url": srv.url, "log": str(log), "model": str(model), "build": backend_build(backend),
@@ -141,6 +146,9 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
               min_step: int = typer.Option(None, "--checkpoint-min-step", help="the server's flag (default 8192)"),
               cache_ram: int = typer.Option(None, "--cache-ram", help="the server's flag (default 8192)"),
               ctx: int = typer.Option(4096, "-c", "--ctx-size", help="with --tiny: the server's n_ctx"),
+              server: str = typer.Option(None, "--server",
+                                         help="with --tiny: a llama-server binary to start (default: xllamacpp)"),
+              gpu_layers: int = typer.Option(None, "-ngl", "--gpu-layers", help="with --tiny: " + _NGL_HELP),
               name: str = typer.Option(None, help="profile name (default: from the model file)"),
               validate: bool = typer.Option(True, "--validate/--no-validate",
                                             help="replay the requests in the simulator and compare"),
@@ -152,6 +160,9 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     if sum(bool(x) for x in (url, tiny, refit)) != 1:
         raise UserError("give exactly one of --url URL, --tiny or --refit")
+    if (server is not None or gpu_layers is not None) and not tiny:
+        raise UserError("--server and -ngl start a server, so they need --tiny (with --url, start "
+                        "your server with the flags you want)")
     meas = measurements or out.with_name(out.stem + ".measurements.jsonl")
     logs: dict[str, Path] = {}
     if ubatch_sizes is not None and not tiny:
@@ -161,8 +172,9 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
         if measurements is None:
             raise UserError("--refit needs --measurements FILE")
     elif tiny:
-        _need_live()
-        from ..live.server import LiveServer, ServerFlags
+        backend = _backend(server)
+        _need_live(backend)
+        from ..live.server import XLLAMACPP, LiveServer, ServerFlags
         from ..live.tinymodel import model_shape_of
         sizes = list(dict.fromkeys(int_list(ubatch_sizes, "--ubatch-sizes"))) if ubatch_sizes \
             else [n_ubatch or 512]
@@ -177,11 +189,14 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
             flags = ServerFlags(n_ctx=ctx, n_batch=max(n_batch or 512, ub), n_ubatch=ub,
                                 ctx_checkpoints=ctx_checkpoints if ctx_checkpoints is not None else 8,
                                 checkpoint_min_step=min_step if min_step is not None else 256,
-                                cache_ram_mib=cache_ram if cache_ram is not None else 8192)
-            with LiveServer(model, run_log, flags) as srv:
+                                cache_ram_mib=cache_ram if cache_ram is not None else 8192,
+                                n_gpu_layers=gpu_layers)
+            with LiveServer(model, run_log, flags, backend=backend) as srv:
                 rid = _measure(srv.url, run_log, meas, flags.n_batch, flags.n_ubatch, flags.ctx_checkpoints,
                                flags.checkpoint_min_step, flags.cache_ram_mib, passes, quick, cap, timeout,
-                               {"server_args": flags.to_args(), "backend": "xllamacpp",
+                               {"server_args": flags.to_args(),
+                                "backend": XLLAMACPP if backend == XLLAMACPP else Path(backend).name,
+                                "backend_path": backend,
                                 "model_shape": asdict(shape) if shape else None})
             logs[rid] = run_log
         if len(sizes) > 1:
@@ -205,14 +220,14 @@ def _measure(url: str, log: Path | None, meas: Path, n_batch: int, n_ubatch: int
              extra: dict) -> str:
     """Run the measurement plan against ``url``; returns the run id written to ``meas``."""
     from ..live.harness import Client, Harness, Plan, ServerError, probe
-    from ..live.server import XLLAMACPP, backend_build
+    from ..live.server import backend_build
     client = Client(url, timeout_s=timeout)
     info = probe(client)
     plan = Plan.for_context(info.n_ctx, n_batch, n_ubatch, cap=cap, passes=passes, quick=quick)
     flags = {"ctx_checkpoints": ctx_checkpoints, "checkpoint_min_step": min_step,
              "cache_ram_mib": cache_ram, **extra}
-    if extra.get("backend") == XLLAMACPP:
-        flags["backend_build"] = backend_build(XLLAMACPP)
+    if extra.get("backend_path"):
+        flags["backend_build"] = backend_build(extra["backend_path"])
     with progress() as bar:
         task = bar.add_task("measuring", total=plan.n_requests())
         h = Harness(client, meas, log, n_batch, n_ubatch, flags,

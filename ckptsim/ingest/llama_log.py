@@ -356,7 +356,7 @@ _SETTINGS: list[tuple[str, re.Pattern, Any]] = [
     ("cache_idle_slots", re.compile(r"--cache-idle-slots requires --kv-unified, disabling"), lambda m: False),
     ("spec_checkpoints", re.compile(r"speculative decoding will use checkpoints"), lambda m: True),
     ("hybrid", re.compile(r"the context does not support partial sequence removal"), lambda m: True),
-    ("build+commit", re.compile(r"build(?::| =) (\d+) \(([0-9a-f]{6,})\)"), None),
+    ("build+commit", re.compile(r"build(?::| =)? (\d+) \(([0-9a-f]{6,})\)"), None),
     ("build_info", re.compile(r"build_info: (\S+)"), lambda m: m.group(1)),   # b9161+ start-up line
     ("verbosity", re.compile(r"log_info: verbosity = (\d+)"), lambda m: int(m.group(1))),
     ("n_ctx", re.compile(r"llama_context: n_ctx +=? *(\d+)"), lambda m: int(m.group(1))),

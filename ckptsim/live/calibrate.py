@@ -213,7 +213,7 @@ def fit_profile(measurements: str | Path, log: str | Path | None = None, run_id:
     for rid in ids:
         header_r, recs = read_measurements(measurements, rid)
         n_batches_of.add(int(header_r["n_batch"]))
-        path = (logs or {}).get(rid) or (log if len(ids) == 1 else None)
+        path = (logs or {}).get(rid) or (log if len(ids) == 1 else None) or _log_beside(measurements, header_r)
         slog_r = parse_server_log(path) if path else None
         slog = slog or slog_r
         rows_r, used_r, notes_r = _rows(recs, slog_r, int(header_r["n_batch"]), int(header_r["n_ubatch"]))
@@ -266,8 +266,7 @@ def fit_profile(measurements: str | Path, log: str | Path | None = None, run_id:
 
     prov = {
         "kind": "fitted by ckptsim calibrate",
-        "server_build": (slog.build if slog and slog.build and not slog.build.startswith("b0")
-                         else None) or header.get("flags", {}).get("backend_build") or header.get("build"),
+        "server_build": _server_build(header, slog),
         "model": Path(header.get("model_path") or "unknown").name,
         "model_shape": header.get("flags", {}).get("model_shape"),
         "n_ctx": header.get("n_ctx"), "n_batch": one_or_all(n_batches_of),
@@ -291,6 +290,31 @@ def fit_profile(measurements: str | Path, log: str | Path | None = None, run_id:
         decode_ms_per_token_per_ktok=decode[1], ckpt_size_mib=size, kv_mib_per_ktok=kv,
         provenance=prov)
     return Fit(profile, dict(zip(FEATURES, map(float, coef))), fit_rows, held_rows, used_log, notes)
+
+
+def _log_beside(measurements: str | Path, header: dict) -> Path | None:
+    """A run's server log found next to its measurements file (as committed, maybe gzipped), if any.
+
+    The run header records where the log was written; a refit elsewhere (another machine, the
+    repository) finds it by name, so ``--refit --run all`` uses every run's own log.
+    """
+    name = Path(str(header.get("server_log") or "")).name
+    if not name:
+        return None
+    for cand in (Path(measurements).parent / name, Path(measurements).parent / (name + ".gz")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _server_build(header: dict, slog) -> str:
+    """The build that served a run: its log's build line, else what the backend or /props said."""
+    if slog is not None and slog.build and not slog.build.startswith("b0"):
+        return slog.build
+    for v in (header.get("flags", {}).get("backend_build"), header.get("build")):
+        if v and v != "unknown" and not str(v).startswith("b0"):
+            return str(v)
+    return "unknown"
 
 
 def _fit_decode(recs: list[dict]) -> tuple[float, float]:
@@ -382,9 +406,8 @@ def _replay_run(measurements: str | Path, profile: CostProfile, rid: str) -> tup
     header, recs = read_measurements(measurements, rid)
     trace = trace_from_measurements(measurements, rid)
     flags = header.get("flags", {})
-    build = str(flags.get("backend_build") or header.get("build") or "latest").split()[0]
-    if not re.fullmatch(r"b\d+", build) or build == "b0":
-        build = "latest"
+    m = re.match(r"b(\d+)", _server_build(header, None))
+    build = f"b{m.group(1)}" if m and m.group(1) != "0" else "latest"
     cfg = ServerConfig(n_slots=1, n_ctx=int(header["n_ctx"]), n_batch=int(header["n_batch"]),
                        n_ubatch=int(header["n_ubatch"]),
                        ctx_checkpoints=int(flags.get("ctx_checkpoints", 32)),

