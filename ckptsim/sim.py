@@ -56,6 +56,10 @@ class ServerConfig:
     # its own order). False: in the order they become ready, as the server's task queue does
     # (module docstring) -- faithful queueing, but the order then depends on the policy.
     arrival_order: bool = True
+    # Replaying a server's own log (validate): a slot is busy until the log says its task stopped
+    # (observed["t_done_s"]), not until the cost model's finish, so which slots are idle -- and so
+    # slot selection and the idle-slot saves of spec §2.1 -- follow the server, whatever the profile.
+    log_timing: bool = False
 
     def __post_init__(self) -> None:
         if self.n_slots < 1:
@@ -417,6 +421,10 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         work_ms = restore_ms + prefill_ms + create_ms
         work_start = device.run(start_s, work_ms / 1000.0, now_s)
         finish = work_start + (work_ms + decode_ms) / 1000.0
+        if config.log_timing:
+            t_done = (trace[r].observed or {}).get("t_done_s")
+            if t_done is not None:
+                finish = max(start_s, float(t_done))
         slot.busy_until = finish
         slot.t_last_used = finish
         session_free[session] = finish

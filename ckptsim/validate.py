@@ -132,6 +132,7 @@ def config_from_log(settings: dict, overrides: dict | None = None):
         "slot_prompt_similarity": float(settings.get("slot_prompt_similarity", 0.10)),
         "cache_idle_slots": bool(settings.get("cache_idle_slots", kv_unified)),
         "kv_unified": kv_unified,
+        "log_timing": True,
     }
     for k, v in (overrides or {}).items():
         if v is not None:

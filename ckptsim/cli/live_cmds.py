@@ -296,3 +296,107 @@ def install_server_cmd(cache_dir: Path = typer.Option(None, "--cache-dir", help=
         print_json(doc)
     else:
         err.print(f"llama-server: {path} ({doc['build']}); use it with --server {path}")
+
+
+@app.command("conformance")
+@cli_errors
+def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="VERSION",
+                                                  help="run that xllamacpp wheel (installed into a cached "
+                                                       "environment of its own), e.g. 2026.10.11549"),
+                    server: str = typer.Option(None, "--server", help="a llama-server binary"),
+                    url: str = typer.Option(None, "--url", help="a server you started (with -lv 4), "
+                                                              "http://127.0.0.1:PORT"),
+                    log: Path = typer.Option(None, "--log", help="with --url: that server's log file"),
+                    out_dir: Path = typer.Option(None, "--out", help="output folder (default "
+                                                 "reports/conformance/BUILD)"),
+                    workloads: str = typer.Option(None, "--workloads", help="comma list (default: all; "
+                                                  "--list shows them)"),
+                    list_only: bool = typer.Option(False, "--list", help="list the workloads and exit"),
+                    version: str = typer.Option(None, "--version", help="build to replay, e.g. b11549 "
+                                                "(default: the server's own)"),
+                    seed: int = typer.Option(0, help="seed of the workload material"),
+                    cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+                    force: bool = typer.Option(False, "--force", help="reuse an existing output folder"),
+                    as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
+    """Run a fixed workload matrix against a real server and check every logged decision."""
+    from rich.table import Table
+
+    from ..live.conformance import build_of_xllamacpp, matrix, run_matrix, run_on_url, summary, xllamacpp_env
+    from ..live.server import DEFAULT_CACHE_DIR, XLLAMACPP, backend_build
+    from ._app import out as console
+    wls = matrix(seed)
+    if list_only:
+        for w in wls:
+            err.print(f"{w.name:24} {len(w.steps):3} requests  {w.flags or ''}  {w.rules}", highlight=False)
+        return
+    if sum(x is not None for x in (xllamacpp, server, url)) != 1:
+        raise UserError("give exactly one of --xllamacpp VERSION, --server PATH or --url URL --log FILE")
+    if url is not None and log is None:
+        raise UserError("--url needs --log FILE: the server's own -lv 4 log is what is checked")
+    if workloads:
+        names = [x.strip() for x in workloads.split(",") if x.strip()]
+        unknown = sorted(set(names) - {w.name for w in wls})
+        if unknown:
+            raise UserError(f"--workloads: unknown {', '.join(unknown)}; known: {', '.join(w.name for w in wls)}")
+        wls = [w for w in wls if w.name in names]
+    cache = cache_dir or DEFAULT_CACHE_DIR
+    python = None
+    if xllamacpp is not None:
+        backend = XLLAMACPP
+        build = version or build_of_xllamacpp(xllamacpp)
+        label = f"xllamacpp {xllamacpp}"
+    elif server is not None:
+        backend = _backend(server)
+        b = backend_build(backend)
+        build = version or (b.split()[0] if b.startswith("b") else None)
+        label = f"llama-server {server}"
+    else:
+        backend, build, label = "", version, f"url {url}"
+    out_dir = out_dir or Path("reports") / "conformance" / (build or "unknown")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --force to reuse it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if xllamacpp is not None:
+        err.print(f"preparing xllamacpp {xllamacpp} (a cached environment of its own) ...")
+        python = xllamacpp_env(xllamacpp, cache)
+    n_steps = sum(len(w.steps) for w in wls if url is None or not w.flags)
+    with progress(not as_json) as bar:
+        task = bar.add_task("conformance", total=n_steps)
+        step = lambda: bar.update(task, advance=1)   # noqa: E731
+        if url is not None:
+            if not log.exists():
+                raise FileNotFoundError(f"--log {log}: no such file")
+            results = run_on_url(wls, out_dir, url, log, build, on_step=step)
+        else:
+            _need_live(backend) if python is None else _need_live("binary")
+            model = _tiny_model("tiny", None, cache_dir)
+            results = run_matrix(wls, out_dir, backend=backend, python=python, model=model, build=build,
+                                 on_step=step)
+    doc = summary(results, build, label)
+    (out_dir / "conformance.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        print_json(doc)
+    else:
+        t = Table(title=f"conformance: {label}, replayed as {build or 'the build its log shows'}",
+                  title_justify="left")
+        for c in ("workload", "tasks", "decisions", "agreed", "unknown", "mismatch", "prompt time"):
+            t.add_column(c, justify="left" if c == "workload" else "right")
+        for r in results:
+            pt = r.prompt_time.get("error_pct")
+            t.add_row(r.name, str(r.tasks), str(r.decisions), str(r.agreed), str(r.unknown),
+                      str(len(r.mismatches)) + (" (failed)" if r.error else ""),
+                      f"{pt:+.0f}%" if pt is not None else "–")
+        ag = doc["agreement"]
+        t.add_row("all", str(doc["tasks"]), str(doc["decisions"]), str(doc["agreed"]), str(doc["unknown"]),
+                  str(len(doc["mismatches"])), "")
+        console.print(t)
+        console.print(f"agreement {ag:.1%} of known decisions" if ag is not None else "no known decision",
+                      highlight=False)
+        for m in doc["mismatches"][:20]:
+            console.print(f"  {m['workload']}: line {m['line']} task {m['task']} {m['decision']}: "
+                          f"log {m['logged']} vs simulated {m['simulated']}", highlight=False)
+        for e in doc["errors"]:
+            console.print(f"  {e}", highlight=False)
+        err.print(f"requests, logs and conformance.json in {out_dir}")
+    if doc["errors"] or doc["mismatches"]:
+        raise typer.Exit(1)

@@ -82,6 +82,7 @@ class TaskObs:
     prompt_n: int | None
     gen_n: int | None
     n_cache_after: int | None        # "stop processing: n_tokens" = the slot's cache afterwards
+    t_stop_s: float | None           # when that line was written: the slot is free from then on
     cancelled: bool
     complete: bool                   # prefill finished inside the log (timings or release seen)
     user_starts: tuple[int, ...]
@@ -141,6 +142,7 @@ class _Acc:
     prompt_n: int | None = None
     gen_n: int | None = None
     stop_n: int | None = None
+    t_stop_s: float | None = None
     cancelled: bool = False
     user: set[int] = field(default_factory=set)
     parent_task: int = -1
@@ -332,6 +334,7 @@ class _Builder:
             acc.gen_n = int(v["n_tokens"])
         elif k is FactKind.STOP:
             acc.stop_n = v["n_cache"]
+            acc.t_stop_s = f.t_s
             self.slot_state[acc.slot] = (acc.task, v["n_cache"])
         elif k is FactKind.USER_SPAN:
             acc.user.add(v["n_tokens"])
@@ -472,7 +475,7 @@ def _finalize(a: _Acc) -> TaskObs:
         restored=a.restored, restored_line=a.restored_line, full_reprocess=a.full_line >= 0,
         full_line=a.full_line, searched=searched, created=tuple(a.created), erased=tuple(a.erased),
         cache=tuple(a.cache), selected=a.selected, prompt_ms=a.prompt_ms, prompt_n=a.prompt_n,
-        gen_n=a.gen_n, n_cache_after=a.stop_n, cancelled=a.cancelled, complete=complete,
+        gen_n=a.gen_n, n_cache_after=a.stop_n, t_stop_s=a.t_stop_s, cancelled=a.cancelled, complete=complete,
         user_starts=tuple(sorted(a.user)), parent_task=a.parent_task, parent_n_cache=a.parent_n_cache,
         history_known=a.state_known)
 
@@ -547,6 +550,8 @@ def trace_from_log(path: str | Path, name: str | None = None,
             ts = t_prev + 1.0 if reqs else 0.0
         t_prev = ts
         obs = t.observed(lt.visible)
+        if t.t_stop_s is not None and t0 is not None:
+            obs["t_done_s"] = round(max(ts, t.t_stop_s - t0), 6)
         reqs.append(Request(id=rid, session=session, t_s=ts, n_prompt=T, n_output=n_out, parent=parent,
                             n_shared=n_shared, user_starts=user, observed=obs))
         mutable_out.append(n_out)

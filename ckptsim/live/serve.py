@@ -30,7 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="store_true")
     p.add_argument("-lv", "--verbosity", type=int, default=4)
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None)
+    p.add_argument("--checkpoint-every-n-tokens", type=int, default=None)
     return p
+
+
+def _set(p, name: str, value, flag: str) -> None:
+    if hasattr(p, name):
+        setattr(p, name, value)
+    else:
+        print(f"ckptsim.live.serve: this build has no {name}; {flag} ignored", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = xllamacpp.CommonParams()
     p.model.path = a.model
-    p.hostnames = [a.host]
+    # CommonParams follows llama.cpp's common_params, whose fields were renamed over the builds
+    # (hostname -> hostnames, checkpoint_every_nt -> checkpoint_min_step): set what this one has.
+    if hasattr(p, "hostnames"):
+        p.hostnames = [a.host]
+    else:
+        p.hostname = a.host
     p.port = a.port
     p.n_ctx = a.ctx_size
     p.n_parallel = a.parallel
@@ -51,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.n_ubatch = a.ubatch_size
     p.cpuparams.n_threads = a.threads
     p.cpuparams_batch.n_threads = a.threads_batch if a.threads_batch > 0 else a.threads
-    p.n_ctx_checkpoints = a.ctx_checkpoints
-    p.checkpoint_min_step = a.checkpoint_min_step
-    p.cache_ram_mib = a.cache_ram
+    _set(p, "n_ctx_checkpoints", a.ctx_checkpoints, "--ctx-checkpoints")
+    if a.checkpoint_every_n_tokens is not None:
+        _set(p, "checkpoint_every_nt", a.checkpoint_every_n_tokens, "--checkpoint-every-n-tokens")
+    if hasattr(p, "checkpoint_min_step"):
+        p.checkpoint_min_step = a.checkpoint_min_step
+    _set(p, "cache_ram_mib", a.cache_ram, "--cache-ram")
     p.endpoint_metrics = a.metrics
     p.verbosity = a.verbosity
     if a.n_gpu_layers is not None:

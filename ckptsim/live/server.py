@@ -103,8 +103,10 @@ class LiveServer:
     """A llama.cpp server child process on 127.0.0.1; use as a context manager or call stop()."""
 
     def __init__(self, model: str | Path, log_path: str | Path, flags: ServerFlags = ServerFlags(),
-                 backend: str = XLLAMACPP, port: int | None = None, startup_timeout_s: float = 120.0):
+                 backend: str = XLLAMACPP, port: int | None = None, startup_timeout_s: float = 120.0,
+                 python: str | None = None):
         self.model = Path(model)
+        self.python = python          # xllamacpp: the interpreter that has it (default: this one)
         self.log_path = Path(log_path)
         self.flags = flags
         self.backend = backend
@@ -122,7 +124,9 @@ class LiveServer:
         args = ["-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 *self.flags.to_args()]
         if self.backend == XLLAMACPP:
-            return [sys.executable, "-m", "ckptsim.live.serve", *args]
+            # by file, so another environment's python (one xllamacpp build each) needs no ckptsim
+            from . import serve
+            return [self.python or sys.executable, serve.__file__, *args]
         return [str(self.backend), *args]
 
     def start(self) -> LiveServer:

@@ -1,0 +1,60 @@
+"""The conformance matrix on many llama.cpp builds: one row per build, printed as a markdown table.
+
+    python bench/conformance_all.py [VERSION ...] [--out reports/conformance]
+
+Each VERSION is an xllamacpp wheel (default: every 2026.x wheel, newest first); each is installed
+once into a cached environment of its own (~/.cache/ckptsim/xllamacpp/VERSION) and runs
+`ckptsim conformance --xllamacpp VERSION --json`. Outputs (requests, logs, conformance.json) go
+to OUT/VERSION/; the table is what docs/conformance.md and the README show. About a minute per
+build on 2 cores after the first install.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT = ["2026.10.11549", "2026.9.11063", "2026.9.10809", "2026.8.10566", "2026.8.10229",
+           "2026.7.10068", "2026.7.9873", "2026.6.9713", "2026.6.9538", "2026.5.9294", "2026.5.9093",
+           "2026.4.8929", "2026.4.8672"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("versions", nargs="*", default=DEFAULT)
+    ap.add_argument("--out", type=Path, default=Path("reports/conformance"))
+    a = ap.parse_args()
+    rows = []
+    for v in a.versions:
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "ckptsim", "conformance", "--xllamacpp", v, "--json",
+                               "--force", "--out", str(a.out / v)], capture_output=True, text=True)
+        secs = time.monotonic() - t0
+        try:
+            doc = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append((v, "–", "–", "–", "–", "–", "–", f"{secs:.0f} s", last[:120]))
+            print(f"{v}: failed: {last}", file=sys.stderr)
+            continue
+        ag = doc["agreement"]
+        wl_bad = [w["name"] for w in doc["workloads"] if w["mismatches"] or w.get("error")]
+        rows.append((v, doc["build"], str(doc["tasks"]), str(doc["decisions"]),
+                     f"{ag:.1%}" if ag is not None else "–", str(doc["unknown"]),
+                     str(len(doc["mismatches"])), f"{secs:.0f} s",
+                     ", ".join(wl_bad) if wl_bad else "all agree"))
+        print(f"{v}: {doc['agreed']}/{doc['decisions']} known decisions agree", file=sys.stderr)
+    head = ("xllamacpp", "build", "tasks", "known decisions", "agreement", "unknown", "mismatches",
+            "time", "workloads with a mismatch or failure")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

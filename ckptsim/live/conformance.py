@@ -1,0 +1,365 @@
+"""Conformance: a fixed, seeded workload matrix against one real llama.cpp server, each workload's
+``-lv 4`` log validated decision by decision with the ``llama-server`` policy of that build.
+
+Every workload names the rules of the behaviour spec it exercises; together they cover the restore
+rule (§2.2), placement (§2.3: near-end checkpoints at ``T - min(b, 4 + ub)`` and ``T - 4``, the
+min step, user-message boundaries), FIFO and spacing eviction under a small cap (§3), slot
+selection with several slots and the host prompt cache (§5), and batch sizes. Each workload runs
+on a fresh server with its own flags and log (``--url`` runs them all on the user's one server).
+
+Requests are sent one at a time (no concurrency: the server's order is then the harness's order,
+so a disagreement is the model's, not a race). Everything is kept in the output folder:
+``NAME.server.log`` and ``NAME.requests.jsonl`` (every request body and the server's answer,
+appended as they happen), and ``conformance.json``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .harness import Client, ServerError
+
+# prompt times are predicted with the profile measured on the tiny model (CPU); a build's own fit
+# is `ckptsim calibrate --tiny` on that build
+TINY_PROFILE = "tiny-qwen35-cpu-2core"
+# printable ASCII bytes: the tiny model's byte-level vocabulary maps each to one token (id = byte)
+_POOL = np.arange(33, 127)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request: a token prompt to /completion, or chat messages to /v1/chat/completions."""
+
+    prompt: tuple[int, ...] = ()
+    messages: tuple[dict, ...] = ()
+    n_predict: int = 2
+    slot: int | None = 0          # id_slot; None lets the server pick the slot (similarity / LRU)
+
+    def body(self) -> tuple[str, dict]:
+        """(endpoint, JSON body)."""
+        if self.messages:
+            b: dict = {"messages": list(self.messages), "max_tokens": self.n_predict,
+                       "temperature": 0.0, "cache_prompt": True}
+            path = "/v1/chat/completions"
+        else:
+            b = {"prompt": list(self.prompt), "n_predict": self.n_predict, "temperature": 0.0,
+                 "cache_prompt": True, "ignore_eos": True}
+            path = "/completion"
+        if self.slot is not None:
+            b["id_slot"] = self.slot
+        return path, b
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named request sequence, the server flags it needs and the spec rules it exercises."""
+
+    name: str
+    rules: str
+    steps: tuple[Step, ...]
+    flags: dict = field(default_factory=dict)     # ServerFlags overrides
+
+
+class _Gen:
+    """Seeded token and text material, so a workload is the same on every run and build."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def toks(self, n: int) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.rng.choice(_POOL, n))
+
+    def words(self, n: int) -> str:
+        vocab = ("alpha", "beta", "gamma", "delta", "patch", "file", "test", "error", "value", "model",
+                 "token", "cache", "state", "slot", "batch", "prompt", "server", "shell", "diff", "line")
+        return " ".join(vocab[i] for i in self.rng.integers(0, len(vocab), n))
+
+
+def _chat(system: str, turns: list[tuple[str, str]], last_user: str | None) -> tuple[dict, ...]:
+    msgs = [{"role": "system", "content": system}]
+    for u, a in turns:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    if last_user is not None:
+        msgs.append({"role": "user", "content": last_user})
+    return tuple(msgs)
+
+
+def matrix(seed: int = 0) -> list[Workload]:
+    """The fixed workload matrix: every prompt fits one slot's context (n_ctx / -np, 4096 at least)."""
+    g = _Gen(seed)
+    S = lambda p, **k: Step(prompt=p, **k)   # noqa: E731
+    w: list[Workload] = []
+
+    a = g.toks(3000)
+    w.append(Workload("truncate", "§2.2 restore at or below n_past; full re-processing when none is",
+                      (S(a), S(a[:2600]), S(a[:1100] + g.toks(400)), S(a[:150]), S(a[:2990]),
+                       S(a[:2990] + g.toks(600)))))
+
+    a = g.toks(1500)
+    ext = [a]
+    for n in (500, 300, 32, 900):
+        ext.append(ext[-1] + g.toks(n))
+    w.append(Workload("extend", "§2.2 pure extension (#24110), §2.3 near-end checkpoints, identical resend",
+                      tuple(S(p) for p in ext) + (S(ext[-1]), S(ext[-1][:-10]))))
+
+    a = g.toks(3200)
+    w.append(Workload("edit-middle", "§2.2 restore before an edit in the middle; §2.3 placement after it",
+                      (S(a), S(a[:1600] + g.toks(1600)), S(a[:700] + g.toks(2300)), S(a[:3100] + g.toks(50)),
+                       S(a[:1600] + g.toks(1800)))))
+
+    # about 6 tokens a word with the tiny model's byte-level vocabulary: each chat stays < 6k tokens
+    sysmsg = "You are a coding agent. " + g.words(200)
+    turns = [(g.words(120), g.words(40)) for _ in range(4)]
+    chat = [_chat(sysmsg, turns[:i], g.words(100)) for i in range(4)]
+    edited = _chat(sysmsg, [turns[0], (g.words(110), turns[1][1])], g.words(80))
+    w.append(Workload("chat-user-turns", "§2.3 checkpoints at user-message starts (b9315+); restore to an "
+                      "edited turn", tuple(Step(messages=m) for m in chat) + (Step(messages=edited),
+                      Step(messages=chat[1]))))
+
+    long_turns = [(g.words(70), g.words(25)) for _ in range(5)]
+    before = _chat(sysmsg, long_turns, g.words(60))
+    compacted = _chat(sysmsg, [("Summary of the work so far: " + g.words(80), "ok")], g.words(60))
+    w.append(Workload("compaction", "§2.2 a context rewritten after the system prompt (compaction)",
+                      (Step(messages=_chat(sysmsg, long_turns[:3], g.words(60))), Step(messages=before),
+                       Step(messages=compacted),
+                       Step(messages=compacted[:-1] + ({"role": "assistant", "content": g.words(40)},
+                                                       {"role": "user", "content": g.words(90)})))))
+
+    a = g.toks(300)
+    b = g.toks(2600)
+    w.append(Workload("min-step", "§2.3 --checkpoint-min-step 1024: prompts shorter and longer than the step",
+                      (S(a), S(a + g.toks(200)), S(a[:250]), S(b), S(b + g.toks(700)), S(b[:1500]),
+                       S(b[:1400] + g.toks(100))), {"checkpoint_min_step": 1024}))
+
+    chain = [g.toks(800)]
+    for _ in range(7):
+        chain.append(chain[-1] + g.toks(450))
+    w.append(Workload("cap-pressure", "§3 FIFO and spacing eviction with --ctx-checkpoints 3",
+                      tuple(S(p) for p in chain) + (S(chain[-1][:1500]), S(chain[-1][:3000]),
+                                                    S(chain[3][:2000] + g.toks(300))),
+                      {"ctx_checkpoints": 3, "checkpoint_min_step": 128}))
+
+    x, y = g.toks(1800), g.toks(1600)
+    x2, y2 = x + g.toks(400), y + g.toks(300)
+    w.append(Workload("slots-np2", "§5 slot selection by common prefix / LRU with -np 2 (no id_slot)",
+                      tuple(S(p, slot=None) for p in (x, y, x2, y2, x2[:1000] + g.toks(500), y2 + g.toks(50),
+                                                      g.toks(900), x2[:2100])),
+                      {"n_parallel": 2, "n_ctx": 8192}))
+
+    sess = [g.toks(1200 + 150 * i) for i in range(6)]
+    rounds = [p for p in sess] + [p + g.toks(200) for p in sess]
+    w.append(Workload("slots-np4-cache-evict", "§5 -np 4 with a prompt cache small enough to evict "
+                      "(--cache-ram 2)", tuple(S(p, slot=None) for p in rounds),
+                      {"n_parallel": 4, "cache_ram_mib": 2, "n_ctx": 16384}))
+
+    s1, s2 = g.toks(2000), g.toks(2200)
+    alt = (s1, s2, s1 + g.toks(100), s2 + g.toks(100), s1[:1500], s2[:2150])
+    w.append(Workload("cache-ram-on", "§5 one slot, two sessions alternating through the prompt cache",
+                      tuple(S(p) for p in alt)))
+    w.append(Workload("cache-ram-off", "§5 the same with --cache-ram 0: each switch re-processes",
+                      tuple(S(p) for p in alt), {"cache_ram_mib": 0}))
+
+    a = g.toks(2500)
+    trunc = (S(a), S(a[:2400]), S(a[:2490]), S(a[:2300] + g.toks(120)), S(a[:1000]))
+    w.append(Workload("batch-256-ub128", "§2.3 near-end checkpoint T-min(b, 4+ub) with -b 256 -ub 128",
+                      trunc, {"n_batch": 256, "n_ubatch": 128}))
+    w.append(Workload("batch-1024-ub64", "§2.3 near-end checkpoint with -b 1024 -ub 64",
+                      trunc, {"n_batch": 1024, "n_ubatch": 64}))
+    return w
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+def xllamacpp_versions(python: str | None = None) -> list[str]:
+    """Published xllamacpp versions, newest first (pip's own index query)."""
+    done = subprocess.run([python or sys.executable, "-m", "pip", "index", "versions", "xllamacpp"],
+                          capture_output=True, text=True, timeout=120)
+    m = re.search(r"Available versions: (.+)", done.stdout)
+    return [v.strip() for v in m.group(1).split(",")] if m else []
+
+
+def xllamacpp_env(version: str, cache_dir: Path) -> str:
+    """The python of a cached virtual environment holding ``xllamacpp==version`` (made on first use).
+
+    Kept outside the user's environment, one per version, so builds can be compared side by side.
+    """
+    from .server import xllamacpp_version
+    if version == xllamacpp_version():
+        return sys.executable
+    env = cache_dir / "xllamacpp" / version
+    py = env / "bin" / "python"
+    ok = env / ".installed"
+    if ok.exists() and py.exists():
+        return str(py)
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, capture_output=True)
+    done = subprocess.run([str(py), "-m", "pip", "install", "-q", f"xllamacpp=={version}"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        known = xllamacpp_versions(str(py))
+        if known and version not in known:
+            raise ValueError(f"--xllamacpp {version}: no such version; published: {', '.join(known)}")
+        tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+        raise RuntimeError(f"installing xllamacpp=={version} failed: {tail}")
+    ok.write_text(version + "\n")
+    return str(py)
+
+
+def build_of_xllamacpp(version: str) -> str | None:
+    """'2026.10.11549' -> 'b11549'; the 0.x series does not say (the log's wording dates it)."""
+    tail = version.rsplit(".", 1)[-1]
+    return f"b{tail}" if tail.isdigit() and int(tail) > 1000 else None
+
+
+# --- running -----------------------------------------------------------------------------------
+
+@dataclass
+class WorkloadResult:
+    """One workload's outcome: the validation counts, or the error that stopped it."""
+
+    name: str
+    rules: str
+    flags: dict
+    tasks: int = 0
+    decisions: int = 0
+    agreed: int = 0
+    unknown: int = 0
+    mismatches: list[dict] = field(default_factory=list)
+    sent: int = 0
+    error: str | None = None
+    nothing_happened: int = 0      # known decisions where both sides did nothing (restored -1, none created ...)
+    prompt_time: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "rules": self.rules, "flags": self.flags, "tasks": self.tasks,
+             "decisions": self.decisions, "agreed": self.agreed, "unknown": self.unknown,
+             "mismatches": self.mismatches, "requests_sent": self.sent,
+             "nothing_happened": self.nothing_happened, "prompt_time": self.prompt_time}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def _send_all(client: Client, wl: Workload, req_log: Path, on_step=None) -> int:
+    sent = 0
+    with open(req_log, "a", encoding="utf-8") as f:
+        for i, st in enumerate(wl.steps):
+            path, body = st.body()
+            t0 = time.monotonic()
+            rec = {"workload": wl.name, "step": i, "endpoint": path, "body": body}
+            try:
+                resp = client.post(path, body)
+            except ServerError as e:
+                rec["error"] = str(e)
+                f.write(json.dumps(rec) + "\n")
+                raise
+            rec["wall_ms"] = round(1000 * (time.monotonic() - t0), 1)
+            rec["timings"] = resp.get("timings")
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            sent += 1
+            if on_step:
+                on_step()
+    return sent
+
+
+def _is_nothing(d) -> bool:
+    return d.logged in (-1, [], False, None, 0) and d.decision != "cache_n"
+
+
+def _score(res: WorkloadResult, decisions: list, n_tasks: int, timings: list[dict]) -> None:
+    from ..validate import _d_json
+    res.tasks = n_tasks
+    known = [d for d in decisions if d.status != "unknown"]
+    res.decisions = len(known)
+    res.agreed = sum(1 for d in known if d.status == "agreed")
+    res.unknown = len(decisions) - len(known)
+    res.mismatches = [_d_json(d) for d in known if d.status == "mismatch"]
+    res.nothing_happened = sum(1 for d in known if d.status == "agreed" and _is_nothing(d))
+    lg = sum(t["logged_ms"] for t in timings)
+    pr = sum(t["predicted_ms"] for t in timings)
+    res.prompt_time = {"logged_ms": round(lg, 1), "predicted_ms": round(pr, 1),
+                       "error_pct": round(100 * (pr - lg) / lg, 1) if lg > 0 else None}
+
+
+def run_matrix(workloads: list[Workload], out_dir: Path, *, backend: str, python: str | None,
+               model: Path, build: str | None, profile: str | None = TINY_PROFILE,
+               on_step=None, base_flags: dict | None = None) -> list[WorkloadResult]:
+    """Each workload on a fresh server (its own flags and log); validate each log with ``build``."""
+    from ..validate import validate_log
+    from .server import LiveServer, ServerFlags
+    results: list[WorkloadResult] = []
+    base = ServerFlags(**{"n_ctx": 8192, "n_batch": 512, "n_ubatch": 512, "ctx_checkpoints": 8,
+                          "checkpoint_min_step": 256, "cache_ram_mib": 8192, **(base_flags or {})})
+    for wl in workloads:
+        flags = replace(base, **wl.flags)
+        log = out_dir / f"{wl.name}.server.log"
+        res = WorkloadResult(wl.name, wl.rules, {k: v for k, v in vars(flags).items() if k != "verbosity"})
+        for p in (log, out_dir / f"{wl.name}.requests.jsonl"):
+            if p.exists():
+                p.unlink()           # the output folder was checked to be new or --force'd
+        try:
+            with LiveServer(model, log, flags, backend=backend, python=python) as srv:
+                res.sent = _send_all(Client(srv.url, timeout_s=300), wl, out_dir / f"{wl.name}.requests.jsonl",
+                                     on_step)
+        except (ServerError, RuntimeError, OSError) as e:
+            res.error = f"server failed in workload {wl.name}: {e}"
+        if log.exists():
+            try:
+                v = validate_log(log, version=build, profile=profile)
+                _score(res, v.decisions, v.n_tasks, v.timings)
+            except ValueError as e:
+                res.error = (res.error + "; " if res.error else "") + f"validation failed: {e}"
+        results.append(res)
+    return results
+
+
+def run_on_url(workloads: list[Workload], out_dir: Path, url: str, log: Path, build: str | None,
+               profile: str | None = None, on_step=None) -> list[WorkloadResult]:
+    """The workloads that need no flags of their own, all on one running server; its log is
+    validated whole (earlier tasks included, since they set the slot's state) and the last
+    requests' decisions are attributed to the workloads in the order they were sent."""
+    from ..validate import validate_log
+    client = Client(url, timeout_s=300)
+    spans: list[tuple[WorkloadResult, int]] = []
+    for wl in workloads:
+        if wl.flags:
+            continue                 # needs server flags we cannot set on the user's server
+        res = WorkloadResult(wl.name, wl.rules, {"server": url})
+        try:
+            res.sent = _send_all(client, wl, out_dir / f"{wl.name}.requests.jsonl", on_step)
+        except ServerError as e:
+            res.error = f"server failed in workload {wl.name}: {e}"
+        spans.append((res, res.sent))
+        if res.error:
+            break
+    time.sleep(0.5)                  # the server writes the last task's lines after answering
+    v = validate_log(log, version=build, profile=profile)
+    by_req: dict[int, list] = {}
+    for d in v.decisions:
+        by_req.setdefault(d.request, []).append(d)
+    n_req = 1 + max(by_req, default=-1)
+    rid = n_req - sum(n for _, n in spans)
+    for res, n in spans:
+        _score(res, [d for r in range(rid, rid + n) for d in by_req.get(r, [])], n, [])
+        rid += n
+    return [r for r, _ in spans]
+
+
+def summary(results: list[WorkloadResult], build: str | None, server: str) -> dict:
+    """The ``--json`` document (issue 11's shape)."""
+    dec = sum(r.decisions for r in results)
+    agr = sum(r.agreed for r in results)
+    return {"build": build or "unknown", "server": server,
+            "workloads": [r.to_json() for r in results],
+            "tasks": sum(r.tasks for r in results), "decisions": dec, "agreed": agr,
+            "agreement": agr / dec if dec else None, "unknown": sum(r.unknown for r in results),
+            "nothing_happened": sum(r.nothing_happened for r in results),
+            "mismatches": [dict(m, workload=r.name) for r in results for m in r.mismatches],
+            "errors": [r.error for r in results if r.error]}

@@ -1,0 +1,103 @@
+"""`ckptsim conformance`: the fixed workload matrix against a real llama.cpp server (issue 11)."""
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckptsim.cli import app
+from ckptsim.live.conformance import build_of_xllamacpp, matrix
+
+runner = CliRunner()
+
+
+def test_matrix_is_seeded_and_names_its_rules():
+    """The same seed gives the same requests; every workload says which spec rules it exercises,
+    and the matrix covers §2.2, §2.3, §3 and §5 with the flags those rules need."""
+    a, b = matrix(0), matrix(0)
+    assert [w.steps for w in a] == [w.steps for w in b]
+    assert [w.steps for w in matrix(1)] != [w.steps for w in a]
+    assert len({w.name for w in a}) == len(a) >= 12
+    rules = " ".join(w.rules for w in a)
+    for sec in ("§2.2", "§2.3", "§3", "§5"):
+        assert sec in rules
+    flags = [w.flags for w in a]
+    assert {"n_parallel": 2, "n_ctx": 8192} in flags
+    assert any(f.get("cache_ram_mib") == 0 for f in flags) and any(f.get("ctx_checkpoints") == 3 for f in flags)
+    assert any(f.get("n_ubatch") == 64 for f in flags) and any(f.get("checkpoint_min_step") == 1024 for f in flags)
+    for w in a:                       # token prompts fit one slot's context with room for output
+        n_ctx_slot = w.flags.get("n_ctx", 8192) // w.flags.get("n_parallel", 1)
+        assert all(len(s.prompt) < n_ctx_slot - 8 for s in w.steps)
+
+
+def test_build_of_a_wheel_version():
+    assert build_of_xllamacpp("2026.10.11549") == "b11549"
+    assert build_of_xllamacpp("2026.5.9093") == "b9093"
+    assert build_of_xllamacpp("0.2.14") is None        # the 0.x series: dated from the log's wording
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    r = runner.invoke(app, ["conformance", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+    r = runner.invoke(app, ["conformance", "--url", "http://127.0.0.1:9"])
+    assert r.exit_code == 2 and "--log" in r.output
+    r = runner.invoke(app, ["conformance", "--server", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such llama-server binary" in r.output
+    r = runner.invoke(app, ["conformance", "--xllamacpp", "2026.10.11549", "--workloads", "truncate,bogus"])
+    assert r.exit_code == 2 and "unknown bogus" in r.output and "extend" in r.output
+
+
+def test_existing_output_folder_is_not_reused_without_force(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("x")
+    r = runner.invoke(app, ["conformance", "--xllamacpp", "2026.10.11549", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--force" in r.output
+    assert (tmp_path / "o" / "keep.txt").read_text() == "x"
+
+
+def test_a_server_that_dies_is_reported_with_its_workload(tmp_path):
+    """A server that exits at start-up: each workload is reported as failed, by name, exit 1, and
+    the document still comes out (what was measured is kept)."""
+    pytest.importorskip("gguf")
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'version: 11549 (abc1234)'\necho 'fatal: no GPU' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["conformance", "--server", str(fake), "--workloads", "truncate,extend",
+                            "--out", str(out), "--json", "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 1
+    doc = json.loads((out / "conformance.json").read_text())
+    assert doc["build"] == "b11549"
+    assert [w["name"] for w in doc["workloads"]] == ["truncate", "extend"]
+    assert all("server failed in workload" in e for e in doc["errors"]) and len(doc["errors"]) == 2
+    assert "truncate" in doc["errors"][0] and "exited during start-up" in doc["errors"][0]
+
+
+@pytest.mark.live
+def test_fixed_matrix_on_the_installed_build(tmp_path):
+    """The whole matrix against the xllamacpp build installed here (b11549): every known decision
+    agrees, none is unknown, >= 200 are known and most of them are not 'nothing happened'; every
+    request and log line is kept."""
+    pytest.importorskip("gguf")
+    xl = pytest.importorskip("xllamacpp", reason="xllamacpp (pip install ckptsim[live]) is not installed")
+    from importlib.metadata import version
+    v = version("xllamacpp")
+    out = tmp_path / "conf"
+    r = runner.invoke(app, ["conformance", "--xllamacpp", v, "--out", str(out), "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0, (doc["mismatches"], doc["errors"])
+    assert set(doc) >= {"build", "server", "workloads", "tasks", "decisions", "agreed", "agreement",
+                        "unknown", "mismatches"}
+    assert doc["agreement"] == 1.0 and doc["decisions"] >= 200
+    assert doc["unknown"] < 0.05 * (doc["decisions"] + doc["unknown"])
+    assert doc["nothing_happened"] < doc["decisions"] / 2
+    wls = {w.name: w for w in matrix(0)}
+    for w in doc["workloads"]:
+        assert w["tasks"] == len(wls[w["name"]].steps) and w["decisions"] > 0 and not w["mismatches"]
+        assert (out / f"{w['name']}.server.log").stat().st_size > 0
+        sent = (out / f"{w['name']}.requests.jsonl").read_text().splitlines()
+        assert len(sent) == len(wls[w["name"]].steps) and "timings" in json.loads(sent[0])
+    del xl
