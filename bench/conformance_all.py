@@ -26,7 +26,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("versions", nargs="*", default=DEFAULT)
     ap.add_argument("--out", type=Path, default=Path("reports/conformance"))
+    ap.add_argument("--cross", default="b9538,b9985,b10573,b11549",
+                    help="also replay every build's logs under these builds' rules (a boundary check)")
+    ap.add_argument("--no-run", action="store_true", help="only the cross table, from earlier runs")
     a = ap.parse_args()
+    if a.no_run:
+        return cross_table(a.versions, a.out, a.cross.split(","))
     rows = []
     for v in a.versions:
         t0 = time.monotonic()
@@ -53,6 +58,21 @@ def main() -> int:
     print("|" + "|".join("---" for _ in head) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    print()
+    return cross_table(a.versions, a.out, a.cross.split(","))
+
+
+def cross_table(versions: list[str], out: Path, rules: list[str]) -> int:
+    """Each build's logs replayed under each rule group: which rules agree with which build."""
+    from ckptsim.live.conformance import cross_validate
+    print("| xllamacpp | " + " | ".join(f"as {r}" for r in rules) + " |")
+    print("|---|" + "|".join("---:" for _ in rules) + "|")
+    for v in versions:
+        if not (out / v / "conformance.json").exists():
+            continue
+        cv = cross_validate(out / v, rules)
+        cells = [f"{cv[r]['agreed']}/{cv[r]['decisions']}" for r in rules]
+        print(f"| {v} | " + " | ".join(cells) + " |")
     return 0
 
 

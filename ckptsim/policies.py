@@ -63,6 +63,10 @@ class Policy:
         """Index of the checkpoint to evict when over budget (default: the oldest)."""
         return 0
 
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        """Indices replaced by the new checkpoint, dropped after the over-budget eviction (default: none)."""
+        return []
+
     def prune(self, ckpts: list[Checkpoint]) -> list[int]:
         """Indices of checkpoints to let go after a request, budget or not (default: none).
 
@@ -198,12 +202,16 @@ class LlamaServer(Policy):
         if spacing_pass_runs(self._rules, len(ckpts), cap):
             out = spacing_victims(self._rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
                                   self.min_step, cap)
-        if self._rules.spacing_eviction_only_when_full:
-            # #28302 (c): a checkpoint at the same position is superseded.
-            ks = [c.n_tokens for c in ckpts]
-            if new_k in ks:
-                out += [i for i, k in enumerate(ks) if k == new_k and i not in out]
         return sorted(out)
+
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        # #28302 (c): a checkpoint at the same position is superseded -- after the FIFO erase of
+        # a full list (spec §2.4 order (a), FIFO, (c)). Seen in b11549's log (`conformance
+        # --random`): -ctxcp 2 holding [720, 848], restore to 848, then "erasing old ... 720",
+        # "superseding ... 848", "created ... 1 of 2".
+        if not self._rules.spacing_eviction_only_when_full:
+            return []
+        return [i for i, c in enumerate(ckpts) if c.n_tokens == new_k]
 
     @property
     def spec(self) -> str:
@@ -276,6 +284,9 @@ class Combined(Policy):
 
     def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
         return self.eviction.victim(ckpts, new_k)
+
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        return self.eviction.supersede(ckpts, new_k)
 
     def prune(self, ckpts: list[Checkpoint]) -> list[int]:
         return self.eviction.prune(ckpts)

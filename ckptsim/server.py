@@ -325,6 +325,11 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         n_batches += 1
         # Decide whether this batch gets a checkpoint at its start (state before the batch).
         near_end = T < pos + ub
+        if era == "last-user" and n_start < last_user:
+            # b9315-b9774: a near-end batch gets a checkpoint only after the last user message
+            # (spec §3, #22929 row); seen in b9538's log: T=1467, -b 512, last user at 987 -> the
+            # batch at T-512 = 955 is near the end but gets none, 987 and 1463 do
+            near_end = False
         do = pos == T or is_user or near_end
         if every_n_on and not do and pos != T:
             # b8232 #20087: a mid batch far enough from the last checkpoint gets one.

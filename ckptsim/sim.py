@@ -396,13 +396,16 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             for i in sorted(drops, reverse=True):
                 c = ckpts.pop(i)
                 n_evicted += 1
-                emit(EventKind.SUPERSEDED if c.n_tokens == k else EventKind.ERASED_SPACING,
-                     c.n_tokens, c.size_mib)
+                emit(EventKind.ERASED_SPACING, c.n_tokens, c.size_mib)
             while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
                 i = pol.victim(ckpts, k)
                 c = ckpts.pop(i)
                 n_evicted += 1
                 emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
+            for i in sorted(pol.supersede(ckpts, k), reverse=True):
+                c = ckpts.pop(i)
+                n_evicted += 1
+                emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
             ckpts.append(Checkpoint(k, size, r, start_s))
             created_at.append(k)
             n_created += 1

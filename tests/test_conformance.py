@@ -101,3 +101,51 @@ def test_fixed_matrix_on_the_installed_build(tmp_path):
         sent = (out / f"{w['name']}.requests.jsonl").read_text().splitlines()
         assert len(sent) == len(wls[w["name"]].steps) and "timings" in json.loads(sent[0])
     del xl
+
+
+def test_supersede_comes_after_the_fifo_erase():
+    """Found by `conformance --random` on b11549 and shrunk to two requests (the real log is
+    tests/data/conformance/b11549-supersede-after-fifo.server.log.gz): -ctxcp 2 -b 512 -ub 128
+    --checkpoint-min-step 0, the same 852-token prompt twice. The second restores 848, and the
+    server logs "erasing old ... 720" (FIFO: the list is full), then "superseding ... 848", then
+    "created ... 1 of 2": both are erased (spec §2.4 order: (a), FIFO, (c)). Superseding first
+    would leave room and keep 720."""
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b11549-supersede-after-fifo.server.log.gz"
+    doc = validate_log(log, version="b11549").to_json()
+    assert doc["tasks"] == 2 and doc["agreement"] == 1.0 and doc["decisions"] == 10
+    from ckptsim.ingest.log_trace import trace_from_log
+    assert trace_from_log(log).requests[1].observed["erased"] == [720, 848]
+
+
+@pytest.mark.live
+def test_random_mode_runs_and_writes_the_document(tmp_path):
+    """--random N draws N traces and flag sets; each runs on its own server and is validated."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("xllamacpp", reason="xllamacpp (pip install ckptsim[live]) is not installed")
+    from importlib.metadata import version
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["conformance", "--xllamacpp", version("xllamacpp"), "--random", "2", "--seed", "5",
+                            "--out", str(out), "--json"])
+    doc = json.loads(r.stdout)
+    assert [w["name"] for w in doc["workloads"]] == ["random-5-0", "random-5-1"]
+    assert doc["decisions"] > 0 and not doc["errors"]
+    assert r.exit_code == (1 if doc["mismatches"] else 0)
+    for w in doc["workloads"]:
+        assert (w.get("repro") is not None) == bool(w["mismatches"])
+
+
+def test_kv_unified_read_from_the_context_line():
+    """b9713 prints no "initializing, n_slots = ..., kv_unified" line, only llama_context's
+    "kv_unified    = false" (real log: tests/data/conformance/b9713-slots-np2.server.log.gz,
+    -np 2). Read there, the idle slot keeps its checkpoints (the server erases them as invalidated
+    later, task 32); assumed unified, the replay cleared them and missed 9 erasures."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b9713-slots-np2.server.log.gz"
+    lt = trace_from_log(log)
+    assert lt.log.settings["kv_unified"] is False and lt.log.settings["n_slots"] == 2
+    doc = validate_log(log, version="b9713").to_json()
+    assert doc["agreement"] == 1.0 and doc["decisions"] >= 35
+    assert [988, 1496] in [m["logged"] for m in []] or any(
+        r.observed["erased"] == [988, 1496] for r in lt.requests)

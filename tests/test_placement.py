@@ -53,3 +53,25 @@ def test_old_era_single_end_checkpoint():
     """b6685-b6712: one checkpoint per request, after the whole prompt (k = T)."""
     plan = server_placement(ServerRules(6700), 0, 5000, (), None, 2048, 512, 256, -1)
     assert plan.positions == (5000,)
+
+
+def test_last_user_era_near_end_only_after_the_last_user_message():
+    """b9315-b9774 (#22929): near-end checkpoints only after the last user message. Real log
+    (xllamacpp b9538, `ckptsim conformance` chat workload, tests/data/conformance/): T=1467,
+    -b 512 -ub 512, last user message at 987; batches break at T-512 = 955, 987 and T-4 = 1463,
+    and checkpoints land at 987 and 1463 only (the batch at 955 is near the end but before it).
+    From b9775 the 955 batch gets one too (near-end no longer waits for the user message)."""
+    plan = server_placement(ServerRules(9538), 0, 1467, (987,), None, 512, 512, 256, -1)
+    assert plan.positions == (987, 1463)
+    assert server_placement(ServerRules(9538), 0, 1467, (), None, 512, 512, 256, -1).positions == (955, 1463)
+    assert server_placement(ServerRules(9985), 0, 1467, (987,), None, 512, 512, 256, -1).positions == (955, 987, 1463)
+
+
+def test_last_user_era_log_replays_every_decision():
+    """The whole b9538 chat log (6 chat requests, edits of an earlier turn) validates at 100%."""
+    from pathlib import Path
+
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b9538-chat-user-turns.server.log.gz"
+    doc = validate_log(log, version="b9538").to_json()
+    assert doc["tasks"] == 6 and doc["decisions"] == 30 and doc["agreement"] == 1.0

@@ -315,13 +315,17 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
                     version: str = typer.Option(None, "--version", help="build to replay, e.g. b11549 "
                                                 "(default: the server's own)"),
                     seed: int = typer.Option(0, help="seed of the workload material"),
+                    random_n: int = typer.Option(None, "--random", metavar="N",
+                                                 help="instead of the fixed matrix: N random traces and flag "
+                                                      "sets; a mismatch is shrunk to a reproducer"),
                     cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
                     force: bool = typer.Option(False, "--force", help="reuse an existing output folder"),
                     as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
     """Run a fixed workload matrix against a real server and check every logged decision."""
     from rich.table import Table
 
-    from ..live.conformance import build_of_xllamacpp, matrix, run_matrix, run_on_url, summary, xllamacpp_env
+    from ..live.conformance import (build_of_xllamacpp, matrix, random_workload, run_matrix, run_on_url, summary,
+                                    xllamacpp_env)
     from ..live.server import DEFAULT_CACHE_DIR, XLLAMACPP, backend_build
     from ._app import out as console
     wls = matrix(seed)
@@ -333,6 +337,15 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
         raise UserError("give exactly one of --xllamacpp VERSION, --server PATH or --url URL --log FILE")
     if url is not None and log is None:
         raise UserError("--url needs --log FILE: the server's own -lv 4 log is what is checked")
+    if random_n is not None:
+        if random_n < 1:
+            raise UserError(f"--random: expected a positive number of traces, got {random_n}")
+        if url is not None:
+            raise UserError("--random draws server flags, so it needs a server it can start "
+                            "(--xllamacpp or --server), not --url")
+        if workloads:
+            raise UserError("--random and --workloads exclude each other")
+        wls = [random_workload(seed, i) for i in range(random_n)]
     if workloads:
         names = [x.strip() for x in workloads.split(",") if x.strip()]
         unknown = sorted(set(names) - {w.name for w in wls})
@@ -371,7 +384,7 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
             _need_live(backend) if python is None else _need_live("binary")
             model = _tiny_model("tiny", None, cache_dir)
             results = run_matrix(wls, out_dir, backend=backend, python=python, model=model, build=build,
-                                 on_step=step)
+                                 on_step=step, shrink_mismatches=random_n is not None)
     doc = summary(results, build, label)
     (out_dir / "conformance.json").write_text(json.dumps(doc, indent=2) + "\n")
     if as_json:
@@ -397,6 +410,9 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
                           f"log {m['logged']} vs simulated {m['simulated']}", highlight=False)
         for e in doc["errors"]:
             console.print(f"  {e}", highlight=False)
+        for r in results:
+            if r.repro:
+                console.print(f"  {r.name}: reproducer {r.repro}", highlight=False)
         err.print(f"requests, logs and conformance.json in {out_dir}")
     if doc["errors"] or doc["mismatches"]:
         raise typer.Exit(1)

@@ -360,13 +360,16 @@ _SETTINGS: list[tuple[str, re.Pattern, Any]] = [
     ("build_info", re.compile(r"build_info: (\S+)"), lambda m: m.group(1)),   # b9161+ start-up line
     ("verbosity", re.compile(r"log_info: verbosity = (\d+)"), lambda m: int(m.group(1))),
     ("n_ctx", re.compile(r"llama_context: n_ctx +=? *(\d+)"), lambda m: int(m.group(1))),
+    # every build prints the context's own setting; b9713 prints no "initializing, n_slots" line,
+    # and an -np 2 server there is not unified (it keeps idle slots' checkpoints: conformance)
+    ("kv_unified", re.compile(r"llama_context: kv_unified +=? *(true|false)\b"), lambda m: m.group(1) == "true"),
     ("n_batch", re.compile(r"llama_context: n_batch +=? *(\d+)"), lambda m: int(m.group(1))),
     ("n_ubatch", re.compile(r"llama_context: n_ubatch +=? *(\d+)"), lambda m: int(m.group(1))),
     ("arch", re.compile(r"print_info: arch += (\S+)"), lambda m: m.group(1)),
 ]
 _SETTING_TRIGGERS = ("context checkpoints", "prompt cache is", "initializing", "new slot", "n_parallel",
                      "idle slots", "cache-idle-slots", "speculative decoding will use", "partial sequence",
-                     "build", "verbosity", "llama_context: n_", "print_info: arch")
+                     "build", "verbosity", "llama_context: n_", "llama_context: kv_unified", "print_info: arch")
 
 
 def _to_bool(s: str) -> bool:

@@ -31,6 +31,7 @@ from .harness import Client, ServerError
 TINY_PROFILE = "tiny-qwen35-cpu-2core"
 # printable ASCII bytes: the tiny model's byte-level vocabulary maps each to one token (id = byte)
 _POOL = np.arange(33, 127)
+_OUT_TOKEN = ord("a")
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,15 @@ class Step:
 
     def body(self) -> tuple[str, dict]:
         """(endpoint, JSON body)."""
+        # The random-weight model would emit random bytes; some builds (b9093-b10229 seen) then
+        # fail the answer with HTTP 500 while parsing it. A strong bias makes every output 'a'.
         if self.messages:
             b: dict = {"messages": list(self.messages), "max_tokens": self.n_predict,
-                       "temperature": 0.0, "cache_prompt": True}
+                       "temperature": 0.0, "cache_prompt": True, "logit_bias": {str(_OUT_TOKEN): 100}}
             path = "/v1/chat/completions"
         else:
             b = {"prompt": list(self.prompt), "n_predict": self.n_predict, "temperature": 0.0,
-                 "cache_prompt": True, "ignore_eos": True}
+                 "cache_prompt": True, "ignore_eos": True, "logit_bias": [[_OUT_TOKEN, 100]]}
             path = "/completion"
         if self.slot is not None:
             b["id_slot"] = self.slot
@@ -175,6 +178,65 @@ def matrix(seed: int = 0) -> list[Workload]:
     return w
 
 
+def random_workload(seed: int, index: int) -> Workload:
+    """A random request sequence and flag set (fits the tiny model's context), for --random."""
+    rng = np.random.default_rng([seed, index])
+    g = _Gen(int(rng.integers(1 << 31)))
+    n_par = int(rng.choice([1, 1, 2]))
+    nb = int(rng.choice([256, 512, 1024]))
+    flags = {"n_parallel": n_par, "n_ctx": 4096 * n_par, "n_batch": nb,
+             "n_ubatch": int(rng.choice([u for u in (64, 128, 256, 512) if u <= nb])),
+             "ctx_checkpoints": int(rng.choice([2, 3, 4, 8])),
+             "checkpoint_min_step": int(rng.choice([0, 128, 256, 1024])),
+             "cache_ram_mib": int(rng.choice([0, 2, 8192]))}
+    sessions: list[tuple[int, ...]] = []
+    steps: list[Step] = []
+    slot = None if n_par > 1 else 0
+    for _ in range(int(rng.integers(6, 13))):
+        op = rng.choice(["new", "extend", "extend", "truncate", "edit", "resend"]) if sessions else "new"
+        if op == "new" or not sessions:
+            p = g.toks(int(rng.integers(200, 3000)))
+            sessions.append(p)
+        else:
+            j = int(rng.integers(len(sessions)))
+            prev = sessions[j]
+            if op == "extend":
+                p = prev + g.toks(int(rng.integers(8, 800)))
+            elif op == "truncate":
+                p = prev[:int(rng.integers(50, len(prev)))]
+            elif op == "edit":
+                cut = int(rng.integers(10, len(prev)))
+                p = prev[:cut] + g.toks(int(rng.integers(1, 900)))
+            else:
+                p = prev
+            p = p[:3900]
+            sessions[j] = p
+        steps.append(Step(prompt=p, slot=slot))
+    return Workload(f"random-{seed}-{index}", "random trace and flags (--random)", tuple(steps), flags)
+
+
+def write_repro(wl: Workload, path: Path, note: str) -> None:
+    """A reproducer: the flags and every request, as JSON (steps as token ids)."""
+    doc = {"name": wl.name, "note": note, "flags": wl.flags,
+           "steps": [{"prompt": list(st.prompt), "slot": st.slot, "n_predict": st.n_predict}
+                     for st in wl.steps]}
+    path.write_text(json.dumps(doc) + "\n")
+
+
+def shrink(wl: Workload, still_fails, max_runs: int = 16) -> tuple[Workload, int]:
+    """Drop requests one at a time, from the last, while ``still_fails(workload)`` stays true."""
+    runs = 0
+    steps = list(wl.steps)
+    i = len(steps) - 1
+    while i >= 0 and runs < max_runs and len(steps) > 1:
+        trial = replace(wl, steps=tuple(steps[:i] + steps[i + 1:]))
+        runs += 1
+        if still_fails(trial):
+            steps = list(trial.steps)
+        i -= 1
+    return replace(wl, steps=tuple(steps)), runs
+
+
 # --- servers -----------------------------------------------------------------------------------
 
 def xllamacpp_versions(python: str | None = None) -> list[str]:
@@ -233,6 +295,8 @@ class WorkloadResult:
     mismatches: list[dict] = field(default_factory=list)
     sent: int = 0
     error: str | None = None
+    failed_answers: list[str] = field(default_factory=list)   # HTTP 5xx after the prompt was processed
+    repro: str | None = None       # --random: the shrunk reproducer of a mismatch
     nothing_happened: int = 0      # known decisions where both sides did nothing (restored -1, none created ...)
     prompt_time: dict = field(default_factory=dict)
 
@@ -240,13 +304,18 @@ class WorkloadResult:
         d = {"name": self.name, "rules": self.rules, "flags": self.flags, "tasks": self.tasks,
              "decisions": self.decisions, "agreed": self.agreed, "unknown": self.unknown,
              "mismatches": self.mismatches, "requests_sent": self.sent,
-             "nothing_happened": self.nothing_happened, "prompt_time": self.prompt_time}
+             "nothing_happened": self.nothing_happened, "prompt_time": self.prompt_time,
+             "failed_answers": self.failed_answers}
         if self.error:
             d["error"] = self.error
+        if self.repro:
+            d["repro"] = self.repro
         return d
 
 
-def _send_all(client: Client, wl: Workload, req_log: Path, on_step=None) -> int:
+def _send_all(client: Client, wl: Workload, req_log: Path, on_step=None,
+              failed: list[str] | None = None) -> int:
+    failed = failed if failed is not None else []
     sent = 0
     with open(req_log, "a", encoding="utf-8") as f:
         for i, st in enumerate(wl.steps):
@@ -258,7 +327,15 @@ def _send_all(client: Client, wl: Workload, req_log: Path, on_step=None) -> int:
             except ServerError as e:
                 rec["error"] = str(e)
                 f.write(json.dumps(rec) + "\n")
-                raise
+                if " answered HTTP 5" not in str(e):
+                    raise
+                # the server processed the prompt and failed only the answer: the log still holds
+                # the task, so go on (the document lists the failed answers)
+                failed.append(f"step {i}: {e}")
+                sent += 1
+                if on_step:
+                    on_step()
+                continue
             rec["wall_ms"] = round(1000 * (time.monotonic() - t0), 1)
             rec["timings"] = resp.get("timings")
             f.write(json.dumps(rec) + "\n")
@@ -290,34 +367,69 @@ def _score(res: WorkloadResult, decisions: list, n_tasks: int, timings: list[dic
 
 def run_matrix(workloads: list[Workload], out_dir: Path, *, backend: str, python: str | None,
                model: Path, build: str | None, profile: str | None = TINY_PROFILE,
-               on_step=None, base_flags: dict | None = None) -> list[WorkloadResult]:
-    """Each workload on a fresh server (its own flags and log); validate each log with ``build``."""
-    from ..validate import validate_log
-    from .server import LiveServer, ServerFlags
-    results: list[WorkloadResult] = []
+               on_step=None, base_flags: dict | None = None, shrink_mismatches: bool = False) -> list[WorkloadResult]:
+    """Each workload on a fresh server (its own flags and log); validate each log with ``build``.
+
+    ``shrink_mismatches``: a workload with a mismatch is cut down to fewer requests that still
+    disagree (each try on a fresh server), and the reproducer is written as ``NAME.repro.json``.
+    """
+    from .server import ServerFlags
     base = ServerFlags(**{"n_ctx": 8192, "n_batch": 512, "n_ubatch": 512, "ctx_checkpoints": 8,
                           "checkpoint_min_step": 256, "cache_ram_mib": 8192, **(base_flags or {})})
+    run = lambda wl, tag, step=None: _run_one(wl, tag, out_dir, base, backend, python, model,  # noqa: E731
+                                              build, profile, step)
+    results: list[WorkloadResult] = []
     for wl in workloads:
-        flags = replace(base, **wl.flags)
-        log = out_dir / f"{wl.name}.server.log"
-        res = WorkloadResult(wl.name, wl.rules, {k: v for k, v in vars(flags).items() if k != "verbosity"})
-        for p in (log, out_dir / f"{wl.name}.requests.jsonl"):
-            if p.exists():
-                p.unlink()           # the output folder was checked to be new or --force'd
-        try:
-            with LiveServer(model, log, flags, backend=backend, python=python) as srv:
-                res.sent = _send_all(Client(srv.url, timeout_s=300), wl, out_dir / f"{wl.name}.requests.jsonl",
-                                     on_step)
-        except (ServerError, RuntimeError, OSError) as e:
-            res.error = f"server failed in workload {wl.name}: {e}"
-        if log.exists():
-            try:
-                v = validate_log(log, version=build, profile=profile)
-                _score(res, v.decisions, v.n_tasks, v.timings)
-            except ValueError as e:
-                res.error = (res.error + "; " if res.error else "") + f"validation failed: {e}"
+        res = run(wl, wl.name, on_step)
+        if shrink_mismatches and res.mismatches and not res.error:
+            small, n_runs = shrink(wl, lambda t: bool(run(t, wl.name + ".shrunk").mismatches))
+            final = run(small, wl.name + ".shrunk")
+            note = (f"{len(small.steps)} of {len(wl.steps)} requests still disagree after {n_runs} tries "
+                    f"(log {wl.name}.shrunk.server.log): {final.mismatches[:3]}")
+            write_repro(small, out_dir / f"{wl.name}.repro.json", note)
+            res.repro = str(out_dir / f"{wl.name}.repro.json")
         results.append(res)
     return results
+
+
+def _run_one(wl: Workload, tag: str, out_dir: Path, base, backend: str, python: str | None, model: Path,
+             build: str | None, profile: str | None, on_step=None) -> WorkloadResult:
+    from ..validate import validate_log
+    from .server import LiveServer
+    flags = replace(base, **wl.flags)
+    log = out_dir / f"{tag}.server.log"
+    res = WorkloadResult(wl.name, wl.rules, {k: v for k, v in vars(flags).items() if k != "verbosity"})
+    for p in (log, out_dir / f"{tag}.requests.jsonl"):
+        if p.exists():
+            p.unlink()           # the output folder was checked to be new or --force'd
+    try:
+        with LiveServer(model, log, flags, backend=backend, python=python) as srv:
+            res.sent = _send_all(Client(srv.url, timeout_s=300), wl, out_dir / f"{tag}.requests.jsonl",
+                                 on_step, res.failed_answers)
+    except (ServerError, RuntimeError, OSError) as e:
+        res.error = f"server failed in workload {wl.name}: {_why(e, log)}"
+    if log.exists():
+        try:
+            v = validate_log(log, version=build, profile=profile)
+            _score(res, v.decisions, v.n_tasks, v.timings)
+        except ValueError as e:
+            res.error = (res.error + "; " if res.error else "") + f"validation failed: {e}"
+    return res
+
+
+def _why(e: Exception, log: Path) -> str:
+    """The error, and what the log says about a model this build cannot load."""
+    msg = str(e)
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return msg
+    m = re.search(r"unknown model architecture: '([^']+)'", text)
+    if m:
+        return (f"this build cannot load the generated model: it does not know architecture "
+                f"'{m.group(1)}' (the tiny model is qwen35, Qwen3.5's hybrid; builds before its support "
+                f"cannot run it)")
+    return msg
 
 
 def run_on_url(workloads: list[Workload], out_dir: Path, url: str, log: Path, build: str | None,
@@ -333,7 +445,8 @@ def run_on_url(workloads: list[Workload], out_dir: Path, url: str, log: Path, bu
             continue                 # needs server flags we cannot set on the user's server
         res = WorkloadResult(wl.name, wl.rules, {"server": url})
         try:
-            res.sent = _send_all(client, wl, out_dir / f"{wl.name}.requests.jsonl", on_step)
+            res.sent = _send_all(client, wl, out_dir / f"{wl.name}.requests.jsonl", on_step,
+                                 res.failed_answers)
         except ServerError as e:
             res.error = f"server failed in workload {wl.name}: {e}"
         spans.append((res, res.sent))
@@ -363,3 +476,28 @@ def summary(results: list[WorkloadResult], build: str | None, server: str) -> di
             "nothing_happened": sum(r.nothing_happened for r in results),
             "mismatches": [dict(m, workload=r.name) for r in results for m in r.mismatches],
             "errors": [r.error for r in results if r.error]}
+
+
+def cross_validate(out_dir: Path, versions: list[str], profile: str | None = TINY_PROFILE) -> dict[str, dict]:
+    """Replay a finished run's logs (``out_dir``/*.server.log) under other builds' rules.
+
+    Which rule groups agree with a build's own logs brackets the build boundaries that wording
+    cannot date (e.g. #28302): a build agrees with the rules it has and not with the others.
+    """
+    from ..validate import validate_log
+    logs = sorted(p for p in out_dir.glob("*.server.log") if ".shrunk." not in p.name)
+    out: dict[str, dict] = {}
+    for v in versions:
+        agreed = known = 0
+        first: dict | None = None
+        for log in logs:
+            val = validate_log(log, version=v, profile=profile)
+            known += len(val.known)
+            agreed += val.agreed
+            if first is None:
+                bad = next((d for d in val.decisions if d.status == "mismatch"), None)
+                if bad is not None:
+                    first = {"log": log.name, "task": bad.task, "decision": bad.decision, "line": bad.line,
+                             "logged": bad.logged, "simulated": bad.simulated}
+        out[v] = {"agreed": agreed, "decisions": known, "first_mismatch": first}
+    return out
