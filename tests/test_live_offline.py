@@ -457,3 +457,11 @@ def test_calibrate_server_and_ngl_need_tiny(tmp_path):
     r = CliRunner().invoke(app, ["calibrate", "--url", "http://127.0.0.1:9", "-ngl", "99",
                                  "-o", str(tmp_path / "p.json")])
     assert r.exit_code == 2 and "--tiny" in r.output
+
+
+def test_server_settings_read_from_the_log_for_calibrate_url():
+    """calibrate --url takes -b/-ub/--cache-ram from the server's own log when not given (a server
+    started with -b 512 was recorded as 2048 before, and its replay then missed 9 of 150 cache_n):
+    the committed -ub 64 run was served with -b 1024 -ub 64 --cache-ram 8192."""
+    slog = parse_server_log(REPO / "docs" / "calibration" / "tiny-ub-sweep-cpu.server-ub64.log.gz")
+    assert (slog.n_batch, slog.n_ubatch, slog.cache_ram_mib) == (1024, 64, 8192)

@@ -210,8 +210,12 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
             (slog.ctx_checkpoints if slog and slog.ctx_checkpoints is not None else 32)
         min_step = min_step if min_step is not None else \
             (slog.checkpoint_min_step if slog and slog.checkpoint_min_step is not None else 8192)
-        _measure(url, log, meas, n_batch or 2048, n_ubatch or 512, ctx_checkpoints, min_step,
-                 cache_ram if cache_ram is not None else 8192, passes, quick, cap, timeout, {})
+        # the server's real settings from its log; flags given here win, spec §8 defaults last
+        def pick(given, logged, default):
+            return given if given is not None else (logged if logged is not None else default)
+        _measure(url, log, meas, pick(n_batch, slog and slog.n_batch, 2048),
+                 pick(n_ubatch, slog and slog.n_ubatch, 512), ctx_checkpoints, min_step,
+                 pick(cache_ram, slog and slog.cache_ram_mib, 8192), passes, quick, cap, timeout, {})
     _fit_and_write(meas, log, run_id, out, name, validate, as_json, logs)
 
 

@@ -51,6 +51,9 @@ class ServerLog:
     build: str | None
     ctx_checkpoints: int | None = None       # from "context checkpoints enabled, max = %d, ..."
     checkpoint_min_step: int | None = None
+    n_batch: int | None = None               # llama_context's n_batch / n_ubatch lines
+    n_ubatch: int | None = None
+    cache_ram_mib: int | None = None         # "prompt cache is enabled, size limit: N MiB"
 
 
 def parse_server_log(path: str | Path) -> ServerLog:
@@ -87,7 +90,8 @@ def parse_server_log(path: str | Path) -> ServerLog:
     st = stats.settings
     build = st.get("build_info") or (f"b{st['build']}" if "build" in st else None)
     return ServerLog(list(tasks.values()), float(np.median(sizes)) if sizes else None, states, build,
-                     st.get("ctx_checkpoints"), st.get("min_step"))
+                     st.get("ctx_checkpoints"), st.get("min_step"), st.get("n_batch"), st.get("n_ubatch"),
+                     st.get("cache_ram_mib"))
 
 
 def rule_features(rec: dict, n_batch: int, n_ubatch: int) -> tuple[int, int, bool, int]:
