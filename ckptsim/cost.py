@@ -12,6 +12,7 @@ A checkpoint is a host<->device copy of its bytes (spec §4, #22558): ``fixed + 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -106,10 +107,28 @@ def load_profile(name_or_path: str | None = None) -> CostProfile:
     """A shipped profile by name, or a profile JSON file by path."""
     name_or_path = name_or_path or DEFAULT_PROFILE
     p = Path(name_or_path)
-    if p.suffix == ".json" and p.exists():
-        return profile_from_json(json.loads(p.read_text()), str(p))
     res = resources.files("ckptsim") / "profiles" / f"{name_or_path}.json"
-    if not res.is_file():
-        raise ValueError(f"unknown profile {name_or_path!r}: not a file, and not one of "
-                         f"{', '.join(builtin_profiles())}")
-    return profile_from_json(json.loads(res.read_text()), name_or_path)
+    if p.suffix != ".json" and "/" not in name_or_path and os.sep not in name_or_path \
+            and not p.exists():
+        if not res.is_file():
+            raise ValueError(f"unknown profile {name_or_path!r}: not a file, and not one of "
+                             f"{', '.join(builtin_profiles())}")
+        return profile_from_json(json.loads(res.read_text()), name_or_path)
+    # A path: say why the file cannot be used rather than "unknown profile".
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"profile file {p} cannot be read: no such file (shipped profiles: "
+                         f"{', '.join(builtin_profiles())})") from None
+    except IsADirectoryError:
+        raise ValueError(f"profile file {p} cannot be read: it is a directory") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"profile file {p} cannot be read: "
+                         f"{getattr(e, 'strerror', None) or 'not a text file'}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"profile file {p}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"profile file {p}: expected a JSON object")
+    return profile_from_json(doc, str(p))

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Simulate and tune llama-server context checkpoints for hybrid/recurrent LLMs.")
@@ -38,16 +39,37 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except (UserError, TraceError, FileExistsError, FileNotFoundError, IsADirectoryError,
-                ValueError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+                NotADirectoryError, PermissionError, ValueError) as e:
+            _print_error(e)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except (ConnectionError, TimeoutError, OSError, RuntimeError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            _print_error(e)
             raise typer.Exit(EXIT_FAILED) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _print_error(e: BaseException) -> None:
+    """One line on stderr; the message is escaped so brackets ("ckptsim[live]") survive rich."""
+    err.print(f"[bold red]error:[/] {escape(error_text(e))}", highlight=False, markup=True)
+
+
+_OS_REASONS = ((FileNotFoundError, "no such file or directory"),
+               (IsADirectoryError, "is a directory, not a file"),
+               (NotADirectoryError, "a part of the path is not a directory"),
+               (PermissionError, "permission denied"))
+
+
+def error_text(e: BaseException) -> str:
+    """The message for the user: an OSError with a path becomes "PATH: reason" (no "[Errno 21]")."""
+    if isinstance(e, OSError) and e.filename is not None:
+        reason = next((r for cls, r in _OS_REASONS if isinstance(e, cls)), None)
+        if reason is None:
+            reason = (e.strerror or str(e)).lower()
+        return f"{e.filename}: {reason}"
+    return str(e)
 
 
 def print_json(doc: Any) -> None:
@@ -78,6 +100,68 @@ def progress(enabled: bool = True):
 def int_list(text: str, flag: str) -> list[int]:
     """A comma-separated list of integers from a CLI flag; a bad item is a usage error."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag}: expected at least one integer, got {text!r}")
+    return values
+
+
+def check_cache_ram(value: float | None, flag: str = "--cache-ram") -> None:
+    """llama-server's --cache-ram: -1 unlimited, 0 off, or a positive MiB value."""
+    if value is not None and value < 0 and value != -1:
+        raise UserError(f"{flag} {value:g}: expected -1 (unlimited), 0 (off) or a positive size in MiB")
+
+
+def check_at_least(value: float | None, flag: str, minimum: float, what: str = "") -> None:
+    """Refuse ``value`` below ``minimum`` (None: the flag was not given)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} {value:g}: must be >= {minimum:g}{what}")
+
+
+def check_jobs(jobs: int | None) -> None:
+    check_at_least(jobs, "--jobs/-j", 1, " (worker processes)")
+
+
+def check_batches(batch: int | None, ubatch: int | None) -> None:
+    """-b and -ub are positive, and -ub is not above -b: llama-server would silently cap it at -b,
+    so a run with a larger -ub would not be the run the user asked for."""
+    check_at_least(batch, "-b", 1)
+    check_at_least(ubatch, "-ub", 1)
+    if batch is not None and ubatch is not None and ubatch > batch:
+        raise UserError(f"-ub {ubatch} is larger than -b {batch} (llama-server caps -ub at -b); "
+                        f"pass -b {ubatch} too, or a smaller -ub")
+
+
+def check_profile(profile: str | None) -> None:
+    """Load --profile once up front, so a bad name or file fails before any work or progress bar."""
+    if profile is not None:
+        from ..cost import load_profile
+        load_profile(profile)
+
+
+# Lowest sensible value of each integer policy parameter (ckptsim/policies.py): -1 means
+# "the server config's value / the build's default / off" where it is allowed.
+_PARAM_MIN = {"offset": 0, "n": 1, "end": 0, "tools": 0, "ctx_checkpoints_flag": -1,
+              "min_step": -1, "every_n": -1}
+
+
+def check_policies(specs: list[str]) -> None:
+    """Build each policy spec (unknown names and parameters fail here) and refuse negative
+    parameters that make no sense, e.g. ``fifo:offset=-5``."""
+    from ..policies import _PARAM_ALIASES, ALIASES, make_policy
+    for spec in specs:
+        make_policy(spec)
+        for piece in spec.split("+"):
+            name, _, args = ALIASES.get(piece.strip(), piece.strip()).partition(":")
+            for part in filter(None, (a.strip() for a in args.split(","))):
+                key, _, val = part.partition("=")
+                field = _PARAM_ALIASES.get(key.strip(), key.strip())
+                lowest = _PARAM_MIN.get(field)
+                try:
+                    v = int(val)
+                except ValueError:
+                    continue
+                if lowest is not None and v < lowest:
+                    raise UserError(f"policy {spec!r}: {key.strip()}={v} must be >= {lowest}")

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._app import UserError, app, cli_errors, err, int_list, out, print_json, progress
+from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_jobs,
+                   check_policies, check_profile, cli_errors, err, int_list, out, print_json, progress)
 from .sim_cmds import QueueOpt, arrival_order, split_policies
 
 TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
@@ -19,9 +20,12 @@ JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes (default: al
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag}: expected at least one number, got {text!r}")
+    return values
 
 
 def _check_traces(paths: list[Path]) -> None:
@@ -61,15 +65,22 @@ def sweep(traces: List[Path] = TracesArg,
     """Simulate traces x policies x flags on all cores; write one tidy table (one row per run)."""
     from ..sim import ServerConfig
     from ..sweep import expand, run_sweep, write_table
+    check_jobs(jobs)
+    check_batches(batch, ubatch)
+    grid = int_list(ctx_checkpoints, "--ctx-checkpoints")
+    rams = _floats(cache_ram, "--cache-ram")
+    for r in rams:
+        check_cache_ram(r)
+    check_profile(profile)
+    specs = [s for p in policy for s in split_policies(p)]
+    check_policies(specs)
     _check_traces(traces)
     if output.suffix not in (".csv", ".parquet"):
         raise UserError(f"{output}: output must end in .csv or .parquet")
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists; pass --force to overwrite it")
-    specs = [s for p in policy for s in split_policies(p)]
     steps = int_list(min_step, "--min-step") if min_step else [None]
-    tasks = expand([str(t) for t in traces], specs, int_list(ctx_checkpoints, "--ctx-checkpoints"), steps,
-                   _floats(cache_ram, "--cache-ram"), int_list(n_slots, "--n-slots"),
+    tasks = expand([str(t) for t in traces], specs, grid, steps, rams, int_list(n_slots, "--n-slots"),
                    ServerConfig(n_batch=batch, n_ubatch=ubatch, arrival_order=arrival_order(queue)), profile)
     bar, done = _with_bar(len(tasks), f"sweep ({len(tasks)} runs)", not as_json)
     with bar:
@@ -106,9 +117,13 @@ def recommend(traces: List[Path] = TracesArg,
     """The llama-server flags that minimise prompt time under your memory limits, with the evidence."""
     from ..recommend import explain, recommend_over_slots
     from ..sim import ServerConfig
+    check_jobs(jobs)
+    if ram_mib is not None and ram_mib <= 0:
+        raise UserError(f"--ram-mib {ram_mib:g}: must be > 0 (host RAM for checkpoints and the "
+                        "prompt cache, MiB; leave it out for no limit)")
+    check_at_least(vram_mib, "--vram-mib", 0)
+    check_profile(profile)
     _check_traces(traces)
-    if ram_mib is not None and ram_mib < 0:
-        raise UserError("--ram-mib must be >= 0")
     slot_counts = int_list(n_slots, "--n-slots")
     bar = progress(enabled=not as_json)
     task = bar.add_task("searching flags (simulations done)", total=None)
@@ -186,10 +201,14 @@ def report(traces: List[Path] = TracesArg,
     """Write an HTML + markdown report with cost curves, TTFT CDF, slot timelines and memory plots."""
     from ..report import DEFAULT_POLICIES, ReportSpec, build_report, check_out_dir
     from ..sim import ServerConfig
+    check_jobs(jobs)
+    check_cache_ram(cache_ram)
+    check_profile(profile)
+    specs = tuple(split_policies(policies)) if policies else DEFAULT_POLICIES
+    check_policies(list(specs))
+    grid = tuple(int_list(ctx_checkpoints, "--ctx-checkpoints"))
     _check_traces(traces)
     check_out_dir(out_dir, force)
-    specs = tuple(split_policies(policies)) if policies else DEFAULT_POLICIES
-    grid = tuple(int_list(ctx_checkpoints, "--ctx-checkpoints"))
     spec = ReportSpec(tuple(str(t) for t in traces), specs, grid,
                       ServerConfig(n_slots=n_slots, ctx_checkpoints=at, cache_ram_mib=cache_ram), profile,
                       timeline_policies=tuple(p for p in ("llama-server", "oracle")))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from ._app import UserError, app, cli_errors, err, int_list, print_json, progress
+from ._app import (UserError, app, check_batches, check_cache_ram, cli_errors, err, int_list, print_json,
+                   progress)
 
 _CACHE_HELP = "cache folder for generated models and the built server (default ~/.cache/ckptsim)"
 _NGL_HELP = "the server's -ngl: layers on the GPU (e.g. 99 for all; default: the build's own)"
@@ -98,7 +99,19 @@ def serve_tiny(port: int = typer.Option(0, help="port on 127.0.0.1 (0: a free on
                gpu_layers: int = typer.Option(None, "-ngl", "--gpu-layers", help=_NGL_HELP),
                cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
                as_json: bool = typer.Option(False, "--json", help="print one JSON document when ready")) -> None:
-    """Start a real llama.cpp server on 127.0.0.1 with a generated hybrid model; Ctrl-C stops it."""
+    """Start a real llama.cpp server on 127.0.0.1 with a generated hybrid model; Ctrl-C stops it.
+
+    The server runs in a process group of its own, so it is always stopped here: on Ctrl-C
+    (SIGINT) the command stops it and exits 130; on SIGTERM (kill, a supervisor, a test harness)
+    it stops it and exits 143 (128 + SIGTERM, the shell's convention). With --json the JSON
+    document is flushed as soon as the server answers /health.
+    """
+    import signal
+    import sys
+    import threading
+
+    check_cache_ram(cache_ram)
+    check_batches(n_batch, n_ubatch)
     backend = _backend(server)
     _need_live(backend)
     from ..live.server import LiveServer, ServerFlags, backend_build
@@ -107,18 +120,44 @@ def serve_tiny(port: int = typer.Option(0, help="port on 127.0.0.1 (0: a free on
                         ctx_checkpoints=ctx_checkpoints, checkpoint_min_step=min_step,
                         cache_ram_mib=cache_ram, n_gpu_layers=gpu_layers)
     srv = LiveServer(model, log, flags, backend=backend, port=port or None)
-    with srv:
-        doc = {"url": srv.url, "log": str(log), "model": str(model), "build": backend_build(backend),
-               "command": srv.command()}
-        if as_json:
-            print_json(doc)
-        else:
-            err.print(f"serving {model.name} at {srv.url} (log: {log}); Ctrl-C to stop")
+
+    class Terminated(BaseException):
+        """SIGTERM, raised in the wait loop so the server is stopped on the way out."""
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one is enough; stopping takes a moment
+        raise Terminated
+
+    main = threading.current_thread() is threading.main_thread()   # signal.signal needs it
+    old_term = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    code = None
+    try:
         try:
+            srv.start()
+            doc = {"url": srv.url, "log": str(log), "model": str(model), "build": backend_build(backend),
+                   "command": srv.command()}
+            if as_json:
+                print_json(doc)
+                sys.stdout.flush()
+            else:
+                err.print(f"serving {model.name} at {srv.url} (log: {log}); Ctrl-C to stop")
             while srv.proc is not None and srv.proc.poll() is None:
                 time.sleep(0.5)
+        except Terminated:
+            code = 128 + signal.SIGTERM
         except KeyboardInterrupt:
-            return
+            code = 130
+    finally:
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            srv.stop()       # SIGTERM to the server's process group, SIGKILL if it lingers
+        finally:
+            for sig, old in ((signal.SIGINT, old_int), (signal.SIGTERM, old_term)):
+                if old is not None:     # None: not ours to restore (set outside Python)
+                    signal.signal(sig, old)
+    if code is not None:
+        err.print(f"{'interrupted' if code == 130 else 'terminated'}; server stopped")
+        raise typer.Exit(code)
     raise RuntimeError(f"the server stopped by itself; log {log}: {srv.log_tail()}")
 
 
@@ -156,6 +195,8 @@ def calibrate(out: Path = typer.Option(..., "-o", "--out", help="profile JSON to
               force: bool = typer.Option(False, "--force", help="overwrite OUT"),
               as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
     """Measure a live llama-server, fit the cost model, and write a profile with provenance."""
+    check_cache_ram(cache_ram)
+    check_batches(n_batch, n_ubatch)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     if sum(bool(x) for x in (url, tiny, refit)) != 1:

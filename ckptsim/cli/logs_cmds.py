@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ._app import EXIT_FAILED, UserError, app, cli_errors, err, out, print_json, progress
+from ._app import (EXIT_FAILED, UserError, app, check_batches, check_cache_ram, check_profile, cli_errors, err,
+                   out, print_json, progress)
 
 
 def _size(path: str) -> int | None:
@@ -145,6 +146,11 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
     """Replay a log through the llama-server policy and compare each decision with the log."""
     from ..validate import DECISIONS, validate_log
+    check_cache_ram(cache_ram)
+    check_batches(batch, ubatch)
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise UserError(f"--min-agreement {min_agreement:g}: must be between 0 and 1 (a fraction)")
+    check_profile(profile)
     overrides = {"n_slots": n_slots, "ctx_checkpoints": ctx_checkpoints, "n_batch": batch,
                  "n_ubatch": ubatch, "cache_ram_mib": cache_ram}
     v = validate_log(log, version=version, profile=profile, overrides=overrides, min_step=min_step)

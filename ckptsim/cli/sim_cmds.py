@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ._app import UserError, app, cli_errors, err, out, print_json, progress
+from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_policies,
+                   check_profile, cli_errors, err, out, print_json, progress)
 
 DEFAULT_POLICIES = ["none", "fifo", "per-batch", "every-n:n=4096", "user-turn", "coverage",
                     "llama-server:version=b9985", "llama-server"]
@@ -26,6 +27,15 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothin
 QueueOpt = typer.Option("arrival", "--queue", help="Service order: arrival (every policy sees the "
                         "same interleaving) or ready (the server's task queue: a request waiting for "
                         "its session's answer does not hold its place).")
+
+
+def check_server_flags(batch: int, ubatch: int, cache_ram: float, budget_mib: float | None,
+                       profile: str | None) -> None:
+    """Refuse bad shared flags before any trace is read or any progress bar is drawn."""
+    check_cache_ram(cache_ram)
+    check_at_least(budget_mib, "--ckpt-budget-mib", 0)
+    check_batches(batch, ubatch)
+    check_profile(profile)
 
 
 def server_config(n_slots: int, ctx_checkpoints: int, batch: int, ubatch: int, cache_ram: float,
@@ -47,10 +57,8 @@ def arrival_order(queue: str) -> bool:
 
 def run_policies(trace, policies: list[str], config, profile, show_progress: bool):
     """Simulate each policy on one trace, with a progress bar over all requests."""
-    from ..policies import make_policy
     from ..sim import simulate
-    for spec in policies:
-        make_policy(spec)  # fail on a bad spec before any work starts
+    check_policies(policies)  # fail on a bad spec before any work starts
     runs = []
     with progress(enabled=show_progress) as bar:
         task = bar.add_task(f"simulating {trace.name or 'trace'}", total=len(trace) * len(policies))
@@ -94,6 +102,8 @@ def simulate(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckp
              as_json: bool = JsonOpt) -> None:
     """Replay a trace against one policy and print the run's metrics."""
     from ..trace import load_trace
+    check_server_flags(batch, ubatch, cache_ram, ckpt_budget_mib, profile)
+    check_policies([policy])
     trace = load_trace(trace_path)
     config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib, queue)
     (run,) = run_policies(trace, [policy], config, profile, show_progress=not as_json)
@@ -132,6 +142,9 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
             as_json: bool = JsonOpt) -> None:
     """Replay a trace against several policies; print a table, write a CSV and a PNG."""
     from ..trace import load_trace
+    check_server_flags(batch, ubatch, cache_ram, ckpt_budget_mib, profile)
+    if policies:
+        check_policies(split_policies(policies))
     trace = load_trace(trace_path)
     specs = split_policies(policies) if policies else default_policies(trace.header.meta.get("build"))
     config = server_config(n_slots, ctx_checkpoints, batch, ubatch, cache_ram, ckpt_budget_mib, queue)
