@@ -2,7 +2,8 @@
 
     python bench/conformance_all.py [VERSION ...] [--out reports/conformance]
 
-Each VERSION is an xllamacpp wheel (default: every 2026.x wheel, newest first); each is installed
+Each VERSION is an xllamacpp wheel (default: every 2026.x wheel, newest first; with --no-run also
+`llama-server-bNNNN`, a folder a `conformance --server` run wrote); each wheel is installed
 once into a cached environment of its own (~/.cache/ckptsim/xllamacpp/VERSION) and runs
 `ckptsim conformance --xllamacpp VERSION --json`. Outputs (requests, logs, conformance.json) go
 to OUT/VERSION/; the table is what docs/conformance.md and the README show. About a minute per
@@ -26,7 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("versions", nargs="*", default=DEFAULT)
     ap.add_argument("--out", type=Path, default=Path("reports/conformance"))
-    ap.add_argument("--cross", default="b9538,b9985,b10573,b11549",
+    ap.add_argument("--cross", default="b9538,b10573,b11549",
                     help="also replay every build's logs under these builds' rules (a boundary check)")
     ap.add_argument("--no-run", action="store_true", help="only the cross table, from earlier runs")
     a = ap.parse_args()
@@ -63,16 +64,23 @@ def main() -> int:
 
 
 def cross_table(versions: list[str], out: Path, rules: list[str]) -> int:
-    """Each build's logs replayed under each rule group: which rules agree with which build."""
-    from ckptsim.live.conformance import cross_validate
-    print("| xllamacpp | " + " | ".join(f"as {r}" for r in rules) + " |")
-    print("|---|" + "|".join("---:" for _ in rules) + "|")
+    """Each build's logs replayed under its own rules (re-scored with today's code, no server)
+    and under each other rule group: which rules agree with which build."""
+    from ckptsim.live.conformance import build_of_xllamacpp, cross_validate
+    print("| xllamacpp | own rules: agreed/known (unknown) | " + " | ".join(f"as {r}" for r in rules)
+          + " | prompt tok/s | own fit: ms/token, held-out total |")
+    print("|---|---:|" + "|".join("---:" for _ in rules) + "|---:|---:|")
     for v in versions:
         if not (out / v / "conformance.json").exists():
             continue
-        cv = cross_validate(out / v, rules)
+        own = v.rsplit("-", 1)[-1] if v.startswith("llama-server-b") else (build_of_xllamacpp(v) or "latest")
+        cv = cross_validate(out / v, [own] + [r for r in rules if r != own])
+        o = cv[own]
         cells = [f"{cv[r]['agreed']}/{cv[r]['decisions']}" for r in rules]
-        print(f"| {v} | " + " | ".join(cells) + " |")
+        t = o["timing"]
+        tcells = [f"{t['tok_s']:,.0f}", f"{t['ms_per_token']:.3f}, {t['heldout_error_pct']:+.1f}%"] if t else ["–", "–"]
+        print(f"| {v} | {o['agreed']}/{o['decisions']} ({o['unknown']}) | " + " | ".join(cells)
+              + " | " + " | ".join(tcells) + " |")
     return 0
 
 

@@ -18,8 +18,9 @@ import bisect
 from dataclasses import dataclass
 from functools import cached_property
 
-# Builds after b10573 whose exact tag for #28302 is unknown (spec §2, merged ~2026-09). The
-# wheels tested here (b11434, b11549) behave as #28302 describes; see tests/test_live*.py.
+# #28302 (spec §2, merged ~2026-09) has no known tag. Measured by `ckptsim conformance`
+# (docs/conformance.md): b10809 replays only under the older rules, b11063 only under #28302's,
+# so it landed in b10810-b11063; 11000 lies inside that bracket.
 PR28302_BUILD = 11000
 LATEST_BUILD = 11549
 DEFAULT_BUILD = LATEST_BUILD

@@ -148,3 +148,15 @@ def test_kv_unified_read_from_the_context_line():
     doc = validate_log(log, version="b9713").to_json()
     assert doc["agreement"] == 1.0 and doc["decisions"] >= 35
     assert any(r.observed["erased"] == [988, 1496] for r in lt.requests)
+
+
+def test_a_build_for_other_cpus_is_named(tmp_path):
+    """xllamacpp 2026.4.8672 dies of SIGILL here (built for AVX-512): the error says so."""
+    from ckptsim.live.server import LiveServer, ServerFlags
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\nkill -ILL $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(RuntimeError, match="illegal instruction.*CPU features"):
+        LiveServer(model, tmp_path / "s.log", ServerFlags(), backend=str(fake)).start()

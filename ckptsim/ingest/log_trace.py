@@ -15,6 +15,7 @@ What the server did is kept in ``Request.observed`` in the simulator's vocabular
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,7 @@ class _Builder:
         self.tasks: dict[int, _Acc] = {}
         self.order: list[int] = []
         self.slot_state: dict[int, tuple[int, int]] = {}       # slot -> (task id, n_cache)
+        self.load_match: dict[int, tuple[float, float]] = {}    # slot -> (f_keep, sim) of a load to name
         self.entries: list[tuple[int, int]] = []                # prompt cache: (task id, n_tokens)
         self.pending: dict[int, list[Fact]] = {}                # slot -> facts before its task starts
         self.pending_srv: list[Fact] = []                       # srv lines before the next start
@@ -295,6 +297,8 @@ class _Builder:
         v = f.v
         if k is FactKind.NEW_PROMPT:
             acc.n_prompt_logged, acc.n_prompt_src = v["n_prompt"], "new_prompt"
+            if acc.slot in self.load_match:
+                self._resolve_load(acc, *self.load_match.pop(acc.slot))
         elif k is FactKind.INIT_SAMPLER and acc.n_prompt_logged is None:
             acc.n_prompt_logged, acc.n_prompt_src = v["n_prompt"], "init_sampler"
         elif k is FactKind.PROBE:
@@ -373,6 +377,11 @@ class _Builder:
                         break
             if not resolved:
                 self.slot_state[slot] = (-3, 0)    # holds an entry we cannot name
+                loads = [p for p in self.pending_srv if p.kind is FactKind.CACHE_LOAD]
+                if not cands and loads:
+                    # builds that list no candidates (b9873 and older): name the entry from the
+                    # load line's f_keep and sim once the task's length is known (NEW_PROMPT)
+                    self.load_match[slot] = (loads[-1].v["f_keep"], loads[-1].v["sim"])
 
         acc = self.tasks.get(f.task) or self._start(f.task, slot, f.line, f.t_s, started=True)
         sel = [p for p in pend if p.kind is FactKind.SLOT_SELECTED]
@@ -395,6 +404,22 @@ class _Builder:
         self.pending_srv = []
         st = self.slot_state.get(slot)
         if st is not None:
+            acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
+            acc.state_known = self._known(st)
+
+    def _resolve_load(self, acc: _Acc, f_keep: float, sim: float) -> None:
+        """The prompt-cache entry a load took, from f_keep = lcp/len(entry) and sim = lcp/T as
+        printed (3 decimals): the one entry whose length admits a common lcp, else still unknown."""
+        T = acc.n_prompt_logged
+        lo_l, hi_l = (sim - 5e-4) * T, (sim + 5e-4) * T
+        fits = []
+        for i, (_, n) in enumerate(self.entries):
+            lo, hi = max(lo_l, (f_keep - 5e-4) * n), min(hi_l, (f_keep + 5e-4) * n, n, T)
+            if math.ceil(lo) <= math.floor(hi):
+                fits.append(i)
+        if len(fits) == 1:
+            st = self.entries.pop(fits[0])
+            self.slot_state[acc.slot] = st
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
 

@@ -488,16 +488,40 @@ def cross_validate(out_dir: Path, versions: list[str], profile: str | None = TIN
     logs = sorted(p for p in out_dir.glob("*.server.log") if ".shrunk." not in p.name)
     out: dict[str, dict] = {}
     for v in versions:
-        agreed = known = 0
+        agreed = known = unknown = 0
         first: dict | None = None
+        timings: list[dict] = []
         for log in logs:
             val = validate_log(log, version=v, profile=profile)
+            timings += val.timings
             known += len(val.known)
             agreed += val.agreed
+            unknown += len(val.decisions) - len(val.known)
             if first is None:
                 bad = next((d for d in val.decisions if d.status == "mismatch"), None)
                 if bad is not None:
                     first = {"log": log.name, "task": bad.task, "decision": bad.decision, "line": bad.line,
                              "logged": bad.logged, "simulated": bad.simulated}
-        out[v] = {"agreed": agreed, "decisions": known, "first_mismatch": first}
+        out[v] = {"agreed": agreed, "decisions": known, "unknown": unknown, "first_mismatch": first,
+                  "timing": own_timing_fit(timings)}
     return out
+
+
+def own_timing_fit(timings: list[dict]) -> dict:
+    """Prompt time of a build from its own logs: ``ms = a * prompt_n + c`` fitted on every other
+    task, the total of the rest predicted (held out). Builds compared on the same matrix and
+    machine show their speed changes in ``a`` (ms per prompt token) and ``tok_s``."""
+    rows = [(t["prompt_n"], t["logged_ms"]) for t in timings if t.get("prompt_n") and t.get("logged_ms")]
+    if len(rows) < 6:
+        return {}
+    fit, held = rows[0::2], rows[1::2]
+    X = np.array([[n, 1.0] for n, _ in fit])
+    y = np.array([ms for _, ms in fit])
+    (a, c), *_ = np.linalg.lstsq(X, y, rcond=None)
+    pred = sum(a * n + c for n, _ in held)
+    meas = sum(ms for _, ms in held)
+    n_tok = sum(n for n, _ in rows)
+    return {"ms_per_token": round(float(a), 4), "ms_per_request": round(float(c), 2),
+            "tok_s": round(n_tok / (sum(ms for _, ms in rows) / 1000.0), 1),
+            "heldout_error_pct": round(100.0 * (pred - meas) / meas, 1) if meas > 0 else None,
+            "n_tasks": len(rows)}

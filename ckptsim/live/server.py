@@ -149,8 +149,14 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log_tail()
-                self.proc = None
-                raise RuntimeError(f"llama.cpp server exited during start-up; log {self.log_path}: {tail}")
+                rc, self.proc = self.proc.returncode, None
+                if rc in (-signal.SIGILL, 128 + signal.SIGILL):
+                    # seen with xllamacpp 2026.4.8672 on an AVX2-only machine
+                    raise RuntimeError(f"llama.cpp server died of an illegal instruction during start-up: "
+                                       f"this build was compiled for CPU features this machine lacks "
+                                       f"(e.g. AVX-512); log {self.log_path}: {tail}")
+                raise RuntimeError(f"llama.cpp server exited during start-up (exit status {rc}); "
+                                   f"log {self.log_path}: {tail}")
             if self._healthy():
                 return self
             time.sleep(0.1)
