@@ -413,10 +413,10 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
     out_dir = out_dir or Path("reports") / "conformance" / (build or "unknown")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass --force to reuse it")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if xllamacpp is not None:
         err.print(f"preparing xllamacpp {xllamacpp} (a cached environment of its own) ...")
         python = xllamacpp_env(xllamacpp, cache)
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_steps = sum(len(w.steps) for w in wls if url is None or not w.flags)
     with progress(not as_json) as bar:
         task = bar.add_task("conformance", total=n_steps)

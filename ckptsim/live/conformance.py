@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -265,6 +266,7 @@ def xllamacpp_env(version: str, cache_dir: Path) -> str:
                           capture_output=True, text=True)
     if done.returncode != 0:
         known = xllamacpp_versions(str(py))
+        shutil.rmtree(env, ignore_errors=True)      # a half-made environment would look installed
         if known and version not in known:
             raise ValueError(f"--xllamacpp {version}: no such version; published: {', '.join(known)}")
         tail = " | ".join(done.stderr.strip().splitlines()[-2:])
