@@ -1,12 +1,13 @@
-"""All matplotlib figures. Functions take DataFrames and return a Figure; callers save them."""
+"""All matplotlib figures. Functions take DataFrames and return a Figure; callers save them.
+
+No backend is forced here, so a notebook shows the figures inline; the CLI, which only writes
+files, selects the non-interactive Agg backend itself (``ckptsim.cli._app.file_backend``).
+"""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 
 def compare_bars(summary: pd.DataFrame, title: str = "", bound: dict | None = None) -> plt.Figure:

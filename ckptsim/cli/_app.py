@@ -134,6 +134,14 @@ def check_batches(batch: int | None, ubatch: int | None) -> None:
                         f"pass -b {ubatch} too, or a smaller -ub")
 
 
+def file_backend() -> None:
+    """Figures the CLI makes only go to files: the non-interactive Agg backend (no display needed,
+    no window). Called before ``ckptsim.plots`` (pyplot) is imported; plots itself forces nothing,
+    so notebooks keep their inline backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+
 def check_profile(profile: str | None) -> None:
     """Load --profile once up front, so a bad name or file fails before any work or progress bar."""
     if profile is not None:

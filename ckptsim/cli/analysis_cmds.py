@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_jobs,
-                   check_policies, check_profile, cli_errors, err, int_list, out, print_json, progress)
+                   check_policies, check_profile, cli_errors, err, file_backend, int_list, out,
+                   print_json, progress)
 from .sim_cmds import QueueOpt, arrival_order, split_policies
 
 TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
@@ -212,6 +213,7 @@ def report(traces: List[Path] = TracesArg,
     spec = ReportSpec(tuple(str(t) for t in traces), specs, grid,
                       ServerConfig(n_slots=n_slots, ctx_checkpoints=at, cache_ram_mib=cache_ram), profile,
                       timeline_policies=tuple(p for p in ("llama-server", "oracle")))
+    file_backend()
     bar, done = _with_bar(len(traces) * len(specs) * len(grid), "report: sweep", not as_json)
     with bar:
         written = build_report(spec, out_dir, force=force, jobs=jobs, on_done=done)

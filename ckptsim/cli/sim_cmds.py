@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_policies,
-                   check_profile, cli_errors, err, out, print_json, progress)
+                   check_profile, cli_errors, err, file_backend, out, print_json, progress)
 
 DEFAULT_POLICIES = ["none", "fifo", "per-batch", "every-n:n=4096", "user-turn", "coverage",
                     "llama-server:version=b9985", "llama-server"]
@@ -217,6 +217,7 @@ def explain(summaries: list[dict]) -> str:
 def write_compare(runs, out_dir: Path, force: bool, title: str, bound: dict | None = None) -> list[Path]:
     """Write compare.csv, compare.png and config.json into ``out_dir``."""
     from ..metrics import summary_frame
+    file_backend()
     from ..plots import compare_bars
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "compare.csv", out_dir / "compare.png", out_dir / "config.json"]
