@@ -63,6 +63,7 @@ class Validation:
     decisions: list[Decision]
     timings: list[dict]
     left_out: list[dict]
+    slots: dict[int, int] = dataclasses.field(default_factory=dict)     # request -> slot (log)
 
     @property
     def known(self) -> list[Decision]:
@@ -108,7 +109,24 @@ class Validation:
                             "total_error_pct": (round(100.0 * (tot_pred - tot_logged) / tot_logged, 2)
                                                 if tot_logged > 0 else None)},
             "left_out": self.left_out,
+            "per_task": self.per_task(),
         }
+
+    def per_task(self) -> list[dict]:
+        """Each task's five decisions as the log has them, as the simulator has them, their status
+        and, for an unknown one, why (``validate --json``'s ``per_task``)."""
+        out: dict[int, dict] = {}
+        for d in self.decisions:
+            t = out.setdefault(d.request, {"task": d.task, "request": d.request, "line": d.line,
+                                           "slot": self.slots.get(d.request), "logged": {},
+                                           "simulated": {}, "status": {}, "why_unknown": {}})
+            t["line"] = min(t["line"], d.line)
+            t["logged"][d.decision] = d.logged
+            t["simulated"][d.decision] = d.simulated
+            t["status"][d.decision] = d.status
+            if d.status == "unknown":
+                t["why_unknown"][d.decision] = d.why
+        return [out[k] for k in sorted(out)]
 
 
 def _d_json(d: Decision) -> dict:
@@ -215,7 +233,8 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
     cfg = {k: (v if not (isinstance(v, float) and math.isinf(v)) else "inf")
            for k, v in dataclasses.asdict(config).items()}
     return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
-                      decisions=decisions, timings=timings, left_out=lt.left_out)
+                      decisions=decisions, timings=timings, left_out=lt.left_out,
+                      slots={r.id: (r.observed or {}).get("slot") for r in trace})
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:

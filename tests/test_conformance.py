@@ -160,3 +160,21 @@ def test_a_build_for_other_cpus_is_named(tmp_path):
     model.write_bytes(b"GGUF")
     with pytest.raises(RuntimeError, match="illegal instruction.*CPU features"):
         LiveServer(model, tmp_path / "s.log", ServerFlags(), backend=str(fake)).start()
+
+
+@pytest.mark.slow
+@pytest.mark.live
+@pytest.mark.parametrize("wheel", ["2026.9.11063", "2026.6.9538"])
+def test_matrix_on_older_builds(tmp_path, wheel):
+    """The matrix on two earlier builds, one on each side of the rule changes the cross table
+    brackets (#28302; the last-user era), each wheel installed into a cached environment of its
+    own (needs the package index). The whole build list: python bench/conformance_all.py."""
+    pytest.importorskip("gguf")
+    out = tmp_path / wheel
+    r = runner.invoke(app, ["conformance", "--xllamacpp", wheel, "--out", str(out), "--json"])
+    if r.exit_code != 0 and "installing xllamacpp" in r.output:
+        pytest.skip(f"xllamacpp=={wheel} could not be installed: {r.output.strip()[-200:]}")
+    doc = json.loads(r.stdout)
+    assert doc["build"] == "b" + wheel.rsplit(".", 1)[-1]
+    assert doc["agreement"] == 1.0 and doc["decisions"] >= 400, doc["mismatches"][:3]
+    assert doc["unknown"] < 0.05 * (doc["decisions"] + doc["unknown"])

@@ -187,3 +187,28 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
         if not as_json:
             err.print(f"agreement below {min_agreement:.0%}")
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("explain")
+@cli_errors
+def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-server log (text, .gz, -); "
+                                                                   "a pasted excerpt is fine."),
+                version: Optional[str] = typer.Option(None, "--version", help="Build to replay, e.g. b9161 "
+                                                      "(default: printed in the log, else dated from its wording)."),
+                as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
+    """What the server did with each task of a log, and why, in plain words; then a verdict."""
+    from ..explain import explain_log
+    ex = explain_log(log, version=version)
+    if not ex.tasks and not ex.left_out:
+        raise UserError(f"{log}: no llama-server task found in the log, nothing to explain "
+                        "(is it a server log? `ckptsim parse` shows what was recognised)")
+    if as_json:
+        print_json(ex.to_json())
+        return
+    out.print(f"[bold]{log}[/] — replayed as {ex.build}", highlight=False)
+    for t in ex.tasks:
+        out.print(t.text, highlight=False, markup=False)
+    for lo in ex.left_out:
+        out.print(f"task {lo['task']} (line {lo['line']}): left out, {lo['why']}", highlight=False, markup=False)
+    out.print("")
+    out.print(ex.verdict, highlight=False, markup=False)

@@ -1,0 +1,88 @@
+"""`ckptsim explain LOG`: each task in plain words, numbers taken from the log and matching validate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckptsim.cli import app
+from ckptsim.explain import explain_log
+from ckptsim.validate import validate_log
+
+DATA = Path(__file__).parent / "data"
+LOG009 = DATA / "logs" / "009_repo-qwen36-27b-mtp-docker-1slot-restore-erase-cycle.log"
+
+
+def test_restore_story_of_a_real_log():
+    """Log 009 task 23 (read off the log by hand): n_past 32876, checkpoints 8192 ... 33187 held,
+    33187 past n_past so 32675 restored, 544 tokens re-processed, 33187 erased, 33215 created;
+    201 = 32876 - 32675 common-prefix tokens lost; a checkpoint every 256 tokens would have been at
+    32768, keeping 93 of them."""
+    ex = explain_log(LOG009)
+    t = next(t for t in ex.tasks if t.task == 23)
+    assert (t.n_past, t.restored, t.prompt_n, t.erased, t.created) == (32876, 32675, 544, [33187], [33215])
+    assert t.held_before == [8192, 16384, 24576, 32675, 33187] and t.lost == 201
+    for words in ("33,187 lay past n_past", "32,675 was restored", "544 tokens re-processed",
+                  "201 of them", "every 256 tokens would have kept 93"):
+        assert words in t.text
+    assert all(st == "agreed" for st in t.simulator.values())
+
+
+def test_numbers_match_validate_and_the_verdict_adds_them_up():
+    ex = explain_log(LOG009)
+    v = validate_log(LOG009)
+    assert (ex.validation.agreed, len(ex.validation.known)) == (v.agreed, len(v.known)) == (25, 25)
+    assert ex.totals["lost_tokens"] == sum(t.lost for t in ex.tasks) == 201 + 229 + 265 + 201
+    assert ex.totals["full_reprocess"] == 0
+    assert "reproduces 25 of 25" in ex.verdict and "ckptsim recommend" in ex.verdict
+
+
+def test_chat_log_is_explained(tmp_path):
+    """The b9538 chat log written by `conformance` (tests/data/conformance/): the first task starts
+    cold and creates 987 and 1463 (read off the log); the restores are told as restores."""
+    import gzip
+    log = tmp_path / "t.log"
+    log.write_bytes(gzip.decompress((DATA / "conformance" / "b9538-chat-user-turns.server.log.gz").read_bytes()))
+    ex = explain_log(log, version="b9538")
+    assert len(ex.tasks) == 6 and not ex.left_out
+    first = ex.tasks[0]
+    assert "nothing in common" in first.text and first.created == [987, 1463]
+    restored = [t for t in ex.tasks if t.restored >= 0]
+    assert restored and all("was restored" in t.text for t in restored)
+
+
+def test_cli_text_and_json():
+    r = CliRunner().invoke(app, ["explain", str(LOG009)])
+    assert r.exit_code == 0 and "task 23" in r.stdout and "reproduces 25 of 25" in r.stdout
+    r = CliRunner().invoke(app, ["explain", str(LOG009), "--json"])
+    doc = json.loads(r.stdout)
+    assert [t["task"] for t in doc["tasks"]] == [0, 23, 56, 170, 258]
+    assert doc["validation"]["agreed"] == 25 and doc["totals"]["lost_tokens"] == 896
+
+
+def test_not_a_log_is_one_line(tmp_path):
+    f = tmp_path / "x.log"
+    f.write_text("hello\nworld\n")
+    r = CliRunner().invoke(app, ["explain", str(f)])
+    assert r.exit_code == 2 and "llama-server log" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_validate_json_has_per_task():
+    doc = validate_log(LOG009).to_json()
+    t = doc["per_task"][1]
+    assert t["task"] == 23 and t["slot"] == 3
+    assert set(t["logged"]) == set(t["simulated"]) == set(t["status"]) == {"cache_n", "restored", "full",
+                                                                          "created", "erased"}
+    assert t["logged"]["restored"] == 32675 and t["status"]["erased"] == "agreed"
+
+
+@pytest.mark.shared
+def test_explain_runs_on_every_corpus_log(shared_dir):
+    """Every log users posted: explain never fails; a log with tasks gets a verdict."""
+    for log in sorted((shared_dir / "corpus" / "logs").glob("*.log")):
+        ex = explain_log(log)
+        assert ex.verdict
+        for t in ex.tasks:
+            assert t.text.startswith(f"task {t.task} ")
