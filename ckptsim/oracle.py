@@ -182,6 +182,7 @@ class OraclePolicy(Policy):
 
     name: ClassVar[str] = "oracle"
     source: ClassVar[str] = "ckptsim offline optimum (docs/oracle.md)"
+    needs_own_placement: ClassVar[bool] = True   # victim/prune rank the uses place() planned
     _through: dict = field(default_factory=dict, init=False, repr=False)
     _rank: dict = field(default_factory=dict, init=False, repr=False)
     evict: str = "density"   # value | density | belady (docs/oracle.md, "Eviction")

@@ -3,6 +3,8 @@
 A policy answers two questions (design principle 2); the simulator owns everything else:
 - ``place(view)``: checkpoint positions (n_tokens) to create while prefilling [view.start, T);
 - ``victim(ckpts, new_k)``: which checkpoint goes when the count or byte budget is full.
+``prepare(trace, config, profile)`` is called once before the replay (a no-op except for offline
+policies such as the oracle, which read the whole trace there).
 ``pre_evict`` lets a policy drop checkpoints voluntarily before a create (llama-server's spacing
 rule). Policies are built from spec strings: ``every-n:n=2048``, ``llama-server:version=b10573``,
 and ``A+B`` combines A's placement with B's eviction (``every-n:n=2048+coverage``).
@@ -40,6 +42,9 @@ class Policy:
 
     name: ClassVar[str] = "base"
     source: ClassVar[str] = ""
+    # True when victim/prune only make sense for the positions this policy's own place() chose
+    # (the oracle): ``A+B`` refuses such a B.
+    needs_own_placement: ClassVar[bool] = False
 
     # restore rule this policy runs under (spec §2.2); only llama-server versions change it
     @property
@@ -49,6 +54,10 @@ class Policy:
     @property
     def ctx_checkpoints(self) -> int | None:
         """A count cap the policy itself imposes (None: use the server config's)."""
+        return None
+
+    def prepare(self, trace, config, profile) -> None:
+        """Called once before the replay with the whole trace (offline policies plan here)."""
         return None
 
     def place(self, v: PrefillView) -> PrefillPlan:
@@ -262,11 +271,24 @@ def coverage_victim(ks: list[int], new_k: int) -> int:
 
 @dataclass
 class Combined(Policy):
-    """``A+B``: placement and restore rule of A, eviction of B."""
+    """``A+B``: placement and restore rule of A, eviction of B.
+
+    ``oracle+B`` is the oracle's placement under B's eviction (its plan, made for its own
+    eviction, becomes a heuristic there). ``A+oracle`` is refused: the oracle's eviction ranks
+    checkpoints by the future uses of the positions its own placement planned, so under another
+    placement it would know of no use and drop every checkpoint.
+    """
 
     placement: Policy = field(default_factory=NoCheckpoints)
     eviction: Policy = field(default_factory=Fifo)
     name: ClassVar[str] = "combined"
+
+    def __post_init__(self) -> None:
+        check_combination(f"{self.placement.spec}+{self.eviction.spec}", self.eviction)
+
+    def prepare(self, trace, config, profile) -> None:
+        self.placement.prepare(trace, config, profile)
+        self.eviction.prepare(trace, config, profile)
 
     @property
     def rules(self) -> ServerRules:
@@ -296,6 +318,14 @@ class Combined(Policy):
         return f"{self.placement.spec}+{self.eviction.spec}"
 
 
+def check_combination(spec: str, eviction: Policy) -> None:
+    """Refuse ``A+B`` when B's eviction cannot serve another policy's placement (the oracle's)."""
+    if eviction.needs_own_placement:
+        raise ValueError(f"policy {spec!r}: {eviction.name}'s eviction only ranks the checkpoints its "
+                         f"own placement planned; use {eviction.spec!r} alone, or "
+                         f"'{eviction.spec}+B' for its placement with B's eviction")
+
+
 # The registry: adding a policy touches this file only.
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage)
@@ -318,7 +348,9 @@ def make_policy(spec: str | Policy) -> Policy:
     spec = spec.strip()
     if "+" in spec:
         a, b = spec.split("+", 1)
-        return Combined(placement=make_policy(a), eviction=make_policy(b))
+        placement, eviction = make_policy(a), make_policy(b)
+        check_combination(spec, eviction)
+        return Combined(placement=placement, eviction=eviction)
     spec = ALIASES.get(spec, spec)
     name, _, args = spec.partition(":")
     name = name.strip()

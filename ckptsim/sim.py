@@ -278,8 +278,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     config = config or ServerConfig()
     pol = make_policy(policy)
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
-    if hasattr(pol, "prepare"):
-        pol.prepare(trace, config, prof)       # offline policies see the whole trace first
+    pol.prepare(trace, config, prof)           # offline policies see the whole trace first
     rules = pol.rules
     cap = pol.ctx_checkpoints if pol.ctx_checkpoints is not None else config.ctx_checkpoints
     budget = config.ckpt_budget_mib

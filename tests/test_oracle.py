@@ -177,6 +177,47 @@ def test_oracle_spec_and_bad_args() -> None:
         make_policy("oracle:n=3")
 
 
+def test_oracle_placement_with_another_eviction_is_not_none() -> None:
+    """``oracle+B`` runs the oracle's placement (its ``prepare`` is forwarded by ``Combined``)
+    under B's eviction: it creates checkpoints and re-processes less than ``none`` (it used to
+    create none, because nobody told the oracle the trace)."""
+    trace = load_trace(REPO / "traces" / "agent-edit.jsonl")
+    cfg = ServerConfig(ctx_checkpoints=4)
+    none = simulate(trace, "none", cfg, record_events=False).summary()
+    oracle = simulate(trace, "oracle", cfg, record_events=False).summary()
+    for spec in ("oracle+fifo", "oracle+coverage"):
+        s = simulate(trace, spec, cfg, record_events=False).summary()
+        assert s["created"] > 0, spec
+        assert oracle["reprocessed_tokens"] <= s["reprocessed_tokens"] < none["reprocessed_tokens"], spec
+
+
+@pytest.mark.parametrize("spec", ["every-n:n=2048+oracle", "fifo+oracle:evict=belady", "oracle+oracle"])
+def test_oracle_eviction_under_another_placement_is_refused(spec: str) -> None:
+    """``A+oracle`` used to run as ``none`` (the oracle's eviction, knowing no planned use, dropped
+    every checkpoint); it is refused at construction, naming the spec and why."""
+    with pytest.raises(ValueError, match=r"policy '.*\+oracle.*': oracle's eviction only ranks"):
+        make_policy(spec)
+
+
+def test_prepare_is_part_of_the_interface_and_combined_forwards_it() -> None:
+    """Every policy has ``prepare`` (a no-op by default); ``A+B`` calls it on both parts, and the
+    simulator calls it once before the replay."""
+    from ckptsim.policies import Combined, EveryN, Fifo, Policy
+    calls: list[str] = []
+
+    class Recording(Fifo):
+        def prepare(self, trace, config, profile) -> None:
+            calls.append(type(self).__name__)
+
+    assert Policy().prepare(None, None, None) is None
+    trace = load_trace(REPO / "traces" / "agent-edit.jsonl")
+    simulate(trace, Combined(placement=Recording(), eviction=Recording()), record_events=False)
+    assert calls == ["Recording", "Recording"]
+    calls.clear()
+    simulate(trace, Combined(placement=EveryN(), eviction=Recording()), record_events=False)
+    assert calls == ["Recording"]
+
+
 def _work_s(s: dict) -> float:
     return s["prefill_s"] + s["restore_s"] + s["create_s"]
 

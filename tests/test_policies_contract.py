@@ -21,7 +21,7 @@ def _specs() -> list[str]:
               "every-n:n=512+coverage", "user-turn+llama-server", "per-batch+fifo"]
     try:
         make_policy("oracle")
-        specs.append("oracle")
+        specs += ["oracle", "oracle+fifo"]
     except ImportError:
         pass
     return specs
