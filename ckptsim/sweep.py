@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .policies import POLICIES, make_policy
+from .policies import POLICIES, Combined, NoCheckpoints, Policy, make_policy
 from .sim import ServerConfig
 
 DEFAULT_CTX_CHECKPOINTS = (4, 8, 16, 32, 64, 128)
@@ -49,18 +49,42 @@ def with_min_step(spec: str, min_step: int | None) -> tuple[str, int | None]:
     return f"{name}:" + ",".join(parts + [f"min_step={min_step}"]), min_step
 
 
+def pinned_cap(pol: Policy) -> int | None:
+    """The checkpoint cap a policy spec sets itself (``llama-server:ctx_checkpoints=4``), which
+    overrides --ctx-checkpoints; None when the server config decides. ``none`` keeps no
+    checkpoints under any cap, so it pins nothing."""
+    if isinstance(pol, Combined):
+        pol = pol.placement               # A+B runs under A's cap (policies.Combined)
+    if isinstance(pol, NoCheckpoints):
+        return None
+    return pol.ctx_checkpoints
+
+
 def expand(traces: Iterable[str | Path], policies: Iterable[str],
            ctx_checkpoints: Iterable[int] = DEFAULT_CTX_CHECKPOINTS,
            min_steps: Iterable[int | None] = (None,), cache_ram_mib: Iterable[float] = (8192.0,),
            n_slots: Iterable[int] = (1,), base: ServerConfig | None = None,
            profile: str | None = None) -> list[SweepTask]:
-    """Every combination, once: policies without a min-step flag are not repeated per min-step."""
+    """Every combination, once: policies without a min-step flag are not repeated per min-step.
+
+    A spec that pins the checkpoint cap itself (``llama-server:ctx_checkpoints=4``) is refused
+    unless the swept --ctx-checkpoints are that cap alone: its rows would otherwise be labelled
+    with caps it does not run under (the policy's cap wins in ``simulate``).
+    """
     base = base or ServerConfig()
+    ctx_checkpoints = list(ctx_checkpoints)
     tasks: list[SweepTask] = []
     seen: set = set()
+    for spec in policies:
+        pin = pinned_cap(make_policy(spec))          # a bad spec fails before any work starts
+        others = sorted({int(c) for c in ctx_checkpoints} - {pin})
+        if pin is not None and others:
+            raise ValueError(f"policy {spec!r} pins ctx_checkpoints={pin}, so --ctx-checkpoints "
+                             f"{','.join(map(str, others))} would not apply to it; drop "
+                             f"ctx_checkpoints from the spec to sweep the cap, or sweep "
+                             f"--ctx-checkpoints {pin}")
     for tr in traces:
         for spec in policies:
-            make_policy(spec)                       # a bad spec fails before any work starts
             for ms in min_steps:
                 spec_ms, ms_used = with_min_step(spec, ms)
                 for cp in ctx_checkpoints:

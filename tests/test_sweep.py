@@ -76,3 +76,24 @@ def test_cli_sweep_bad_input_is_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--ctx-checkpoints" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "a.csv")])
     assert r.exit_code == 2 and "missing.jsonl" in r.output
+
+
+def test_a_cap_pinned_in_the_spec_is_not_swept_under_other_labels(tmp_path: Path) -> None:
+    """``llama-server:ctx_checkpoints=4`` over --ctx-checkpoints 8,32 used to print two rows
+    labelled 8 and 32 with identical results (the policy's cap wins in simulate). The spec's cap
+    is the one home: other swept values are refused, and a sweep of that cap alone is labelled
+    with it. ``none`` keeps no checkpoints, so it pins nothing and sweeps as before."""
+    with pytest.raises(ValueError, match=r"pins ctx_checkpoints=4, so --ctx-checkpoints 8,32"):
+        expand([TRACE], ["llama-server:ctx_checkpoints=4"], [8, 32])
+    with pytest.raises(ValueError, match="pins ctx_checkpoints=4"):
+        expand([TRACE], ["fifo", "user-turn+llama-server", "llama-server:ctx_checkpoints=4+coverage"], [4, 8])
+    tasks = expand([TRACE], ["llama-server:ctx_checkpoints=4", "none"], [4])
+    assert [t.config.ctx_checkpoints for t in tasks] == [4, 4]
+    assert len(expand([TRACE], ["none", "user-turn+llama-server:ctx_checkpoints=2"], [8, 32])) == 4
+    row = run_sweep(tasks[:1], jobs=1).iloc[0]
+    direct = simulate(load_trace(TRACE), "llama-server", ServerConfig(ctx_checkpoints=4)).summary()
+    assert row["ctx_checkpoints"] == 4 and row["reprocessed_tokens"] == direct["reprocessed_tokens"]
+    r = CliRunner().invoke(app, ["sweep", str(TRACE), "-p", "llama-server:ctx_checkpoints=4",
+                                 "--ctx-checkpoints", "8,32", "-o", str(tmp_path / "a.csv")])
+    assert r.exit_code == 2 and "pins ctx_checkpoints=4" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "a.csv").exists()
