@@ -400,3 +400,9 @@ def spacing_pass_runs(rules: ServerRules, n_ckpts: int, n_ctx_checkpoints: int) 
     if not rules.spacing_eviction:
         return False
     return not (rules.spacing_eviction_only_when_full and n_ckpts + 1 < n_ctx_checkpoints)
+
+
+# Builds where a rule of this module changes (the thresholds of ServerRules and its helpers):
+# a build range that the wording of a log leaves open is replayed once per group (validate).
+RULE_BOUNDARIES = (6713, 6724, 7973, 8232, 8286, 8400, 8461, 8703, 9232, 9315, 9542, 9602, 9775, 9936,
+                   9985, PR28302_BUILD)

@@ -64,6 +64,7 @@ class Validation:
     timings: list[dict]
     left_out: list[dict]
     slots: dict[int, int] = dataclasses.field(default_factory=dict)     # request -> slot (log)
+    build_range: list[dict] = dataclasses.field(default_factory=list)   # rule groups tried (build dated)
 
     @property
     def known(self) -> list[Decision]:
@@ -110,6 +111,7 @@ class Validation:
                                                 if tot_logged > 0 else None)},
             "left_out": self.left_out,
             "per_task": self.per_task(),
+            "build_range": self.build_range,
         }
 
     def per_task(self) -> list[dict]:
@@ -211,6 +213,12 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
     config = config_from_log(lt.log.settings, overrides)
     base = load_profile(profile)
     prof = profile_from_log(lt, base) if log_sizes else base
+    range_check: list[dict] = []
+    if version is None and not lt.header.meta.get("build_printed") and len(trace):
+        # The build was dated from the wording of its lines, which gives a range. Replay under
+        # every rule group the range spans and keep the one that agrees most (ties: the earliest);
+        # every group's result is reported (issue: "b8265-b8285 contradicted, b8286-b8399 agrees").
+        version, range_check = _best_in_range(lt, trace, config, prof, min_step)
     spec = policy_for_log(lt, version, min_step)
     decisions: list[Decision] = []
     timings: list[dict] = []
@@ -234,7 +242,32 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
            for k, v in dataclasses.asdict(config).items()}
     return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
                       decisions=decisions, timings=timings, left_out=lt.left_out,
-                      slots={r.id: (r.observed or {}).get("slot") for r in trace})
+                      slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check)
+
+
+def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None) -> tuple[str, list[dict]]:
+    """(build to replay as, one row per rule group of the log's dated build range)."""
+    from .server import RULE_BOUNDARIES
+    from .sim import simulate
+    lo, hi = lt.header.meta.get("build_range") or (lt.log.build, lt.log.build)
+    starts = [lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi]
+    rows = []
+    for i, b in enumerate(starts):
+        end = starts[i + 1] - 1 if i + 1 < len(starts) else hi
+        run = simulate(trace, policy_for_log(lt, f"b{b}", min_step), config, prof)
+        ev: dict[int, list] = {}
+        for e in run.events:
+            ev.setdefault(e.request_id, []).append(e)
+        res = {r.request_id: r for r in run.results}
+        ds = [d for req in trace for d in compare_task(req.id, req.observed or {}, res[req.id], ev.get(req.id, []))]
+        known = [d for d in ds if d.status != "unknown"]
+        bad = next((d for d in known if d.status == "mismatch"), None)
+        rows.append({"builds": f"b{b}" if b == end else f"b{b}-b{end}", "as": f"b{b}",
+                     "agreed": sum(1 for d in known if d.status == "agreed"), "decisions": len(known),
+                     "first_mismatch_line": bad.line if bad else None})
+    # ties keep the earliest group: without evidence the dating stays what the wording says
+    best = max(rows, key=lambda r: (r["agreed"] - (r["decisions"] - r["agreed"]), -int(r["as"][1:])))
+    return best["as"], rows
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:

@@ -150,3 +150,20 @@ def test_gpu_calibration_logs_replay_every_decision(name: str, ub: int) -> None:
     repo = Path(__file__).resolve().parents[1]
     doc = validate_log(repo / "docs" / "calibration" / f"{name}.server-ub{ub}.log.gz").to_json()
     assert doc["tasks"] == 152 and doc["decisions"] == 760 and doc["agreement"] == 1.0
+
+
+def test_a_dated_build_range_is_replayed_per_rule_group() -> None:
+    """xllamacpp 0.2.14 reports build 0; its wording dates it to b8265-b8399 (tests/data/
+    conformance/xllamacpp-0.2.14-slots-np2.server.log.gz, written by `conformance`). Replayed per
+    rule group of that range: b8265-b8285 (one near-end checkpoint) is contradicted -- the log
+    creates two, T-512 and T-4 (#20288, b8286) -- and b8286-b8399 agrees on 38 of 40, so the log
+    is replayed as b8286 and both groups are reported."""
+    from ckptsim.validate import validate_log
+    repo = Path(__file__).resolve().parents[1]
+    v = validate_log(repo / "tests" / "data" / "conformance" / "xllamacpp-0.2.14-slots-np2.server.log.gz")
+    rows = {r["builds"]: r for r in v.build_range}
+    assert set(rows) == {"b8265-b8285", "b8286-b8399"}
+    assert rows["b8286-b8399"]["agreed"] == 38 and rows["b8265-b8285"]["agreed"] < 30
+    assert "version=b8286" in v.policy and v.to_json()["build_range"] == v.build_range
+    # a printed build is not second-guessed
+    assert validate_log(repo / "docs" / "calibration" / "tiny-qwen35-h200.server-ub512.log.gz").build_range == []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._app import (EXIT_FAILED, UserError, app, check_batches, check_cache_ram, check_profile, cli_errors, err,
@@ -171,6 +172,11 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
         t.add_row("all", str(v.agreed), str(len(v.known) - v.agreed),
                   str(len(v.decisions) - len(v.known)))
         out.print(t)
+        for r in v.build_range:
+            mark = "replayed as this" if v.policy.split("version=")[-1].split(",")[0] == r["as"] else ""
+            bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
+            out.print(f"build dated from the log's wording: {r['builds']}: {r['agreed']}/{r['decisions']} "
+                      f"agree{bad}{' (' + mark + ')' if mark else ''}", highlight=False)
         out.print(f"{doc['tasks']} tasks, {doc['decisions']} known decisions, agreement "
                   + (f"{ag:.1%}" if ag is not None else "n/a (nothing the log could settle)"))
         for m in doc["mismatches"]:
@@ -205,7 +211,10 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
     if as_json:
         print_json(ex.to_json())
         return
-    out.print(f"[bold]{log}[/] — replayed as {ex.build}", highlight=False)
+    rng = ex.validation.build_range
+    dated = ("; build dated from wording, rule groups tried: " + ", ".join(
+        f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)) if rng else ""
+    out.print(f"[bold]{escape(log)}[/] — replayed as {ex.build}{dated}", highlight=False)
     for t in ex.tasks:
         out.print(t.text, highlight=False, markup=False)
     for lo in ex.left_out:
