@@ -34,6 +34,25 @@ METRICS: dict[str, str] = {
 }
 
 
+def format_ms(ms: float | None) -> str:
+    """A duration given in ms, in the unit a person reads: "850 ms", "12.3 s", "7.0 min", "42.5 h".
+
+    For printed tables only; --json, CSV and DataFrames keep the raw milliseconds.
+    """
+    if ms is None or ms != ms:                       # None or NaN
+        return "-"
+    a = abs(ms)
+    if a < 10:
+        return f"{ms:.1f} ms"
+    if a < 1000:
+        return f"{ms:.0f} ms"
+    if a < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if a < 3_600_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:,.1f} h"
+
+
 def results_frame(run: Run) -> pd.DataFrame:
     """One row per request of a run."""
     rows = [asdict(r) for r in run.results]

@@ -126,3 +126,26 @@ def test_demo_runs_the_quick_start(tmp_path):
     assert "none" in names and any(n.startswith("llama-server") for n in names)
     assert all(p["reprocessed_tokens"] >= doc["lower_bound"]["reprocessed_tokens"] for p in doc["policies"])
     assert (out / "compare.csv").exists() and (out / "compare.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("ms,text", [(4.25, "4.2 ms"), (850.4, "850 ms"), (12_340.0, "12.3 s"),
+                                     (420_000.0, "7.0 min"), (153_050_458.0, "42.5 h"),
+                                     (float("nan"), "-"), (None, "-")])
+def test_format_ms_human_units(ms, text):
+    from ckptsim.metrics import format_ms
+    assert format_ms(ms) == text
+
+
+def test_tables_show_ttft_in_human_units_json_keeps_ms(edit_trace):
+    """A p95 TTFT of minutes printed as '153,050,458' ms on big traces; the tables now read
+    '1.5 min' etc., while --json keeps the raw milliseconds."""
+    from ckptsim.metrics import format_ms
+    doc = json.loads(runner.invoke(app, ["simulate", str(edit_trace), "--policy", "none", "--json"]).stdout)
+    ms = doc["summary"]["ttft_p95_ms"]
+    assert isinstance(ms, float) and ms > 1000
+    r = runner.invoke(app, ["simulate", str(edit_trace), "--policy", "none"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "TTFT p95" in r.stdout and format_ms(ms) in r.stdout and f"{ms:,.1f}" not in r.stdout
+    r = runner.invoke(app, ["compare", str(edit_trace), "--policies", "none;fifo"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert format_ms(ms) in r.stdout and f"{ms:,.1f}" not in r.stdout

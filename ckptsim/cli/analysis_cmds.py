@@ -91,11 +91,11 @@ def sweep(traces: List[Path] = TracesArg,
         print_json({"output": str(output), "rows": len(df), "columns": list(df.columns)})
         return
     t = Table(title=f"{len(df)} runs -> {output}", title_justify="left")
-    for c in ("trace", "policy", "ctxcp", "re-processed tok", "prefill s", "TTFT p95 ms"):
+    for c in ("trace", "policy", "ctxcp", "re-processed tok", "prefill s", "TTFT p95"):
         t.add_column(c, justify="left" if c in ("trace", "policy") else "right")
     for _, r in df.head(40).iterrows():
         t.add_row(str(r["trace"]), str(r["policy"]), str(r["ctx_checkpoints"]), f"{r['reprocessed_tokens']:,}",
-                  f"{r['prefill_s']:,.1f}", f"{r['ttft_p95_ms']:,.0f}")
+                  f"{r['prefill_s']:,.1f}", _cell(r["ttft_p95_ms"], "ttft_p95_ms"))
     out.print(t)
     if len(df) > 40:
         err.print(f"(first 40 of {len(df)} rows shown; all in {output})")
@@ -143,8 +143,8 @@ def recommend(traces: List[Path] = TracesArg,
             st.add_column(c, justify="left" if c == "command_line" else "right")
         key = "prompt_s" if objective == "prefill" else "ttft_p95_ms"
         for row in by_slots:
-            st.add_row(str(row["n_slots"]), row["command_line"], _cell(row[key]), _cell(row["ttft_p95_ms"]),
-                       _cell(row["ram_mib"]))
+            st.add_row(str(row["n_slots"]), row["command_line"], _cell(row[key], key),
+                       _cell(row["ttft_p95_ms"], "ttft_p95_ms"), _cell(row["ram_mib"]))
         out.print(st)
     lines = explain(rec)
     out.print(f"[bold]{lines[0]}[/]", highlight=False)
@@ -158,28 +158,32 @@ def recommend(traces: List[Path] = TracesArg,
     for c in cols:
         t.add_column(c, justify="right")
     for _, r in rec.pareto.iterrows():
-        t.add_row(*[_cell(r[c]) for c in cols])
+        t.add_row(*[_cell(r[c], c) for c in cols])
     out.print(t)
     b = Table(title="-b/-ub at the recommended checkpoint flags", title_justify="left")
     for c in ("-b", "-ub", col, "re-processed tok", "ttft_p95_ms"):
         b.add_column(c, justify="right")
     for r in rec.batch_sizes:
-        b.add_row(str(r["n_batch"]), str(r["n_ubatch"]), _cell(r[col]), f"{r['reprocessed_tokens']:,}",
-                  _cell(r["ttft_p95_ms"]))
+        b.add_row(str(r["n_batch"]), str(r["n_ubatch"]), _cell(r[col], col), f"{r['reprocessed_tokens']:,}",
+                  _cell(r["ttft_p95_ms"], "ttft_p95_ms"))
     out.print(b)
     a = Table(title="Other policies at the recommended flags", title_justify="left")
     for c in ("policy", col, "re-processed tok", "vs recommended"):
         a.add_column(c, justify="left" if c == "policy" else "right")
     for r in rec.alternatives + [dict(rec.oracle, gain_vs_recommended=None)]:
         g = r.get("gain_vs_recommended")
-        a.add_row(str(r["policy"]), f"{r[col]:,.1f}", f"{r['reprocessed_tokens']:,}",
+        a.add_row(str(r["policy"]), _cell(r[col], col), f"{r['reprocessed_tokens']:,}",
                   "" if g is None else f"{-g:+.1%}")
     out.print(a)
 
 
-def _cell(v) -> str:
+def _cell(v, key: str = "") -> str:
+    """A table cell; durations in ms (``key`` ends in ``_ms``) in human units (metrics.format_ms)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if key.endswith("_ms"):
+        from ..metrics import format_ms
+        return format_ms(float(v))
     if isinstance(v, float):
         return f"{v:,.1f}" if not v.is_integer() else f"{v:,.0f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
