@@ -65,6 +65,7 @@ class Validation:
     left_out: list[dict]
     slots: dict[int, int] = dataclasses.field(default_factory=dict)     # request -> slot (log)
     build_range: list[dict] = dataclasses.field(default_factory=list)   # rule groups tried (build dated)
+    settings_evidence: dict = dataclasses.field(default_factory=dict)   # setting -> value, line, how
 
     @property
     def known(self) -> list[Decision]:
@@ -112,6 +113,7 @@ class Validation:
             "left_out": self.left_out,
             "per_task": self.per_task(),
             "build_range": self.build_range,
+            "settings_evidence": self.settings_evidence,
         }
 
     def per_task(self) -> list[dict]:
@@ -242,7 +244,8 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
            for k, v in dataclasses.asdict(config).items()}
     return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
                       decisions=decisions, timings=timings, left_out=lt.left_out,
-                      slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check)
+                      slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check,
+                      settings_evidence=lt.log.evidence)
 
 
 def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None) -> tuple[str, list[dict]]:

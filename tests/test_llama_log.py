@@ -295,3 +295,29 @@ def test_overlong_line_is_cut(tmp_path: Path) -> None:
     p.write_text("x" * 200_000 + "\n" + LINE + "\n")
     r = parse_log(p)
     assert r.stats.overlong == 1 and len(r.facts) == 1 and r.facts[0].line == 2
+
+
+def test_settings_carry_the_line_that_shows_them(tmp_path):
+    """Log 009 (tests/data/logs/): printed settings keep their start-up line; ctx_checkpoints and
+    every-N are read from 'N of 32' and '8192 tokens since last checkpoint' when not printed."""
+    from ckptsim.ingest.log_trace import read_tasks
+    log = Path(__file__).parent / "data" / "logs" / "009_repo-qwen36-27b-mtp-docker-1slot-restore-erase-cycle.log"
+    lt = read_tasks(log)
+    ev = lt.evidence
+    assert ev["cache_ram_mib"]["value"] == 8192 and "printed" in ev["cache_ram_mib"]["how"]
+    lines = log.read_text().splitlines()
+    assert "8192" in lines[ev["cache_ram_mib"]["line"] - 1]
+    assert ev["every_n"]["value"] == 8192 and "since last checkpoint" in lines[ev["every_n"]["line"] - 1]
+
+
+def test_slot_ids_bound_n_slots_in_an_excerpt(tmp_path):
+    """An excerpt that shows slot 2 and no start-up lines: -np is at least 3 (issue: a log showing
+    slots 1-3 was replayed with -np 1); the evidence names the line."""
+    from ckptsim.ingest.log_trace import read_tasks
+    log = tmp_path / "x.log"
+    log.write_text(
+        "slot launch_slot_: id  2 | task 7 | processing task\n"
+        "slot update_slots: id  2 | task 7 | new prompt, n_ctx_slot = 4096, n_keep = 0, task.n_tokens = 900\n")
+    lt = read_tasks(log)
+    assert lt.settings["n_slots"] == 3
+    assert lt.evidence["n_slots"]["line"] == 1 and "slot 2" in lt.evidence["n_slots"]["how"]

@@ -47,15 +47,23 @@ def _warn(lt, quiet: bool) -> None:
 def _summary(lt) -> dict:
     s = lt.log.stats
     ev = Counter()
-    for r in lt.requests:
-        for k, _, _ in (r.observed or {}).get("events", []):
+    # from every task the log shows, the ones left out of the trace (no prompt length) included
+    for t in lt.log.tasks:
+        ev["created"] += len(t.created)
+        for k, _, _ in t.erased:
             ev[k] += 1
+        for k, _, _ in t.cache:
+            ev[k] += 1
+        ev["restored"] += t.restored >= 0
+        ev["full_reprocess"] += bool(t.full_reprocess)
+    ev = Counter({k: v for k, v in ev.items() if v})
     return {"log": s.path, "lines": s.lines, "known_lines": s.known, "unknown_lines": s.unknown,
             "malformed_lines": s.malformed, "binary_lines": s.binary,
             "truncated_last_line": s.truncated_last_line,
             "issues": [{"line": i.line, "kind": i.kind, "message": i.message} for i in s.issues],
             "prefixes": sorted(s.prefixes), "tasks": len(lt.log.tasks), "requests": len(lt.requests),
             "left_out": lt.left_out, "events": dict(ev), "settings": lt.log.settings,
+            "settings_evidence": lt.log.evidence,
             "build": lt.log.build, "build_printed": bool(lt.log.settings.get("build")),
             "build_range": [lt.log.build_lo, lt.log.build_hi],
             "checkpoint_lines_visible": lt.log.visible}
@@ -122,7 +130,11 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
                                                f"–b{s['build_range'][1]})"))
         t.add_row("tasks", f"{s['tasks']} ({s['requests']} usable as requests)")
         t.add_row("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none")
-        t.add_row("settings", ", ".join(f"{k}={v}" for k, v in sorted(s["settings"].items())) or "none")
+        evd = s["settings_evidence"]
+        t.add_row("settings", ", ".join(
+            f"{k}={v}" + (f" (line {evd[k]['line']}{', inferred' if 'inferred' in evd[k]['how'] else ''})"
+                          if k in evd else "")
+            for k, v in sorted(s["settings"].items())) or "none")
         if not s["checkpoint_lines_visible"]:
             t.add_row("note", "no checkpoint lines: since b9838 they need -lv 4")
         out.print(t)

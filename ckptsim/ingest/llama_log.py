@@ -113,6 +113,7 @@ class LogStats:
     settings: dict[str, Any] = field(default_factory=dict)
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
+    setting_lines: dict[str, int] = field(default_factory=dict)   # setting -> line that printed it
 
     def add_issue(self, line: int, kind: str, message: str) -> None:
         """Record a malformed line (only the first MAX_STORED_ISSUES are kept)."""
@@ -581,7 +582,10 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
                     m = _H_SRV.match(body)
                     if m:
                         msg = m.group(2)
+            seen = set(stats.settings)
             if _setting(msg if m else body, stats.settings):
+                for key in set(stats.settings) - seen:
+                    stats.setting_lines.setdefault(key, n)
                 stats.known += 1
                 if "min spacing" in body:
                     stats.formats.add("min_spacing_startup")
@@ -611,8 +615,10 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
                 fact = Fact(fact.kind, fact.line, last_timing_slot, last_timing_task, fact.t_s, fact.v)
             if fact.kind is FactKind.SLOT_SELECTED and "thold" in fact.v:
                 stats.settings["slot_prompt_similarity"] = fact.v["thold"]
+                stats.setting_lines.setdefault("slot_prompt_similarity", n)
             if fact.kind is FactKind.CACHE_STATE and "cache_ram_mib" not in stats.settings:
                 stats.settings["cache_ram_mib"] = fact.v["limit_mib"]
+                stats.setting_lines.setdefault("cache_ram_mib", n)
             yield fact
     finally:
         close()

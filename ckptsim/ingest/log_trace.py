@@ -164,6 +164,7 @@ class LogTasks:
     visible: bool                    # checkpoint lines can be seen at this verbosity
     ckpt_sizes: list[tuple[int, float]] = field(default_factory=list)    # (n_tokens, MiB) created
     state_sizes: list[tuple[int, float]] = field(default_factory=list)   # (n_tokens, MiB) cache saves
+    evidence: dict[str, dict] = field(default_factory=dict)   # setting -> {"value", "line", "how"}
 
     @property
     def build(self) -> int:
@@ -189,11 +190,25 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
     lo, hi = _build_range(stats.formats)
     visible = builder.n_ckpt_lines > 0 or int(stats.settings.get("verbosity", 3)) >= 4
     settings = dict(stats.settings)
-    if builder.ckpt_max is not None:
-        settings.setdefault("ctx_checkpoints", builder.ckpt_max)
-    if builder.every_n is not None:
-        settings.setdefault("every_n", builder.every_n)
-    return LogTasks(tasks, stats, settings, lo, hi, visible, builder.ckpt_sizes, builder.state_sizes)
+    evidence = {k: {"value": settings[k], "line": ln, "how": "printed at start-up"}
+                for k, ln in stats.setting_lines.items() if k in settings and not k.startswith("_")}
+    if builder.ckpt_max is not None and "ctx_checkpoints" not in settings:
+        settings["ctx_checkpoints"] = builder.ckpt_max
+        evidence["ctx_checkpoints"] = {"value": builder.ckpt_max, "line": builder.ckpt_max_line,
+                                       "how": "inferred from 'created context checkpoint N of M'"}
+    if builder.every_n is not None and "every_n" not in settings:
+        settings["every_n"] = builder.every_n
+        evidence["every_n"] = {"value": builder.every_n, "line": builder.every_n_line,
+                               "how": "inferred from 'N tokens since last checkpoint'"}
+    slots = [(t.slot, t.line) for t in tasks if t.slot is not None and t.slot >= 0]
+    if slots and "n_slots" not in settings:
+        top, ln = max(slots)
+        # an excerpt shows only the slots it uses: -np is at least the highest id + 1
+        settings["n_slots"] = top + 1
+        evidence["n_slots"] = {"value": top + 1, "line": ln,
+                               "how": f"inferred: slot {top} is used, so -np >= {top + 1}"}
+    return LogTasks(tasks, stats, settings, lo, hi, visible, builder.ckpt_sizes, builder.state_sizes,
+                    evidence)
 
 
 def _build_range(features: set[str]) -> tuple[int, int]:
@@ -224,6 +239,7 @@ class _Builder:
         self.sel_slot: int = -1
         self.n_ckpt_lines = 0
         self.ckpt_max: int | None = None
+        self.ckpt_max_line = self.every_n_line = 0
         self.last_task_on_slot: dict[int, int] = {}
         self.synthetic_id = -2
 
@@ -285,7 +301,8 @@ class _Builder:
             return
         if k is FactKind.EVERY_N:
             # "%d tokens since last checkpoint": the value printed is the --checkpoint-every-n flag
-            self.every_n = min(self.every_n or f.v["n_since"], f.v["n_since"])
+            if self.every_n is None or f.v["n_since"] < self.every_n:
+                self.every_n, self.every_n_line = f.v["n_since"], f.line
         if k is FactKind.CANCEL:
             acc = self.tasks.get(f.task)
             if acc is not None:
@@ -324,6 +341,8 @@ class _Builder:
             if "size_mib" in v:
                 self.ckpt_sizes.append((v["n_tokens"], v["size_mib"]))
             if "max" in v:
+                if self.ckpt_max is None:
+                    self.ckpt_max_line = f.line
                 self.ckpt_max = v["max"]
         elif k is FactKind.SEQ_RM:
             if acc.seq_rm is None:
@@ -587,7 +606,8 @@ def trace_from_log(path: str | Path, name: str | None = None,
     reqs = [dataclasses.replace(r, n_output=mutable_out[i]) if mutable_out[i] != r.n_output else r
             for i, r in enumerate(reqs)]
     p = Path(str(path))
-    meta = {"settings": lt.settings, "build": lt.build, "build_range": [lt.build_lo, lt.build_hi],
+    meta = {"settings": lt.settings, "settings_evidence": lt.evidence, "build": lt.build,
+            "build_range": [lt.build_lo, lt.build_hi],
             "build_printed": bool(lt.settings.get("build")), "checkpoint_lines_visible": lt.visible,
             "log_lines": lt.stats.lines, "unknown_lines": lt.stats.unknown,
             "malformed_lines": lt.stats.malformed, "tasks": len(lt.tasks), "left_out": left_out}
