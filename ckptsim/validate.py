@@ -66,6 +66,7 @@ class Validation:
     slots: dict[int, int] = dataclasses.field(default_factory=dict)     # request -> slot (log)
     build_range: list[dict] = dataclasses.field(default_factory=list)   # rule groups tried (build dated)
     settings_evidence: dict = dataclasses.field(default_factory=dict)   # setting -> value, line, how
+    fork: dict = dataclasses.field(default_factory=dict)                # a relative of llama-server
 
     @property
     def known(self) -> list[Decision]:
@@ -114,6 +115,7 @@ class Validation:
             "per_task": self.per_task(),
             "build_range": self.build_range,
             "settings_evidence": self.settings_evidence,
+            "fork": self.fork or None,
         }
 
     def per_task(self) -> list[dict]:
@@ -240,12 +242,19 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                 timings.append({"task": obs.get("task"), "line": obs.get("line"), "prompt_n": obs["prompt_n"],
                                 "logged_ms": logged, "predicted_ms": round(pred, 2),
                                 "error_pct": round(100.0 * (pred - logged) / logged, 1) if logged > 0 else None})
+    fork = {}
+    if lt.log.stats.fork:
+        # not mainline: its rules are not modelled, so no decision is settled by a mainline replay
+        why = (f"{lt.log.stats.fork} log (line {lt.log.stats.fork_line}): its checkpoint rules are not "
+               "modelled; a mainline replay would not be evidence")
+        decisions = [dataclasses.replace(d, status="unknown", why=why) for d in decisions]
+        fork = {"name": lt.log.stats.fork, "line": lt.log.stats.fork_line, "modelled": False}
     cfg = {k: (v if not (isinstance(v, float) and math.isinf(v)) else "inf")
            for k, v in dataclasses.asdict(config).items()}
     return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
                       decisions=decisions, timings=timings, left_out=lt.left_out,
                       slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check,
-                      settings_evidence=lt.log.evidence)
+                      settings_evidence=lt.log.evidence, fork=fork)
 
 
 def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None) -> tuple[str, list[dict]]:

@@ -86,3 +86,24 @@ def test_explain_runs_on_every_corpus_log(shared_dir):
         assert ex.verdict
         for t in ex.tasks:
             assert t.text.startswith(f"task {t.task} ")
+
+
+def test_a_fork_is_named_not_replayed_as_mainline():
+    """ik_llama.cpp's log (tests/data/logs/005_*, its `took N ms` and `INFO [ ... ] tid=` wording):
+    parse names the fork, validate settles no decision (each unknown, with why), explain says so."""
+    log = DATA / "logs" / "005_ik2226-ik-llama-erase-old-keep-last.log"
+    v = validate_log(log)
+    assert v.fork == {"name": "ik_llama.cpp", "line": 1, "modelled": False}
+    assert v.decisions and all(d.status == "unknown" and "not modelled" in d.why for d in v.decisions)
+    r = CliRunner().invoke(app, ["parse", str(log), "--json"])
+    assert json.loads(r.stdout)["logs"][0]["fork"]["name"] == "ik_llama.cpp"
+    r = CliRunner().invoke(app, ["explain", str(log)])
+    assert r.exit_code == 0 and "ik_llama.cpp log" in r.stdout and "does not model" in r.stdout
+
+
+def test_ollama_runner_wording_is_recognised(tmp_path):
+    from ckptsim.ingest.llama_log import _fork_of
+    assert _fork_of('time=2026-05-01T10:00:00Z level=INFO source=runner.go:912 msg="llama runner started"') \
+        == "ollama"
+    assert _fork_of("slot update_slots: id  0 | task 3 | created context checkpoint 1 of 8 "
+                    "(pos_min = 9, pos_max = 9, n_tokens = 10, size = 0.2 MiB)") == ""

@@ -64,6 +64,7 @@ def _summary(lt) -> dict:
             "prefixes": sorted(s.prefixes), "tasks": len(lt.log.tasks), "requests": len(lt.requests),
             "left_out": lt.left_out, "events": dict(ev), "settings": lt.log.settings,
             "settings_evidence": lt.log.evidence,
+            "fork": ({"name": s.fork, "line": s.fork_line, "modelled": False} if s.fork else None),
             "build": lt.log.build, "build_printed": bool(lt.log.settings.get("build")),
             "build_range": [lt.log.build_lo, lt.log.build_hi],
             "checkpoint_lines_visible": lt.log.visible}
@@ -125,6 +126,9 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
         t.add_column("value")
         t.add_row("lines", f"{s['lines']:,} ({s['known_lines']:,} known, {s['unknown_lines']:,} skipped, "
                            f"{s['malformed_lines']} malformed)")
+        if s["fork"]:
+            t.add_row("server", f"{s['fork']['name']} (line {s['fork']['line']}): a relative of llama-server "
+                                "whose checkpoint rules ckptsim does not model")
         t.add_row("build", f"b{s['build']}" + ("" if s["build_printed"] else
                                                f" (not printed; wording fits b{s['build_range'][0]}"
                                                f"–b{s['build_range'][1]})"))
@@ -184,6 +188,10 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
         t.add_row("all", str(v.agreed), str(len(v.known) - v.agreed),
                   str(len(v.decisions) - len(v.known)))
         out.print(t)
+        if v.fork:
+            out.print(f"this is an {v.fork['name']} log (its wording, line {v.fork['line']}), not mainline "
+                      f"llama-server: its checkpoint rules are not modelled, so no decision is settled",
+                      highlight=False)
         for r in v.build_range:
             mark = "replayed as this" if v.policy.split("version=")[-1].split(",")[0] == r["as"] else ""
             bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
@@ -227,6 +235,10 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
     dated = ("; build dated from wording, rule groups tried: " + ", ".join(
         f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)) if rng else ""
     out.print(f"[bold]{escape(log)}[/] — replayed as {ex.build}{dated}", highlight=False)
+    if ex.validation.fork:
+        out.print(f"This is an {ex.validation.fork['name']} log (line {ex.validation.fork['line']}), not "
+                  "mainline llama-server: the stories below are what its log says; ckptsim does not model "
+                  "its checkpoint rules, so the simulator's verdicts are left out.", highlight=False, markup=False)
     for t in ex.tasks:
         out.print(t.text, highlight=False, markup=False)
     for lo in ex.left_out:

@@ -114,6 +114,8 @@ class LogStats:
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
     setting_lines: dict[str, int] = field(default_factory=dict)   # setting -> line that printed it
+    fork: str = ""                    # "ik_llama.cpp" / "ollama" when their wording is seen
+    fork_line: int = 0
 
     def add_issue(self, line: int, kind: str, message: str) -> None:
         """Record a malformed line (only the first MAX_STORED_ISSUES are kept)."""
@@ -563,6 +565,10 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
                 stats.blank += 1
                 continue
             body, t_s, _level = strip_prefixes(text, clock, stats.prefixes)
+            if not stats.fork:
+                fk = _fork_of(body)
+                if fk:
+                    stats.fork, stats.fork_line = fk, n
             if not body.strip():
                 stats.blank += 1
                 continue
@@ -627,6 +633,22 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
     if "_n_slot_lines" in stats.settings:
         stats.settings.setdefault("n_slots", stats.settings["_n_slot_lines"])
         del stats.settings["_n_slot_lines"]
+
+
+# Wording only the relatives of llama-server print (corpus logs 005 and 042 for ik_llama.cpp:
+# its `apply_checkp` function, "took N ms" on created checkpoints, the JSON-ish `INFO [ ... ]
+# tid=...` lines; ollama's Go runner logs `source=...go` / "llama runner"). Their checkpoint rules
+# differ from mainline's and are not in the spec, so they must not be replayed as mainline.
+_FORK_MARKS = (("ik_llama.cpp", re.compile(r"slot apply_checkp:|created context checkpoint .*, took [\d.]+ ms|"
+                                          r"INFO \[ *\w+\] .*\btid=\"")),
+               ("ollama", re.compile(r"\bsource=\w+\.go:\d+|llama runner started|\bollama\b", re.I)))
+
+
+def _fork_of(body: str) -> str:
+    for name, rx in _FORK_MARKS:
+        if rx.search(body):
+            return name
+    return ""
 
 
 def _format_feature(f: Fact, msg: str, func: str) -> str | None:
