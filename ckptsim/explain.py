@@ -37,6 +37,7 @@ class TaskStory:
     prompt_ms: float | None
     prompt_n: int | None
     lost: int | None                 # common prefix re-processed for want of a checkpoint
+    length_inferred: bool = False    # the prompt length is an estimate (progress lines, T-4, ...)
     simulator: dict[str, str] = field(default_factory=dict)   # decision -> agreed | mismatch | unknown
     why_unknown: str = ""
     text: str = ""
@@ -78,7 +79,7 @@ def _secs(ms: float | None) -> str:
 
 def _story(t: TaskStory, step: int) -> str:
     head = f"task {t.task} (line {t.line}{'' if t.slot is None else f', slot {t.slot}'}): " \
-           f"prompt {_n(t.n_prompt)} tokens"
+           f"prompt {'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens"
     held = (f"; the slot held checkpoints at {', '.join(_n(k) for k in t.held_before)}"
             if t.held_before else "")
     rep = t.prompt_n if t.prompt_n is not None else (t.n_prompt - t.cache_n if t.cache_n is not None else None)
@@ -143,15 +144,33 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
                        n_past=n_past, cache_n=cache_n, restored=int(o.get("restored", -1)),
                        full=bool(o.get("full_reprocess")), created=list(o.get("created", [])),
                        erased=sorted(o.get("erased", [])), held_before=before, prompt_ms=o.get("prompt_ms"),
-                       prompt_n=o.get("prompt_n"), lost=lost, simulator=dict(p.get("status", {})),
-                       why_unknown=why)
+                       prompt_n=o.get("prompt_n"), lost=lost,
+                       length_inferred=o.get("n_prompt_source") == "inferred",
+                       simulator=dict(p.get("status", {})), why_unknown=why)
         st.text = _story(st, step)
         stories.append(st)
         now = [k for k in before if k not in st.erased] + st.created
         held[slot] = now
+    # tasks whose prompt length the excerpt lacks are no requests, but their lines still tell a story
+    by_task = {t.task: t for t in lt.log.tasks}
+    left = []
+    for lo in lt.left_out:
+        t = by_task.get(lo["task"])
+        bits = [f"task {lo['task']} (line {lo['line']}{'' if t is None else f', slot {t.slot}'}): the prompt "
+                f"length is not in this excerpt"]
+        if t is not None:
+            if t.full_reprocess:
+                bits.append("no checkpoint lay at or below n_past, so the whole prompt was re-processed")
+            elif t.restored >= 0:
+                bits.append(f"{_n(t.restored)} was restored")
+            if t.erased:
+                bits.append(f"erased {', '.join(_n(n) for _, n, _ in t.erased)}")
+            if t.created:
+                bits.append(f"created {', '.join(_n(n) for n, _, _ in t.created)}")
+        left.append({**lo, "text": "; ".join(bits) + "."})
     ex = Explanation(log=str(path), build=val.policy.split("version=")[-1].split(",")[0],
                      settings={k: v for k, v in s.items() if not k.startswith("_")}, tasks=stories,
-                     left_out=lt.left_out, validation=val)
+                     left_out=left, validation=val)
     _verdict(ex, step)
     return ex
 
@@ -168,10 +187,18 @@ def _verdict(ex: Explanation, step: int) -> None:
                  "full_reprocess": full, "lost_s": round(lost * ms_per_tok / 1000, 1) if ms_per_tok else None}
     v = ex.validation
     if not ts:
-        ex.verdict = "No task with a known prompt length is in this log, so there is nothing to explain."
+        one = len(ex.left_out) == 1
+        ex.verdict = (f"The excerpt shows {len(ex.left_out)} task{'' if one else 's'} but not "
+                      f"{'its prompt length' if one else 'their prompt lengths'}: what the lines above say is all it can tell; a longer excerpt "
+                      "(from the task's 'new prompt' line) settles more." if ex.left_out else
+                      "No llama-server task is in this log, so there is nothing to explain.")
         return
-    parts = [f"{len(ts)} tasks, {_n(prompt)} prompt tokens, {_n(rep)} re-processed"]
-    if lost:
+    blind = sum(1 for t in ts if t.n_past is None)
+    parts = [f"{len(ts)} task{'s' if len(ts) != 1 else ''}, {_n(prompt)} prompt tokens"
+             + (f", {_n(rep)} re-processed" if blind < len(ts) else "")]
+    if blind == len(ts):
+        parts.append("what the slots held before is not in the log, so no loss can be counted")
+    elif lost:
         t_s = f" (about {ex.totals['lost_s']:,.1f} s at this log's speed)" if ex.totals["lost_s"] else ""
         parts.append(f"{_n(lost)} of those were in common with what the slot held and were re-processed "
                      f"only because no checkpoint lay close enough{t_s}")
@@ -180,8 +207,11 @@ def _verdict(ex: Explanation, step: int) -> None:
     if full:
         parts.append(f"{full} task{'s' if full > 1 else ''} re-processed the whole prompt")
     ag = v.agreement
-    parts.append(f"the simulator, replaying this log as {ex.build}, reproduces {v.agreed} of {len(v.known)} "
-                 f"decisions the log settles" + (f" ({ag:.0%})" if ag is not None else ""))
+    if v.known:
+        parts.append(f"the simulator, replaying this log as {ex.build}, reproduces {v.agreed} of {len(v.known)} "
+                     f"decisions the log settles ({ag:.0%})")
+    else:
+        parts.append("the log settles no decision the simulator could be checked on")
     rec = (f"To see what to set: ckptsim parse {Path(ex.log).name} -o trace.jsonl && ckptsim recommend "
            f"trace.jsonl --version {ex.build} --ram-mib N")
     ex.verdict = "; ".join(parts) + ". " + (

@@ -107,3 +107,34 @@ def test_ollama_runner_wording_is_recognised(tmp_path):
         == "ollama"
     assert _fork_of("slot update_slots: id  0 | task 3 | created context checkpoint 1 of 8 "
                     "(pos_min = 9, pos_max = 9, n_tokens = 10, size = 0.2 MiB)") == ""
+
+
+def test_prompt_length_from_progress_lines(tmp_path):
+    """An excerpt with only progress lines (as corpus log 025: 'prompt processing, n_tokens = 36864,
+    progress = 0.51'): the task is no longer left out; its length is an estimate (36864 / 0.51 ->
+    72282, from the furthest line: 57344 / 0.79 = 72587) and is told as 'about'."""
+    log = tmp_path / "x.log"
+    log.write_text(
+        "slot print_timing: id  0 | task 22504 | prompt processing, n_tokens =  36864, progress = 0.51, "
+        "t =  13.50 s / 2730.53 tokens per second\n"
+        "slot print_timing: id  0 | task 22504 | prompt processing, n_tokens =  57344, progress = 0.79, "
+        "t =  22.80 s / 2515.49 tokens per second\n")
+    ex = explain_log(log)
+    assert not ex.left_out and len(ex.tasks) == 1
+    t = ex.tasks[0]
+    assert t.n_prompt == round(57344 / 0.79) and t.length_inferred and "prompt about 72,587" in t.text
+    assert "no loss can be counted" in ex.verdict
+
+
+def test_a_task_without_length_still_gets_its_story(tmp_path):
+    """Corpus log 019's two lines (a full re-processing and an erase, no prompt length)."""
+    log = tmp_path / "x.log"
+    log.write_text(
+        "slot update_slots: id  0 | task 3666 | forcing full prompt re-processing due to lack of cache data "
+        "(likely due to SWA or hybrid/recurrent memory, see https://github.com/ggml-org/llama.cpp/pull/13194"
+        "#issuecomment-2868343055)\n"
+        "slot update_slots: id  0 | task 3666 | erased invalidated context checkpoint (pos_min = 5049, "
+        "pos_max = 5049, n_swa = 1, size = 143.938 MiB)\n")
+    ex = explain_log(log)
+    assert not ex.tasks and len(ex.left_out) == 1
+    assert "whole prompt was re-processed" in ex.left_out[0]["text"] and "its prompt length" in ex.verdict

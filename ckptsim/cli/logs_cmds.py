@@ -242,6 +242,6 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
     for t in ex.tasks:
         out.print(t.text, highlight=False, markup=False)
     for lo in ex.left_out:
-        out.print(f"task {lo['task']} (line {lo['line']}): left out, {lo['why']}", highlight=False, markup=False)
+        out.print(lo["text"], highlight=False, markup=False)
     out.print("")
     out.print(ex.verdict, highlight=False, markup=False)

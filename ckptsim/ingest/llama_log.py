@@ -269,10 +269,13 @@ _RULES: list[_Rule] = [
           lambda m, s: {"_slot": int(m.group(1)), "_task": int(m.group(2)), "n_cached": int(m.group(3))}),
     _Rule(FactKind.SEQ_RM, "kv cache rm [", re.compile(r"kv cache rm \[(\d+), end\)"), _ints("n_cached")),
     _Rule(FactKind.PROGRESS, "prompt processing progress", re.compile(
-        r"prompt processing progress, (?:n_past|n_tokens) = (\d+), (?:batch\.)?n_tokens = (\d+)"),
-        _ints("n_cache", "n_batch_tokens")),
+        r"prompt processing progress, (?:n_past|n_tokens) = (\d+), (?:batch\.)?n_tokens = (\d+)"
+        r"(?:, progress = ([\d.]+))?"),
+        lambda m, s: {"n_cache": int(m.group(1)), "n_batch_tokens": int(m.group(2)),
+                      **({"progress": float(m.group(3))} if m.group(3) else {})}),
     _Rule(FactKind.PROGRESS, "prompt processing, n_tokens", re.compile(
-        r"prompt processing, n_tokens = +(\d+), progress"), _ints("n_done")),
+        r"prompt processing, n_tokens = +(\d+), progress = ([\d.]+)"),
+        lambda m, s: {"n_done": int(m.group(1)), "progress": float(m.group(2))}),
     _Rule(FactKind.PROMPT_DONE, "prompt processing done", re.compile(
         r"prompt processing done, n_tokens = (\d+), batch\.n_tokens = (\d+)"),
         _ints("n_cache", "n_batch_tokens")),

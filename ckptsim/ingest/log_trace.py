@@ -128,6 +128,7 @@ class _Acc:
     n_prompt_logged: int | None = None
     n_prompt_src: str = ""
     probe: tuple[int, int] | None = None              # (n_past, n_cache)
+    progress: tuple[int, float] | None = None          # (tokens, fraction) of the furthest progress line
     against: int | None = None
     restored: int = -1
     restored_n_past: int | None = None
@@ -347,6 +348,9 @@ class _Builder:
         elif k is FactKind.SEQ_RM:
             if acc.seq_rm is None:
                 acc.seq_rm = v["n_cached"]
+        elif k is FactKind.PROGRESS and v.get("progress"):
+            if acc.progress is None or v["progress"] >= acc.progress[1]:
+                acc.progress = (v.get("n_cache", v.get("n_done", 0)), v["progress"])
         elif k is FactKind.NEED_ONE:
             acc.need_one = (v["n_past"], v["n_prompt"])
         elif k is FactKind.N_PAST_SET:
@@ -510,6 +514,10 @@ def _finalize(a: _Acc) -> TaskObs:
     if T is None and a.created:
         # near-end checkpoints sit at T-4 (spec §2.3): an inference, so placement becomes unknown
         T, t_src = max(n for n, _, _ in a.created) + 4, "inferred"
+    if T is None and a.progress is not None and a.progress[1] > 0:
+        # "prompt processing ..., progress = p" (2 decimals): T from the furthest line, about +-1%;
+        # an estimate, so placement and the decisions that need the exact length stay unknown
+        T, t_src = int(round(a.progress[0] / a.progress[1])), "inferred"
     if T is None and a.stop_n is not None and a.gen_n is not None:
         T, t_src = a.stop_n - a.gen_n + 1, "inferred"
     complete = (a.prompt_ms is not None or a.stop_n is not None) and not (a.cancelled and a.prompt_ms is None)
