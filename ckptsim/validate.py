@@ -260,9 +260,29 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
 def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None) -> tuple[str, list[dict]]:
     """(build to replay as, one row per rule group of the log's dated build range)."""
     from .server import RULE_BOUNDARIES
-    from .sim import simulate
     lo, hi = lt.header.meta.get("build_range") or (lt.log.build, lt.log.build)
-    starts = [lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi]
+    rows = _replay_groups(lt, trace, config, prof, min_step, [lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi], hi)
+    if all(r["agreed"] < r["decisions"] for r in rows):
+        # no group of the wording's range replays the log: try the neighbouring groups too
+        # (xllamacpp 0.2.14 words its erasures as before b8400 but erases as #20671 does)
+        below = [b for b in RULE_BOUNDARIES if b <= lo][-1:] or []
+        above = [b for b in RULE_BOUNDARIES if b > hi][:1]
+        nxt = [b for b in RULE_BOUNDARIES if b > (above[0] if above else hi)][:1]
+        extra = _replay_groups(lt, trace, config, prof, min_step, below, lo - 1) if below else []
+        if above:
+            extra += _replay_groups(lt, trace, config, prof, min_step, above, (nxt[0] - 1) if nxt else 99999)
+        for r in extra:
+            r["outside_wording"] = True
+        rows = sorted(rows + extra, key=lambda r: int(r["as"][1:]))
+    # ties keep the earliest group: without evidence the dating stays what the wording says
+    best = max(rows, key=lambda r: (r["agreed"] - (r["decisions"] - r["agreed"]), not r.get("outside_wording"),
+                                    -int(r["as"][1:])))
+    return best["as"], rows
+
+
+def _replay_groups(lt: LogTrace, trace: Trace, config, prof, min_step: int | None, starts: list[int],
+                   hi: int) -> list[dict]:
+    from .sim import simulate
     rows = []
     for i, b in enumerate(starts):
         end = starts[i + 1] - 1 if i + 1 < len(starts) else hi
@@ -277,9 +297,7 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
         rows.append({"builds": f"b{b}" if b == end else f"b{b}-b{end}", "as": f"b{b}",
                      "agreed": sum(1 for d in known if d.status == "agreed"), "decisions": len(known),
                      "first_mismatch_line": bad.line if bad else None})
-    # ties keep the earliest group: without evidence the dating stays what the wording says
-    best = max(rows, key=lambda r: (r["agreed"] - (r["decisions"] - r["agreed"]), -int(r["as"][1:])))
-    return best["as"], rows
+    return rows
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
