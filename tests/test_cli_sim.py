@@ -126,6 +126,12 @@ def test_demo_runs_the_quick_start(tmp_path):
     assert "none" in names and any(n.startswith("llama-server") for n in names)
     assert all(p["reprocessed_tokens"] >= doc["lower_bound"]["reprocessed_tokens"] for p in doc["policies"])
     assert (out / "compare.csv").exists() and (out / "compare.png").stat().st_size > 1000
+    # run again, as a user re-running the quick start would: the first run's files stay as they were
+    first = (out / "compare.csv").read_bytes()
+    (out / "compare.csv").write_bytes(first + b"# kept\n")
+    r = runner.invoke(app, ["demo", "--out", str(out)])
+    assert r.exit_code == 0 and (out / "compare.csv").read_bytes().endswith(b"# kept\n")
+    assert (tmp_path / "demo-2" / "compare.csv").exists() and "demo-2" in r.output
 
 
 @pytest.mark.parametrize("ms,text", [(4.25, "4.2 ms"), (850.4, "850 ms"), (12_340.0, "12.3 s"),

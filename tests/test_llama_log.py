@@ -321,3 +321,32 @@ def test_slot_ids_bound_n_slots_in_an_excerpt(tmp_path):
     lt = read_tasks(log)
     assert lt.settings["n_slots"] == 3
     assert lt.evidence["n_slots"]["line"] == 1 and "slot 2" in lt.evidence["n_slots"]["how"]
+
+
+def test_journald_month_in_lower_case(tmp_path):
+    """journalctl in some locales prints 'apr 03' (issue: such a log found no task)."""
+    from ckptsim.ingest.log_trace import read_tasks
+    log = tmp_path / "j.log"
+    body = ("slot launch_slot_: id  0 | task 5 | processing task\n"
+            "slot update_slots: id  0 | task 5 | new prompt, n_ctx_slot = 4096, n_keep = 0, task.n_tokens = 900\n")
+    log.write_text("".join(f"apr 03 10:00:0{i} host llama-server[42]: {ln}\n"
+                           for i, ln in enumerate(body.splitlines())))
+    lt = read_tasks(log)
+    assert [t.task for t in lt.tasks] == [5] and lt.tasks[0].n_prompt == 900
+    assert "journald" in lt.stats.prefixes
+
+
+def test_n_batch_inferred_from_full_batches(tmp_path):
+    """No -b printed but 'batch.n_tokens = 2048' on two batches (as corpus log 013): -b is 2048,
+    with the line; a single batch of a size proves nothing (it may be a cut one)."""
+    from ckptsim.ingest.log_trace import read_tasks
+    head = "slot update_slots: id  0 | task 1 | "
+    lines = [head + "new prompt, n_ctx_slot = 128000, n_keep = 0, task.n_tokens = 5000"] + [
+        head + f"prompt processing progress, n_tokens = {n}, batch.n_tokens = {b}, progress = {n / 5000:.6f}"
+        for n, b in ((2048, 2048), (4096, 2048), (5000, 904))]
+    log = tmp_path / "b.log"
+    log.write_text("\n".join(lines) + "\n")
+    lt = read_tasks(log)
+    assert lt.settings["n_batch"] == 2048 and lt.evidence["n_batch"]["line"] == 2
+    log.write_text("\n".join(lines[:2]) + "\n")
+    assert "n_batch" not in read_tasks(log).settings

@@ -244,11 +244,19 @@ def demo_trace_path() -> Path:
 @app.command()
 @cli_errors
 def demo(out_dir: Path = typer.Option(Path("reports/demo"), "--out", help="Where to write the outputs."),
+         force: bool = typer.Option(False, "--force", help="Overwrite an earlier run in the output folder."),
          as_json: bool = JsonOpt) -> None:
     """Compare every policy on the bundled example trace (a coding agent that edits its context)."""
     p = demo_trace_path()
     if not p.exists():
         raise UserError(f"the bundled demo trace is missing ({p}); reinstall ckptsim")
+    if not force and out_dir.is_dir() and any(out_dir.iterdir()):
+        # the quick start may be run again: keep the earlier outputs and write beside them
+        i = 2
+        while (nxt := out_dir.with_name(f"{out_dir.name}-{i}")).exists() and any(nxt.iterdir()):
+            i += 1
+        err.print(f"{out_dir} holds an earlier run; writing to {nxt} instead (--force overwrites)")
+        out_dir = nxt
     compare(trace_path=p, policies=None, profile=None, n_slots=1, ctx_checkpoints=32, batch=2048,
             ubatch=512, cache_ram=8192.0, ckpt_budget_mib=None, queue="arrival", out_dir=out_dir, force=True,
             as_json=as_json)

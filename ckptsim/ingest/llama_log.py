@@ -137,7 +137,8 @@ class LogStats:
 # Prefixes (spec §6 "Prefixes"), outermost first. Each is tried once, in this order.
 _P_SPACE = re.compile(r"^[\s`>]+")                       # indentation, a stray markdown backtick
 _P_DOCKER = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[.,](\d+))? *\| ?")
-_P_JOURNAL = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) \S+ [^\s:\[]+(?:\[\d+\])?: ")
+# the month as journalctl prints it, in either case ("Apr 03 ..." and "apr 03 ..." are both posted)
+_P_JOURNAL = re.compile(r"^([A-Za-z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) \S+ [^\s:\[]+(?:\[\d+\])?: ")
 _P_ISO = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|[+-]\d\d:?\d\d)? "
                     r"(?:\S+ [^\s:\[]+(?:\[\d+\])?: )?")
 _P_ROUTER = re.compile(r"^\[ *(\d+)\] ")
@@ -445,9 +446,9 @@ def strip_prefixes(text: str, clock: _Clock | None = None, seen: set[str] | None
             seen.add("docker")
     else:
         m = _P_JOURNAL.match(s)
-        if m:
+        if m and m.group(1).capitalize() in _MONTHS:
             # journald's classic stamp has no year; only differences matter, so any year does.
-            t_wall = _epoch(2000, _MONTHS.get(m.group(1), 1), int(m.group(2)), int(m.group(3)),
+            t_wall = _epoch(2000, _MONTHS.get(m.group(1).capitalize(), 1), int(m.group(2)), int(m.group(3)),
                             int(m.group(4)), int(m.group(5)), None)
             s = s[m.end():]
             if seen is not None:

@@ -201,6 +201,15 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
         settings["every_n"] = builder.every_n
         evidence["every_n"] = {"value": builder.every_n, "line": builder.every_n_line,
                                "how": "inferred from 'N tokens since last checkpoint'"}
+    if builder.batch_sizes and "n_batch" not in settings:
+        # A batch is n_batch tokens unless a break point or the prompt's end cut it: the largest
+        # size, seen at least twice, is taken as -b (once could be a cut batch of a longer -b).
+        big = max(builder.batch_sizes)
+        if builder.batch_sizes[big] >= 2:
+            settings["n_batch"] = big
+            evidence["n_batch"] = {"value": big, "line": builder.batch_lines[big],
+                                   "how": f"inferred from 'batch.n_tokens = {big}' ({builder.batch_sizes[big]} "
+                                          "batches of that size, none larger)"}
     slots = [(t.slot, t.line) for t in tasks if t.slot is not None and t.slot >= 0]
     if slots and "n_slots" not in settings:
         top, ln = max(slots)
@@ -241,6 +250,8 @@ class _Builder:
         self.n_ckpt_lines = 0
         self.ckpt_max: int | None = None
         self.ckpt_max_line = self.every_n_line = 0
+        self.batch_sizes: dict[int, int] = {}                   # batch.n_tokens -> how often
+        self.batch_lines: dict[int, int] = {}
         self.last_task_on_slot: dict[int, int] = {}
         self.synthetic_id = -2
 
@@ -348,7 +359,11 @@ class _Builder:
         elif k is FactKind.SEQ_RM:
             if acc.seq_rm is None:
                 acc.seq_rm = v["n_cached"]
-        elif k is FactKind.PROGRESS and v.get("progress"):
+        if k is FactKind.PROGRESS and v.get("n_batch_tokens"):
+            nb = v["n_batch_tokens"]
+            self.batch_sizes[nb] = self.batch_sizes.get(nb, 0) + 1
+            self.batch_lines.setdefault(nb, f.line)
+        if k is FactKind.PROGRESS and v.get("progress"):
             if acc.progress is None or v["progress"] >= acc.progress[1]:
                 acc.progress = (v.get("n_cache", v.get("n_done", 0)), v["progress"])
         elif k is FactKind.NEED_ONE:
