@@ -348,9 +348,7 @@ def make_policy(spec: str | Policy) -> Policy:
     spec = spec.strip()
     if "+" in spec:
         a, b = spec.split("+", 1)
-        placement, eviction = make_policy(a), make_policy(b)
-        check_combination(spec, eviction)
-        return Combined(placement=placement, eviction=eviction)
+        return Combined(placement=make_policy(a), eviction=make_policy(b))
     spec = ALIASES.get(spec, spec)
     name, _, args = spec.partition(":")
     name = name.strip()

@@ -211,31 +211,26 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                  overrides: dict | None = None, min_step: int | None = None,
                  log_sizes: bool = True) -> Validation:
     """Parse ``path``, replay it through the matching llama-server policy, compare per task."""
-    from .sim import simulate
     lt = trace_from_log(path)
     trace = Trace(lt.header, lt.requests)
     config = config_from_log(lt.log.settings, overrides)
     base = load_profile(profile)
     prof = profile_from_log(lt, base) if log_sizes else base
     range_check: list[dict] = []
+    replays: dict[str, tuple] = {}
     if version is None and not lt.header.meta.get("build_printed") and len(trace):
         # The build was dated from the wording of its lines, which gives a range. Replay under
         # every rule group the range spans and keep the one that agrees most (ties: the earliest);
         # every group's result is reported (issue: "b8265-b8285 contradicted, b8286-b8399 agrees").
-        version, range_check = _best_in_range(lt, trace, config, prof, min_step)
+        version, range_check = _best_in_range(lt, trace, config, prof, min_step, replays)
     spec = policy_for_log(lt, version, min_step)
     decisions: list[Decision] = []
     timings: list[dict] = []
     if len(trace):
-        run = simulate(trace, spec, config, prof)
-        ev_by_req: dict[int, list] = {}
-        for e in run.events:
-            ev_by_req.setdefault(e.request_id, []).append(e)
-        res_by_req = {r.request_id: r for r in run.results}
+        res_by_req, decisions = replays.get(spec) or _replay(trace, spec, config, prof)
         for req in trace:
             obs = req.observed or {}
             res = res_by_req[req.id]
-            decisions += compare_task(req.id, obs, res, ev_by_req.get(req.id, []))
             if obs.get("prompt_ms") is not None and obs.get("prompt_n"):
                 pred = res.prefill_ms + res.create_ms + res.restore_ms
                 logged = float(obs["prompt_ms"])
@@ -257,20 +252,46 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                       settings_evidence=lt.log.evidence, fork=fork)
 
 
-def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None) -> tuple[str, list[dict]]:
-    """(build to replay as, one row per rule group of the log's dated build range)."""
+def _replay(trace: Trace, spec: str, config, prof) -> tuple[dict, list[Decision]]:
+    """Simulate ``trace`` under ``spec``: (result per request, the five decisions of each task)."""
+    from .sim import simulate
+    run = simulate(trace, spec, config, prof)
+    ev: dict[int, list] = {}
+    for e in run.events:
+        ev.setdefault(e.request_id, []).append(e)
+    res = {r.request_id: r for r in run.results}
+    return res, [d for req in trace for d in compare_task(req.id, req.observed or {}, res[req.id],
+                                                         ev.get(req.id, []))]
+
+
+def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None,
+                   replays: dict[str, tuple]) -> tuple[str, list[dict]]:
+    """(build to replay as, one row per rule group of the log's dated build range); each group's
+    replay is kept in ``replays`` (by policy spec) so the chosen one is not simulated again."""
     from .server import RULE_BOUNDARIES
+
+    def groups(starts: list[int], hi: int) -> list[dict]:
+        rows = []
+        for i, b in enumerate(starts):
+            end = starts[i + 1] - 1 if i + 1 < len(starts) else hi
+            spec = policy_for_log(lt, f"b{b}", min_step)
+            replays[spec] = _replay(trace, spec, config, prof)
+            known = [d for d in replays[spec][1] if d.status != "unknown"]
+            bad = next((d for d in known if d.status == "mismatch"), None)
+            rows.append({"builds": f"b{b}" if b == end else f"b{b}-b{end}", "as": f"b{b}",
+                         "agreed": sum(1 for d in known if d.status == "agreed"), "decisions": len(known),
+                         "first_mismatch_line": bad.line if bad else None})
+        return rows
+
     lo, hi = lt.header.meta.get("build_range") or (lt.log.build, lt.log.build)
-    rows = _replay_groups(lt, trace, config, prof, min_step, [lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi], hi)
+    rows = groups([lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi], hi)
     if all(r["agreed"] < r["decisions"] for r in rows):
         # no group of the wording's range replays the log: try the neighbouring groups too
         # (xllamacpp 0.2.14 words its erasures as before b8400 but erases as #20671 does)
-        below = [b for b in RULE_BOUNDARIES if b <= lo][-1:] or []
-        above = [b for b in RULE_BOUNDARIES if b > hi][:1]
-        nxt = [b for b in RULE_BOUNDARIES if b > (above[0] if above else hi)][:1]
-        extra = _replay_groups(lt, trace, config, prof, min_step, below, lo - 1) if below else []
-        if above:
-            extra += _replay_groups(lt, trace, config, prof, min_step, above, (nxt[0] - 1) if nxt else 99999)
+        below = [b for b in RULE_BOUNDARIES if b <= lo][-1:]
+        above = [b for b in RULE_BOUNDARIES if b > hi][:2]
+        extra = (groups(below, lo - 1) if below else []) + \
+            (groups(above[:1], above[1] - 1 if len(above) > 1 else lo + 99999) if above else [])
         for r in extra:
             r["outside_wording"] = True
         rows = sorted(rows + extra, key=lambda r: int(r["as"][1:]))
@@ -278,26 +299,6 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
     best = max(rows, key=lambda r: (r["agreed"] - (r["decisions"] - r["agreed"]), not r.get("outside_wording"),
                                     -int(r["as"][1:])))
     return best["as"], rows
-
-
-def _replay_groups(lt: LogTrace, trace: Trace, config, prof, min_step: int | None, starts: list[int],
-                   hi: int) -> list[dict]:
-    from .sim import simulate
-    rows = []
-    for i, b in enumerate(starts):
-        end = starts[i + 1] - 1 if i + 1 < len(starts) else hi
-        run = simulate(trace, policy_for_log(lt, f"b{b}", min_step), config, prof)
-        ev: dict[int, list] = {}
-        for e in run.events:
-            ev.setdefault(e.request_id, []).append(e)
-        res = {r.request_id: r for r in run.results}
-        ds = [d for req in trace for d in compare_task(req.id, req.observed or {}, res[req.id], ev.get(req.id, []))]
-        known = [d for d in ds if d.status != "unknown"]
-        bad = next((d for d in known if d.status == "mismatch"), None)
-        rows.append({"builds": f"b{b}" if b == end else f"b{b}-b{end}", "as": f"b{b}",
-                     "agreed": sum(1 for d in known if d.status == "agreed"), "decisions": len(known),
-                     "first_mismatch_line": bad.line if bad else None})
-    return rows
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:

@@ -178,3 +178,29 @@ def test_matrix_on_older_builds(tmp_path, wheel):
     assert doc["build"] == "b" + wheel.rsplit(".", 1)[-1]
     assert doc["agreement"] == 1.0 and doc["decisions"] >= 400, doc["mismatches"][:3]
     assert doc["unknown"] < 0.05 * (doc["decisions"] + doc["unknown"])
+
+
+def test_shrink_drops_requests_while_the_mismatch_stays():
+    """A mismatch that needs requests 1 and 3 of 0..5: shrinking keeps exactly those two."""
+    from ckptsim.live.conformance import Step, Workload, shrink
+    wl = Workload("w", "", tuple(Step(prompt=(i,)) for i in range(6)))
+    small, runs = shrink(wl, lambda t: {(1,), (3,)} <= {s.prompt for s in t.steps})
+    assert [s.prompt for s in small.steps] == [(1,), (3,)] and runs == 6
+
+
+@pytest.mark.live
+def test_url_mode_checks_a_server_the_user_started(tmp_path):
+    """--url --log: the workloads that need no flags of their own run on the user's server; the
+    decisions of the requests it sent (not of earlier tasks in the log) are attributed to them."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("xllamacpp", reason="xllamacpp (pip install ckptsim[live]) is not installed")
+    from ckptsim.live.server import LiveServer, ServerFlags
+    from ckptsim.live.tinymodel import preset, write_model
+    model = write_model(tmp_path / "tiny.gguf", preset("tiny"))
+    log = tmp_path / "server.log"
+    with LiveServer(model, log, ServerFlags(n_ctx=8192)) as srv:
+        r = runner.invoke(app, ["conformance", "--url", srv.url, "--log", str(log), "--out", str(tmp_path / "o"),
+                                "--workloads", "truncate,extend,min-step", "--json"])
+    doc = json.loads(r.stdout)
+    assert [w["name"] for w in doc["workloads"]] == ["truncate", "extend"]    # min-step needs its own flags
+    assert doc["tasks"] == 6 + 7 and doc["decisions"] == 5 * 13 and doc["agreement"] == 1.0, doc["mismatches"]
