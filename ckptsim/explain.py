@@ -38,6 +38,7 @@ class TaskStory:
     prompt_n: int | None
     lost: int | None                 # common prefix re-processed for want of a checkpoint
     length_inferred: bool = False    # the prompt length is an estimate (progress lines, T-4, ...)
+    held_unnamed: str = ""           # first task of an excerpt: how many older ones its lines leave unnamed
     simulator: dict[str, str] = field(default_factory=dict)   # decision -> agreed | mismatch | unknown
     why_unknown: str = ""
     text: str = ""
@@ -82,6 +83,8 @@ def _story(t: TaskStory, step: int) -> str:
            f"prompt {'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens"
     held = (f"; the slot held checkpoints at {', '.join(_n(k) for k in t.held_before)}"
             if t.held_before else "")
+    if t.held_unnamed:
+        held += f" ({t.held_unnamed})" if held else f"; the slot held {t.held_unnamed}"
     rep = t.prompt_n if t.prompt_n is not None else (t.n_prompt - t.cache_n if t.cache_n is not None else None)
     rep_s = f"{_n(rep)} tokens re-processed{_secs(t.prompt_ms)}" if rep is not None else "re-processed"
     if t.n_past is None and t.restored < 0 and not t.full:
@@ -122,8 +125,9 @@ def _story(t: TaskStory, step: int) -> str:
 
 def explain_log(path: str | Path, version: str | None = None, profile: str | None = None) -> Explanation:
     """Explain every task of a log; ``version`` overrides the build the log is replayed as."""
-    from .ingest.log_trace import trace_from_log
+    from .ingest.log_trace import excerpt_seeds, trace_from_log
     lt = trace_from_log(path)
+    seeds, _ = excerpt_seeds(lt.log)
     val = validate_log(path, version=version, profile=profile)
     per = {p["request"]: p for p in val.per_task()}
     s = lt.log.settings
@@ -135,6 +139,14 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
         o = r.observed or {}
         slot = o.get("slot")
         before = sorted(held.get(slot, []))
+        seed = seeds.get(o.get("task", -1))
+        unnamed = ""
+        if seed is not None:
+            # an excerpt: what the task's own lines show the slot held (spec §6 scan / erase lines)
+            before = sorted(set(before) | set(seed.listed))
+            lo, hi = seed.n_older
+            more = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            unnamed = "" if hi == 0 else f"and {more} older checkpoint{'s' if hi > 1 else ''} the log does not name"
         n_past = o.get("n_lcp")
         cache_n = o.get("cache_n")
         lost = (n_past - cache_n) if (n_past is not None and cache_n is not None and n_past > cache_n) else 0
@@ -143,7 +155,8 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
         st = TaskStory(task=o.get("task", r.id), line=o.get("line", 0), slot=slot, n_prompt=r.n_prompt,
                        n_past=n_past, cache_n=cache_n, restored=int(o.get("restored", -1)),
                        full=bool(o.get("full_reprocess")), created=list(o.get("created", [])),
-                       erased=sorted(o.get("erased", [])), held_before=before, prompt_ms=o.get("prompt_ms"),
+                       erased=sorted(o.get("erased", [])), held_before=before, held_unnamed=unnamed,
+                       prompt_ms=o.get("prompt_ms"),
                        prompt_n=o.get("prompt_n"), lost=lost,
                        length_inferred=o.get("n_prompt_source") == "inferred",
                        simulator=dict(p.get("status", {})), why_unknown=why)

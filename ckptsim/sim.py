@@ -80,6 +80,20 @@ class ServerConfig:
         return max(1, min(self.eff_n_batch, self.n_ubatch))
 
 
+@dataclass(frozen=True)
+class Seeding:
+    """Slot state a log excerpt does not show, stood in for by synthetic requests
+    (``ingest.log_trace.seeded_requests``): each leaves ``ckpts[r]`` on its slot, whatever the
+    policy placed, and request ``pins[q]`` takes the slot synthetic request ``q`` left."""
+
+    ckpts: dict[int, tuple[int, ...]]
+    pins: dict[int, int]
+
+    def slot_for(self, r: int, idle: list[_Slot]) -> _Slot | None:
+        q = self.pins.get(r)
+        return None if q is None else next((s for s in idle if s.seq == q), None)
+
+
 @dataclass
 class _Slot:
     id: int
@@ -273,8 +287,12 @@ class _Device:
 
 def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = None,
              profile: CostProfile | str | None = None, *, record_events: bool = True,
-             on_progress: Callable[[int], None] | None = None) -> Run:
-    """Replay ``trace`` under ``policy`` and ``config``, costing it with ``profile``."""
+             on_progress: Callable[[int], None] | None = None,
+             seeding: Seeding | None = None) -> Run:
+    """Replay ``trace`` under ``policy`` and ``config``, costing it with ``profile``.
+
+    ``seeding`` stands in for slot state a log excerpt does not show (validation only).
+    """
     config = config or ServerConfig()
     pol = make_policy(policy)
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
@@ -331,7 +349,13 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         if not idle:
             start_s = min(s.busy_until for s in slots)
             idle = [s for s in slots if s.busy_until <= start_s]
-        slot, update_cache = _select_slot(trace, r, T, idle, sps)
+        pinned = seeding.slot_for(r, idle) if seeding is not None else None
+        if pinned is not None:
+            # the log shows the slot this task ran on, and the seed is that slot's state after any
+            # prompt-cache load: take it as it is
+            slot, update_cache = pinned, False
+        else:
+            slot, update_cache = _select_slot(trace, r, T, idle, sps)
         if record_events:
             def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "",
                      _r: int = r, _slot: int = slot.id) -> None:
@@ -418,6 +442,8 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
         prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches, plan.n_ubatches)
         decode_ms = prof.decode_ms(T, n_out)
 
+        if seeding is not None and r in seeding.ckpts:
+            slot.ckpts = [Checkpoint(k, prof.ckpt_mib(k), r, start_s) for k in seeding.ckpts[r]]
         slot.seq = r
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
         work_ms = restore_ms + prefill_ms + create_ms

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .cost import CostProfile, load_profile
-from .ingest.log_trace import LogTrace, trace_from_log
+from .ingest.log_trace import LogTrace, excerpt_seeds, n_seed_variants, seeded_requests, trace_from_log
 from .records import EventKind
 from .trace import Trace
 
@@ -227,7 +227,7 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
     decisions: list[Decision] = []
     timings: list[dict] = []
     if len(trace):
-        res_by_req, decisions = replays.get(spec) or _replay(trace, spec, config, prof)
+        res_by_req, decisions = replays.get(spec) or _replay(trace, spec, config, prof, lt)
         for req in trace:
             obs = req.observed or {}
             res = res_by_req[req.id]
@@ -252,16 +252,94 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                       settings_evidence=lt.log.evidence, fork=fork)
 
 
-def _replay(trace: Trace, spec: str, config, prof) -> tuple[dict, list[Decision]]:
-    """Simulate ``trace`` under ``spec``: (result per request, the five decisions of each task)."""
-    from .sim import simulate
-    run = simulate(trace, spec, config, prof)
-    ev: dict[int, list] = {}
-    for e in run.events:
-        ev.setdefault(e.request_id, []).append(e)
-    res = {r.request_id: r for r in run.results}
-    return res, [d for req in trace for d in compare_task(req.id, req.observed or {}, res[req.id],
-                                                         ev.get(req.id, []))]
+def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
+            ) -> tuple[dict, list[Decision]]:
+    """Simulate ``trace`` under ``spec``: (result per request, the five decisions of each task).
+
+    An excerpt's slots held checkpoints before the log starts: each is stood in for by the
+    histories its first task's lines allow (``log_trace.excerpt_seeds``), the log is replayed
+    under each, and a decision counts only where every history gives the same result (else it is
+    unknown: it depends on what the log does not show).
+    """
+    from .sim import Seeding, simulate
+    from .policies import make_policy
+    seeds, why_not = excerpt_seeds(lt.log) if lt is not None else ({}, {})
+    # User-message starts are read off the checkpoints a prefill created (log_trace, #22929 eras):
+    # a lineage reveals those past the resume point it prefilled from, not at or below it.
+    # Whether the workload is chat at all the excerpt may not show, so both are tried.
+    user_era = make_policy(spec).rules.era in ("last-user", "user")
+    runs: list[tuple[dict, dict]] = []
+    n_var = n_seed_variants(seeds) if seeds else 1
+    for v, at_resume in [(v, u) for u in ((False, True) if seeds and user_era else (False,)) for v in range(n_var)]:
+        if seeds:
+            reqs, ckpts, pins, m = seeded_requests(lt, seeds, v, at_resume)
+            run = simulate(Trace(trace.header, reqs), spec, config, prof, seeding=Seeding(ckpts, pins))
+        else:
+            run, m = simulate(trace, spec, config, prof), 0
+        ev: dict[int, list] = {}
+        for e in run.events:
+            if e.request_id >= m:
+                ev.setdefault(e.request_id - m, []).append(e)
+        runs.append(({r.request_id - m: r for r in run.results if r.request_id >= m}, ev))
+    decisions: list[Decision] = []
+    # A replay whose state parted from the log on a seeded slot (a decision the log shows came
+    # out differently) stood in for a history that was not the server's: from there on that
+    # slot's later tasks are not evidence under it. root -> variant -> (task, line) it parted at
+    parted: dict[int, dict[int, tuple[int, int]]] = {}
+    # A later task prefilling from at or below the lowest point its lineage prefilled from may meet
+    # user starts from before the log.
+    revealed_from: dict[int, int] = {}
+    for req in trace:
+        obs = req.observed or {}
+        root = obs.get("seed_root", -1)
+        if root in seeds:
+            obs = {**obs, "history_known": True}
+        elif root in why_not and not obs.get("history_known", False):
+            obs = {**obs, "history_why": why_not[root]}
+        per_run = [compare_task(req.id, obs, res[req.id], ev.get(req.id, [])) for res, ev in runs]
+        first_cut = root in seeds and seeds[root].decided_before_log and obs.get("task") == root
+        cut = (("cache_n", "restored", "full", "erased") if seeds[root].erasures_before_log
+               else ("cache_n", "restored", "full")) if first_cut else ()
+        gone = parted.get(root, {}) if root in seeds else {}
+        live = [ds for v, ds in enumerate(per_run) if v not in gone] or per_run[:1]
+        # placement and eviction start from the restore: where it depends on unseen history, so do they
+        vary = {d.decision for j, d in enumerate(live[0]) if any(ds[j].simulated != d.simulated for ds in live[1:])}
+        if vary & {"cache_n", "restored", "full"}:
+            vary |= {"created", "erased"}
+        users_unseen = -1
+        if root in seeds and user_era and obs.get("cache_n") is not None:
+            start = int(obs["cache_n"])
+            if obs.get("task") != root and 0 < start <= revealed_from.get(root, start - 1):
+                users_unseen = revealed_from[root]
+            revealed_from[root] = min(revealed_from.get(root, start), start)
+        for j, d in enumerate(live[0]):
+            if d.status == "unknown":
+                pass
+            elif d.decision in cut:
+                d = dataclasses.replace(d, status="unknown", why=(
+                    "the log starts after this restore decision (the slot's state before it is not shown)"))
+            elif gone and (len(gone) == len(per_run) or len(per_run) > 1):
+                # one stand-in left cannot show that a decision does not hang on the unseen part
+                t, ln = min(gone.values())
+                d = dataclasses.replace(d, status="unknown", why=(
+                    f"follows task {t} (line {ln}), where every stand-in for the slot's unseen history "
+                    "parted from the log"))
+            elif users_unseen >= 0 and d.decision in ("created", "erased"):
+                d = dataclasses.replace(d, status="unknown", why=(
+                    f"user-message starts at or below {users_unseen} were prefilled before the log starts "
+                    "(they place checkpoints, spec §2.3)"))
+            elif d.decision in vary:
+                sd = seeds.get(root)
+                how = f"; their count: {sd.evidence}" if sd is not None else ""
+                d = dataclasses.replace(d, status="unknown", why=(
+                    "depends on the checkpoints the slot held before the log starts" + how))
+            decisions.append(d)
+        if root in seeds:
+            for v, ds in enumerate(per_run):
+                forced = set(cut) | ({"created", "erased"} if users_unseen >= 0 else set())
+                if v not in gone and any(d.status == "mismatch" and d.decision not in forced for d in ds):
+                    parted.setdefault(root, {})[v] = (int(obs.get("task", -1)), int(obs.get("line", -1)))
+    return runs[0][0], decisions
 
 
 def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | None,
@@ -275,7 +353,7 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
         for i, b in enumerate(starts):
             end = starts[i + 1] - 1 if i + 1 < len(starts) else hi
             spec = policy_for_log(lt, f"b{b}", min_step)
-            replays[spec] = _replay(trace, spec, config, prof)
+            replays[spec] = _replay(trace, spec, config, prof, lt)
             known = [d for d in replays[spec][1] if d.status != "unknown"]
             bad = next((d for d in known if d.status == "mismatch"), None)
             rows.append({"builds": f"b{b}" if b == end else f"b{b}-b{end}", "as": f"b{b}",
@@ -312,6 +390,8 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
         why = "checkpoint lines not visible (use -lv 4)"
     elif not obs.get("history_known", False):
         why = "the slot's earlier history is not in the log"
+        if obs.get("history_why"):
+            why += f" ({obs['history_why']})"
     out: list[Decision] = []
 
     def add(name: str, logged: Any, sim: Any, known_why: str, ln: int) -> None:

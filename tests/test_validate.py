@@ -52,10 +52,12 @@ def test_wrong_build_is_caught_with_line_numbers(shared_dir: Path) -> None:
 
 
 @pytest.mark.shared
-def test_excerpt_without_slot_history_is_unknown(shared_dir: Path) -> None:
-    # 010 starts mid-run: slot 0 already held 1562 tokens and two checkpoints we never saw created
-    v = validate_log(_log(shared_dir, "010"))
+def test_excerpt_started_after_the_restore_leaves_it_unknown(shared_dir: Path) -> None:
+    # 026 holds one create line and the timings of a task whose start is not in the excerpt: neither
+    # n_past nor the slot's checkpoints are shown, so nothing can be settled (and it says why)
+    v = validate_log(_log(shared_dir, "026"))
     assert v.agreement is None and all(d.status == "unknown" for d in v.decisions)
+    assert all("after its restore decision" in d.why for d in v.decisions)
 
 
 def test_default_verbosity_log_of_a_new_build_settles_nothing(tmp_path: Path) -> None:

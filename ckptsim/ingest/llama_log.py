@@ -279,7 +279,8 @@ _RULES: list[_Rule] = [
         lambda m, s: {"n_done": int(m.group(1)), "progress": float(m.group(2))}),
     _Rule(FactKind.PROMPT_DONE, "prompt processing done", re.compile(
         r"prompt processing done, n_tokens = (\d+), batch\.n_tokens = (\d+)"),
-        _ints("n_cache", "n_batch_tokens")),
+        # b8157-b9160: the checkpoint lines of the prompt come before this one (spec §6)
+        lambda m, s: {"n_cache": int(m.group(1)), "n_batch_tokens": int(m.group(2)), "after_creates": True}),
     _Rule(FactKind.PROMPT_DONE, "prompt done, n_", re.compile(
         r"prompt done, (?:n_past|n_tokens) = (\d+), (?:batch\.)?n_tokens = (\d+)"),
         _ints("n_cache", "n_batch_tokens")),

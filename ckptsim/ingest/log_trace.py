@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,12 @@ class TaskObs:
     parent_task: int                 # task id of the sequence the slot held (-1: none or unknown)
     parent_n_cache: int              # its length (the slot's cache length L)
     history_known: bool = True       # the slot's whole history (tokens, checkpoints) is in the log
+    # For excerpts (issue #12, item 1): what the task's own lines show of the slot's state before it.
+    checked: tuple[int, ...] = ()    # n_tokens of the checkpoints 'checking checkpoint with [a, b]' named
+    created_index: tuple[int, ...] = ()   # the N of 'created context checkpoint N of M', per created line
+    n_cache_probe: int | None = None # slot.prompt.tokens.size() from the probe line (b6766-b9314)
+    seed_root: int = -1              # first task of this slot's unseen history (-1: none or unseedable)
+    started_in_log: bool = True      # the task's start (selection, 'processing task', new prompt) is in the log
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -103,7 +110,7 @@ class TaskObs:
         ev += [[k, n, ln] for k, n, ln in self.cache]
         return {"task": self.task, "slot": self.slot, "line": self.line,
                 "visible": visible, "history_known": self.history_known, "complete": self.complete, "cancelled": self.cancelled,
-                "n_prompt_source": self.n_prompt_source,
+                "n_prompt_source": self.n_prompt_source, "seed_root": self.seed_root,
                 "n_lcp": self.n_lcp, "n_lcp_source": self.n_lcp_source,
                 "cache_n": self.cache_n, "cache_n_source": self.cache_n_source,
                 "restored": self.restored, "full_reprocess": self.full_reprocess,
@@ -151,6 +158,11 @@ class _Acc:
     parent_n_cache: int = 0
     state_known: bool = True
     load_unresolved: bool = False
+    prefill_done: bool = False         # "prompt processing done" (b8157-b9160: after the creates)
+    checked: list[int] = field(default_factory=list)
+    created_index: list[int] = field(default_factory=list)
+    seed_root: int = -1
+    started: bool = True
 
 
 @dataclass
@@ -260,7 +272,9 @@ class _Builder:
         if f.task >= 0:
             acc = self.tasks.get(f.task)
             if acc is None:          # the excerpt starts inside this task
-                acc = self._start(f.task, f.slot, f.line, f.t_s, started=False)
+                # the new-prompt and probe lines come before the restore decision: it is in the log
+                acc = self._start(f.task, f.slot, f.line, f.t_s,
+                                  started=f.kind in (FactKind.NEW_PROMPT, FactKind.PROBE))
             return acc
         if f.slot >= 0 and f.slot in self.last_task_on_slot:
             return self.tasks[self.last_task_on_slot[f.slot]]
@@ -269,15 +283,18 @@ class _Builder:
         return None
 
     def _start(self, task: int, slot: int, line: int, t_s: float | None, started: bool) -> _Acc:
-        acc = _Acc(task, slot, line, t_s)
+        acc = _Acc(task, slot, line, t_s, started=started)
         st = self.slot_state.get(slot)
         if st is not None:
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
+            acc.seed_root = self._root(st)
         else:
             # every slot starts empty: known when the log shows the server starting up
             acc.state_known = "n_slots" in self.settings or "n_ctx_slot" in self.settings
             acc.parent_task, acc.parent_n_cache = -1, 0
+            if not acc.state_known:
+                acc.seed_root = task   # the slot's history before this task is not in the log
         self.tasks[task] = acc
         self.order.append(task)
         self.last_task_on_slot[slot] = task
@@ -335,6 +352,7 @@ class _Builder:
         elif k is FactKind.CHECKING:
             if acc.against is None:
                 acc.against = v["against"]
+            acc.checked.append(v["pos_max"] + 1)     # hybrid/recurrent: n_tokens = pos_max + 1 (spec §0)
         elif k is FactKind.RESTORED:
             acc.restored, acc.restored_line = v["n_tokens"], f.line
             acc.restored_n_past = v.get("n_past")
@@ -350,6 +368,7 @@ class _Builder:
             acc.erased.append((EventKind.SUPERSEDED.value, v["n_tokens"], f.line))
         elif k is FactKind.CREATED:
             acc.created.append((v["n_tokens"], float(v.get("size_mib", 0.0)), f.line))
+            acc.created_index.append(int(v.get("index", -1)))
             if "size_mib" in v:
                 self.ckpt_sizes.append((v["n_tokens"], v["size_mib"]))
             if "max" in v:
@@ -370,6 +389,8 @@ class _Builder:
             acc.need_one = (v["n_past"], v["n_prompt"])
         elif k is FactKind.N_PAST_SET:
             acc.n_past_set = v["n_past"]
+        elif k is FactKind.PROMPT_DONE and f.v.get("after_creates"):
+            acc.prefill_done = True
         elif k is FactKind.TIMING_PROMPT:
             acc.prompt_ms, acc.prompt_n = v["ms"], int(v["n_tokens"])
         elif k is FactKind.TIMING_EVAL:
@@ -386,7 +407,11 @@ class _Builder:
         if k is FactKind.CACHE_SAVE:
             self.state_sizes.append((v["n_tokens"], v["size_mib"]))
             src = self.idle_saving if self.idle_saving >= 0 else self.sel_slot
-            st = self.slot_state.get(src, (-1, 0))
+            st = self.slot_state.get(src)
+            if st is None:
+                # a slot the log never showed: empty only if the log shows the server starting
+                started = "n_slots" in self.settings or "n_ctx_slot" in self.settings
+                st = (-1, 0) if started else (-3, v["n_tokens"])
             self.entries.append((st[0], v["n_tokens"]))
         elif k is FactKind.CACHE_LOAD:
             # Which entry? The candidate listing (newer builds) says; else match the probe later.
@@ -444,6 +469,7 @@ class _Builder:
         if st is not None:
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
+            acc.seed_root = self._root(st)
 
     def _resolve_load(self, acc: _Acc, f_keep: float, sim: float) -> None:
         """The prompt-cache entry a load took, from f_keep = lcp/len(entry) and sim = lcp/T as
@@ -460,6 +486,7 @@ class _Builder:
             self.slot_state[acc.slot] = st
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
+            acc.seed_root = self._root(st)
 
     def _known(self, st: tuple[int, int]) -> bool:
         """Whether a slot holding ``st`` has a history we saw whole (tokens and checkpoints)."""
@@ -469,6 +496,13 @@ class _Builder:
             return False         # loaded from the prompt cache, entry unknown
         parent = self.tasks.get(st[0])
         return parent is not None and parent.state_known
+
+    def _root(self, st: tuple[int, int]) -> int:
+        """The seedable first task of the unseen history a slot holding ``st`` descends from."""
+        if st[0] < 0:
+            return -1            # empty (nothing unseen), or a prompt-cache entry we cannot name
+        parent = self.tasks.get(st[0])
+        return parent.seed_root if parent is not None else -1
 
     def finish(self) -> list[TaskObs]:
         out = []
@@ -535,7 +569,8 @@ def _finalize(a: _Acc) -> TaskObs:
         T, t_src = int(round(a.progress[0] / a.progress[1])), "inferred"
     if T is None and a.stop_n is not None and a.gen_n is not None:
         T, t_src = a.stop_n - a.gen_n + 1, "inferred"
-    complete = (a.prompt_ms is not None or a.stop_n is not None) and not (a.cancelled and a.prompt_ms is None)
+    complete = (a.prompt_ms is not None or a.stop_n is not None or a.prefill_done) and \
+        not (a.cancelled and a.prompt_ms is None)
     return TaskObs(
         task=a.task, slot=a.slot, line=a.line, t_s=a.t_s, n_prompt=T, n_prompt_source=t_src,
         n_lcp=n_lcp, n_lcp_source=lcp_src, cache_n=cache_n, cache_n_source=cn_src,
@@ -544,7 +579,9 @@ def _finalize(a: _Acc) -> TaskObs:
         cache=tuple(a.cache), selected=a.selected, prompt_ms=a.prompt_ms, prompt_n=a.prompt_n,
         gen_n=a.gen_n, n_cache_after=a.stop_n, t_stop_s=a.t_stop_s, cancelled=a.cancelled, complete=complete,
         user_starts=tuple(sorted(a.user)), parent_task=a.parent_task, parent_n_cache=a.parent_n_cache,
-        history_known=a.state_known)
+        history_known=a.state_known, checked=tuple(a.checked), created_index=tuple(a.created_index),
+        n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
+        started_in_log=a.started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,3 +677,234 @@ def trace_from_log(path: str | Path, name: str | None = None,
                                              "logged per task (EventKind vocabulary, with log lines)",
                          meta=meta)
     return LogTrace(header, reqs, lt, left_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Excerpts (issue #12, item 1): the state a slot held before the log starts, from the lines of
+# its first task. The restore scan prints one "checking checkpoint with [a, b] against n_past"
+# line per checkpoint, newest first, down to the one it restores (spec §6); the invalidation
+# erases every checkpoint past pos_next; and "created context checkpoint N of M" counts the list
+# after the append (spec §2.4). Together they pin the newest checkpoints down, and often the
+# count of the older ones. What stays open (how many older ones, where) is bracketed: the log is
+# replayed under several histories that fit every line, and a decision is settled only where all
+# of them agree.
+
+@dataclass(frozen=True)
+class SlotSeed:
+    """What one slot held before the excerpt, as far as its first task's lines show."""
+
+    task: int                         # the slot's first task in the log
+    n_cache: int                      # L: tokens the slot held (probe line, else the least that fits)
+    n_past: int                       # common prefix of the slot's tokens and the task's prompt
+    listed: tuple[int, ...]           # checkpoints the lines name (checking, restored, invalidated, erased)
+    n_older: tuple[int, int]          # (fewest, most) checkpoints older than those, unnamed
+    bound: int                        # unnamed older checkpoints lie at or below this position
+    evidence: str                     # how the older count was read, in words
+    above: int = 0                    # ... and above this one (an older one FIFO named as erased)
+    # The excerpt starts after the task's restore decision: its restore / reset line shows the
+    # outcome, which the seed reproduces, so that decision is not evidence (only what follows is).
+    decided_before_log: bool = False
+    # ... and not even its restore line is there: the invalidated erasures may be cut off too
+    erasures_before_log: bool = False
+
+    def variants(self) -> list[tuple[int, ...]]:
+        """Checkpoint lists (ascending) that fit the lines: the fewest and the most older ones,
+        spread out, packed just below the oldest scanned one, or packed at the bottom -- the
+        extremes of what a later restore, the min step and spacing eviction could see."""
+        out: list[tuple[int, ...]] = []
+        for n in sorted(set(self.n_older)):
+            free = [p for p in range(self.above + 1, self.bound + 1) if p not in self.listed]
+            if n > len(free):
+                continue
+            for how in ("spread", "high", "low"):
+                if how == "high":
+                    older = free[len(free) - n:]
+                elif how == "low":
+                    older = free[:n]
+                else:
+                    older = [free[(i + 1) * len(free) // (n + 1) - 1] for i in range(n)] if n else []
+                v = tuple(sorted(list(older) + list(self.listed)))
+                if v not in out:
+                    out.append(v)
+        return out or [tuple(sorted(self.listed))]
+
+
+def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
+    """Seeds for the first task of each slot whose history is not in the log, and, for the
+    tasks that cannot be seeded, why (task id -> reason)."""
+    seeds: dict[int, SlotSeed] = {}
+    why_not: dict[int, str] = {}
+    cap = int(lt.settings.get("ctx_checkpoints", 32))
+    scan_printed = lt.build >= 8232         # "Checking checkpoint with ..." exists from b8232 (spec §6)
+    # Checkpoints later tasks of the same lineage name (scan, restore, erase) that no task of it
+    # created in the log existed before it: they are history the first task's lines did not show.
+    # Every removal is logged, so an unnamed one survives the whole excerpt, and FIFO (oldest first)
+    # erasing one of them puts every unnamed one above it.
+    later: dict[int, set[int]] = {}
+    fifo_later: dict[int, int] = {}
+    made: dict[int, set[int]] = {}
+    for t in lt.tasks:
+        if t.seed_root < 0:
+            continue
+        mine = made.setdefault(t.seed_root, set())
+        if t.task != t.seed_root:
+            seen = set(t.checked) | {n for _, n, _ in t.erased} | ({t.restored} if t.restored >= 0 else set())
+            later.setdefault(t.seed_root, set()).update(seen - mine)
+            for k, n, _ in t.erased:
+                if k == EventKind.ERASED_OLD.value and n not in mine:
+                    fifo_later[t.seed_root] = max(fifo_later.get(t.seed_root, 0), n)
+        mine.update(n for n, _, _ in t.created)
+    for t in lt.tasks:
+        if t.seed_root != t.task:
+            continue
+        reason = _seed_blocker(t, lt.visible)
+        if reason:
+            why_not[t.task] = reason
+            continue
+        T = int(t.n_prompt)
+        before = not t.started_in_log
+        blind = before and t.restored < 0 and not t.full_reprocess
+        if blind:
+            # only cache_n is shown (seq_rm / prompt eval): stand the history in as a pure extension
+            # of cache_n, which places and evicts from the same start as whatever happened
+            n_past = int(t.cache_n)
+        elif before:
+            n_past = t.restored if t.restored >= 0 else 0
+        else:
+            n_past = int(t.n_lcp if t.n_lcp is not None else t.cache_n)
+        searched = (bool(t.checked) or t.restored >= 0 or t.full_reprocess or t.n_cache_probe is not None) \
+            and not blind
+        invalidated = [n for k, n, _ in t.erased if k == EventKind.ERASED_INVALIDATED.value]
+        first_create = min((ln for _, _, ln in t.created), default=None)
+        created_here = {n for n, _, _ in t.created}
+        # checkpoints the FIFO / spacing pass erased before this task created anything existed before it
+        evicted_pre = [n for k, n, ln in t.erased if k != EventKind.ERASED_INVALIDATED.value
+                       and (first_create is None or ln < first_create or n not in created_here)]
+        # Before #28302 (b11000) two checkpoints can share a position (a re-create at the restore
+        # point): count each position as often as the most any one kind of line names it.
+        named = Counter(t.checked)
+        for src in (Counter(invalidated), Counter(evicted_pre), Counter([t.restored] if t.restored >= 0 else [])):
+            named |= src
+        listed = set(named)
+        if t.n_cache_probe is not None:
+            L = t.n_cache_probe
+        elif searched:
+            # a search runs only when the cache holds more than the common prefix, or the prompt is
+            # fully cached (spec §2.2): the least length that fits
+            L = n_past + 1 if n_past < T else n_past
+        else:
+            L = n_past                       # no search: a pure extension (n_past == L) or n_past == 0
+        L = max(L, 1, max(listed, default=0))
+        # The scan lists every checkpoint when none is chosen; the invalidation after a reset or
+        # with n_past == 0 (b8400+, it runs for every request) erases all of them but k <= 1.
+        whole = (t.full_reprocess and (scan_printed or lt.build >= 8400)) or \
+            (n_past == 0 and lt.build >= 8400 and not before)
+        kept = [n for n in listed if n not in invalidated]
+        old_reset = t.full_reprocess and not whole
+        if whole:
+            n_older, how = (0, 0), "the scan or the invalidation named every checkpoint"
+        elif old_reset:
+            # before b8400 a reset erased only pos_min > n_past - 1 and kept none below (those would
+            # have been restored): one checkpoint at exactly n_past may have stayed, unnamed
+            n_older, how = (0, 1), "a reset before b8400 may keep one at n_past, unnamed"
+        elif t.created_index and t.created_index[0] > 0:
+            # count after the first append = older + kept + 1 - erased before it (spec §2.4)
+            n_erased_before = sum(1 for k, _, ln in t.erased if k != EventKind.ERASED_INVALIDATED.value
+                                  and first_create is not None and ln < first_create)
+            n = t.created_index[0] - 1 - len(kept) + n_erased_before
+            if n < 0:
+                why_not[t.task] = (f"'created ... {t.created_index[0]} of' contradicts the "
+                                   f"{len(kept)} checkpoints the lines name")
+                continue
+            n_older, how = (n, n), (f"'created context checkpoint {t.created_index[0]} of ...' "
+                                    f"(line {first_create}) counts them")
+        else:
+            n_older, how = (0, max(0, cap - len(kept))), "not in the log"
+        # FIFO erases the oldest first, so unnamed older checkpoints lie above the ones it named
+        fifo = [n for k, n, _ in t.erased if k == EventKind.ERASED_OLD.value and n in evicted_pre]
+        above = max(fifo, default=0)
+        # the scan lists the newest down to the one restored: every unnamed one is older, so lower
+        scanned = [n for n in set(t.checked) | ({t.restored} if t.restored >= 0 else set()) if n in kept]
+        bound = (min(scanned) - 1) if scanned else (n_past + 1 if searched else L)
+        if old_reset:
+            above, bound = n_past - 1, n_past
+        # later tasks' names for older checkpoints: fixed members, fewer unnamed ones
+        extra = {n for n in later.get(t.task, set()) - listed if above < n <= bound}
+        if extra and n_older[1] >= len(extra):
+            listed |= extra
+            n_older = (max(0, n_older[0] - len(extra)), n_older[1] - len(extra))
+            above = max(above, min(fifo_later.get(t.task, 0), bound))
+        for n in extra:
+            named[n] = max(named[n], 1)
+        seeds[t.task] = SlotSeed(t.task, L, n_past, tuple(sorted(named.elements())), n_older, max(bound, 0),
+                                 how, above, before, blind)
+    return seeds, why_not
+
+
+def _seed_blocker(t: TaskObs, visible: bool) -> str:
+    """Why the slot state before ``t`` cannot be read off its lines ('' when it can)."""
+    if not visible:
+        return "checkpoint lines not visible (use -lv 4)"
+    if not t.started_in_log and t.restored < 0 and not t.full_reprocess \
+            and t.cache_n_source not in ("seq_rm", "prompt_n"):
+        return "the excerpt starts inside the task, after its restore decision"
+    if t.n_prompt is None:
+        return "the prompt length is not in the log"
+    if t.n_prompt_source == "inferred":
+        # an estimated length still settles the restore step when the prompt surely goes past
+        # n_past (spec §2.2 needs only n_past < T); placement stays unknown (compare_task)
+        n_past = t.n_lcp if t.n_lcp is not None else t.cache_n
+        past = max((n for n, _, _ in t.created), default=0)
+        if n_past is None or not (past > n_past or n_past < 0.98 * t.n_prompt):
+            return "the prompt length is not in the log"
+    if t.started_in_log and (t.n_lcp is None and t.cache_n_source not in ("seq_rm", "prompt_n", "empty")):
+        return "the common prefix with the slot's tokens (n_past) is not in the log"
+    return ""
+
+
+def seeded_requests(log_trace: LogTrace, seeds: dict[int, SlotSeed], variant: int, user_at_resume: bool = False
+                    ) -> tuple[list[Request], dict[int, tuple[int, ...]], dict[int, int], int]:
+    """The log's requests behind one synthetic request per seed (the slot's unseen history).
+
+    Returns (requests, checkpoints each synthetic request leaves on its slot, the slot each seeded
+    task takes (its synthetic request's), number of synthetic requests): real request i becomes
+    i + that number. ``user_at_resume`` puts a user-message start at each seeded task's resume
+    point: a checkpoint there is what #22929's eras place at a user start, and the excerpt cannot
+    show whether one is (its lines reveal user starts only past the resume point). A synthetic request arrives just before
+    its task and keeps its slot busy until then, so no other task's launch saves or clears it
+    (spec §2.1) and its task finds it by the common prefix.
+    """
+    reqs = log_trace.requests
+    by_task = {int((r.observed or {}).get("task", -1)): r for r in reqs}
+    roots = [s for s in seeds.values() if s.task in by_task]
+    m = len(roots)
+    out: list[Request] = []
+    ckpts: dict[int, tuple[int, ...]] = {}
+    root_of: dict[int, int] = {}
+    pins: dict[int, int] = {}
+    for i, s in enumerate(roots):
+        r = by_task[s.task]
+        vs = s.variants()
+        ckpts[i] = vs[min(variant, len(vs) - 1)]
+        out.append(Request(id=i, session=r.session, t_s=r.t_s - 1e-3, n_prompt=s.n_cache, n_output=1,
+                           observed={"synthetic": True, "t_done_s": r.t_s - 1e-6}))
+        root_of[r.id] = i
+    for r in reqs:
+        if r.id in root_of:
+            s = roots[root_of[r.id]]
+            pins[r.id + m] = root_of[r.id]
+            n_shared = min(s.n_past, r.n_prompt, s.n_cache)
+            users = r.user_starts
+            resume = (r.observed or {}).get("cache_n")
+            if user_at_resume and resume is not None and 0 <= resume < r.n_prompt:
+                users = tuple(sorted(set(users) | {int(resume)}))
+            out.append(dataclasses.replace(r, id=r.id + m, parent=root_of[r.id] if n_shared else -1,
+                                           n_shared=n_shared, user_starts=users))
+        else:
+            out.append(dataclasses.replace(r, id=r.id + m, parent=r.parent + m if r.parent >= 0 else -1))
+    return out, ckpts, pins, m
+
+
+def n_seed_variants(seeds: dict[int, SlotSeed]) -> int:
+    """How many replays bracket the unseen histories (variant i applies to every seed at once)."""
+    return max((len(s.variants()) for s in seeds.values()), default=1)
