@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 
 from .cost import load_profile
 from .server import ServerRules, parse_build
+from .server_args import parse_server_args
 from .sim import ServerConfig
 from .sweep import SweepTask, run_sweep
 
@@ -61,8 +61,11 @@ class Flags:
         return "llama-server:" + ",".join(parts)
 
     def command_line(self, n_slots: int) -> str:
-        """The flags as the user types them (long names, spec §8)."""
-        args = ["llama-server", "-np", str(n_slots), "--ctx-checkpoints", str(self.ctx_checkpoints)]
+        """The flags as the user types them (long names, spec §8). With more than one slot the
+        line says -kvu: the simulator shares one KV cache between the slots (and saves idle slots
+        to the prompt cache), which an explicit -np without -kvu turns off (spec §8)."""
+        args = ["llama-server", "-np", str(n_slots)] + (["-kvu"] if n_slots > 1 else [])
+        args += ["--ctx-checkpoints", str(self.ctx_checkpoints)]
         if self.min_step is not None:
             args += ["--checkpoint-min-step", str(self.min_step)]
         if self.every_n is not None:
@@ -84,32 +87,20 @@ def default_flags(version: str) -> Flags:
 
 
 def flags_from_command_line(line: str, version: str, base: ServerConfig | None = None) -> tuple[ServerConfig, str]:
-    """Parse a printed flag line back into (ServerConfig, policy spec); the defaults fill the gaps."""
+    """Parse a printed flag line back into (ServerConfig, policy spec); the build's defaults fill
+    the gaps (server_args reads the line, as ``simulate --server-args`` does)."""
     d = default_flags(version)
-    base = base or ServerConfig()
-    args = shlex.split(line)
-    if args and args[0].endswith("llama-server"):
-        args = args[1:]
-    vals: dict[str, str] = {}
-    names = {"-np": "np", "--parallel": "np", "--ctx-checkpoints": "cp", "-ctxcp": "cp",
-             "--checkpoint-min-step": "ms", "-cms": "ms", "--cache-ram": "ram", "-cram": "ram",
-             "--checkpoint-every-n-tokens": "en", "-cpent": "en", "-b": "b", "--batch-size": "b",
-             "-ub": "ub", "--ubatch-size": "ub"}
-    i = 0
-    while i < len(args):
-        key = names.get(args[i])
-        if key is None or i + 1 >= len(args):
-            raise ValueError(f"flag line: cannot read {args[i]!r} (in {line!r})")
-        vals[key] = args[i + 1]
-        i += 2
-    f = Flags(int(vals.get("cp", d.ctx_checkpoints)), float(vals.get("ram", d.cache_ram_mib)),
-              int(vals["ms"]) if "ms" in vals else d.min_step,
-              int(vals["en"]) if "en" in vals else d.every_n,
-              int(vals.get("b", d.n_batch)), int(vals.get("ub", d.n_ubatch)))
-    cfg = dataclasses.replace(base, n_slots=int(vals.get("np", base.n_slots)),
-                              ctx_checkpoints=f.ctx_checkpoints, cache_ram_mib=f.cache_ram_mib,
-                              n_batch=f.n_batch, n_ubatch=f.n_ubatch)
+    a = parse_server_args(line)
+    f = Flags(_given(a.ctx_checkpoints, d.ctx_checkpoints), _given(a.cache_ram_mib, d.cache_ram_mib),
+              _given(a.min_step, d.min_step), _given(a.every_n, d.every_n),
+              _given(a.n_batch, d.n_batch), _given(a.n_ubatch, d.n_ubatch))
+    cfg = a.config(dataclasses.replace(base or ServerConfig(), ctx_checkpoints=f.ctx_checkpoints,
+                                       cache_ram_mib=f.cache_ram_mib, n_batch=f.n_batch, n_ubatch=f.n_ubatch))
     return cfg, f.policy_spec(version)
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -179,12 +170,6 @@ def _aggregate(rows: pd.DataFrame) -> dict:
     return out
 
 
-def _with_prompt_s(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    df["prompt_s"] = df["prefill_s"] + df["restore_s"] + df["create_s"]
-    return df
-
-
 def recommend(trace_paths: list[str | Path], version: str = "latest", profile: str | None = None,
               ram_mib: float | None = None, vram_mib: float | None = None, n_slots: int = 1,
               objective: str = "prefill", base: ServerConfig | None = None, jobs: int | None = None,
@@ -231,7 +216,7 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
                 for p in traces:
                     tasks.append(SweepTask(p, pol or f.policy_spec(version), cfg, profile))
                     keys.append(f)
-        df = _with_prompt_s(run_sweep(tasks, jobs=jobs, on_done=on_done))
+        df = run_sweep(tasks, jobs=jobs, on_done=on_done)   # rows carry prompt_s (metrics.with_prompt_s)
         df["flags"] = keys
         return df
 
@@ -274,7 +259,7 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
         a.update(policy=s, gain_vs_recommended=gain(claimed, a, objective))
         alt_rows.append(a)
         if s != "oracle" and a["gain_vs_recommended"] >= MUCH_BETTER:
-            notes.append(f"{s} would cut {_label(objective)} by {a['gain_vs_recommended']:.0%} at the same "
+            notes.append(f"{s} would cut {_label(objective).split(' (')[0]} by {a['gain_vs_recommended']:.0%} at the same "
                          f"memory ({claimed[col]:,.1f} -> {a[col]:,.1f}): a policy the server's flags "
                          "cannot express; evidence for an upstream change"
                          + (" (coverage-preserving eviction, PR #22826, not merged)"
@@ -330,7 +315,9 @@ def _search_batch_sizes(best: Flags, claimed: dict, col: str, evaluate, per_flag
 
 
 def _label(objective: str) -> str:
-    return "prompt time" if objective == "prefill" else "p95 TTFT"
+    """The objective as tables and sentences name it (metrics.LABELS): prompt time is prefill +
+    checkpoint restore + creation (``prompt_s``), never prefill alone (``prefill_s``)."""
+    return "prompt time (prefill + restore + create)" if objective == "prefill" else "TTFT p95"
 
 
 def _row_dict(row: pd.Series) -> dict:
@@ -354,17 +341,21 @@ def pareto_front(table: pd.DataFrame, col: str) -> pd.DataFrame:
 
 def explain(rec: Recommendation) -> list[str]:
     """Sentences that say what to set and why."""
+    from .metrics import format_ms
     col = OBJECTIVES[rec.objective]
-    unit = "s" if col == "prompt_s" else "ms"
+
+    def v(x: float) -> str:
+        return f"{x:,.1f} s" if col == "prompt_s" else format_ms(x)
+
     g = gain(rec.defaults, rec.claimed, rec.objective)
     gap = gain(rec.claimed, rec.oracle, rec.objective)
     lines = [f"Set: {rec.command_line}",
-             f"Expected {_label(rec.objective)}: {rec.claimed[col]:,.1f} {unit} "
-             f"(server defaults: {rec.defaults[col]:,.1f} {unit}; {g:.1%} less), "
+             f"Expected {_label(rec.objective)}: {v(rec.claimed[col])} "
+             f"(server defaults: {v(rec.defaults[col])}; {g:.1%} less), "
              f"RAM for checkpoints + prompt cache <= {rec.claimed['ram_mib']:,.0f} MiB "
              f"({rec.ckpt_mib:,.1f} MiB per checkpoint).",
-             f"Offline optimum at these flags (oracle policy): {rec.oracle[col]:,.1f} {unit} "
-             f"({gap:.1%} below the recommendation); proven lower bound on prefill: "
+             f"Offline optimum at these flags (oracle policy): {v(rec.oracle[col])} "
+             f"({gap:.1%} below the recommendation); proven lower bound on prefill alone: "
              f"{rec.bound['prefill_s']:,.1f} s, {rec.bound['reprocessed_tokens']:,} tokens re-processed "
              f"(recommendation: {rec.claimed['reprocessed_tokens']:,})."]
     return lines + rec.notes

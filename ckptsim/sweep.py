@@ -123,12 +123,13 @@ def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy_cap: int | Non
 def run_task(task: SweepTask) -> dict:
     """Simulate one task and return its tidy row (runs in a worker process)."""
     from .cost import load_profile
+    from .metrics import with_prompt_s
     from .sim import simulate
     t0 = time.perf_counter()
     trace = _trace(task.trace_path)
     prof = load_profile(task.profile)
     run = simulate(trace, task.policy, task.config, prof, record_events=False)
-    row = run.summary()
+    row = with_prompt_s(run.summary())
     cfg = task.config
     pol = make_policy(task.policy)
     max_ckpt = prof.ckpt_mib(int(trace.n_prompt.max())) if len(trace) else prof.ckpt_mib(0)

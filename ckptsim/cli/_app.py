@@ -89,12 +89,13 @@ def _json_default(o: Any) -> Any:
 
 
 def progress(enabled: bool = True):
-    """A rich progress display on stderr (callers add their tasks); hidden when disabled."""
+    """A rich progress display on stderr (callers add their tasks). Hidden when disabled (--json,
+    --quiet) and when stderr is not a terminal: a log file gets no bar frames."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, disable=not enabled, transient=False)
+                    console=err, disable=not enabled or not err.is_terminal, transient=False)
 
 
 def int_list(text: str, flag: str) -> list[int]:

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_jobs,
                    check_policies, check_profile, cli_errors, err, file_backend, int_list, out,
                    print_json, progress)
-from .sim_cmds import QueueOpt, arrival_order, split_policies
+from ._tables import Col, show_table
+from .sim_cmds import QueueOpt, WideOpt, _col, arrival_order, split_policies
 
 TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
@@ -54,15 +55,17 @@ def sweep(traces: List[Path] = TracesArg,
                                            help="Policy spec; repeat, or separate with ';'."),
           ctx_checkpoints: str = typer.Option("4,8,16,32,64,128", "--ctx-checkpoints", "-ctxcp",
                                               help="Comma-separated checkpoint counts per slot."),
-          min_step: Optional[str] = typer.Option(None, "--min-step", help="Comma-separated "
-                                                 "--checkpoint-min-step values (llama-server, coverage)."),
-          cache_ram: str = typer.Option("8192", "--cache-ram", help="Comma-separated prompt-cache MiB."),
-          n_slots: str = typer.Option("1", "--n-slots", "-np", help="Comma-separated slot counts."),
-          batch: int = typer.Option(2048, "--batch", "-b"), ubatch: int = typer.Option(512, "--ubatch", "-ub"),
+          min_step: Optional[str] = typer.Option(None, "--checkpoint-min-step", "-cms", "--min-step",
+                                                 help="Comma-separated --checkpoint-min-step values "
+                                                      "(llama-server, coverage)."),
+          cache_ram: str = typer.Option("8192", "--cache-ram", "-cram", help="Comma-separated prompt-cache MiB."),
+          n_slots: str = typer.Option("1", "--n-slots", "-np", "--parallel", help="Comma-separated slot counts."),
+          batch: int = typer.Option(2048, "--batch-size", "-b", "--batch", help="Logical batch size (-b)."),
+          ubatch: int = typer.Option(512, "--ubatch-size", "-ub", "--ubatch", help="Physical batch size (-ub)."),
           profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
           output: Path = typer.Option(..., "-o", "--output", help="OUT.csv or OUT.parquet."),
           force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
-          queue: str = QueueOpt, as_json: bool = JsonOpt) -> None:
+          queue: str = QueueOpt, wide: bool = WideOpt, as_json: bool = JsonOpt) -> None:
     """Simulate traces x policies x flags on all cores; write one tidy table (one row per run)."""
     from ..sim import ServerConfig
     from ..sweep import expand, run_sweep, write_table
@@ -90,15 +93,31 @@ def sweep(traces: List[Path] = TracesArg,
     if as_json:
         print_json({"output": str(output), "rows": len(df), "columns": list(df.columns)})
         return
-    t = Table(title=f"{len(df)} runs -> {output}", title_justify="left")
-    for c in ("trace", "policy", "ctxcp", "re-processed tok", "prefill s", "TTFT p95"):
-        t.add_column(c, justify="left" if c in ("trace", "policy") else "right")
-    for _, r in df.head(40).iterrows():
-        t.add_row(str(r["trace"]), str(r["policy"]), str(r["ctx_checkpoints"]), f"{r['reprocessed_tokens']:,}",
-                  f"{r['prefill_s']:,.1f}", _cell(r["ttft_p95_ms"], "ttft_p95_ms"))
-    out.print(t)
+    show_table(f"{len(df)} runs -> {output}", _sweep_columns(df), _sweep_rows(df.head(40)), wide=wide)
     if len(df) > 40:
         err.print(f"(first 40 of {len(df)} rows shown; all in {output})")
+
+
+def _sweep_columns(df) -> list[Col]:
+    """The swept flags (those with more than one value) and the main metrics."""
+    varies = {c: df[c].nunique(dropna=False) > 1 for c in ("trace", "min_step", "cache_ram_mib", "n_slots")
+              if c in df.columns}
+    cols = [Col("trace", "trace", "trace" if varies.get("trace") else None, text=True),
+            Col("policy", "policy", "policy", text=True),
+            Col("ctx_checkpoints", "--ctx-checkpoints", "ctxcp", legend="--ctx-checkpoints")]
+    if varies.get("min_step"):
+        cols.append(Col("min_step", "--checkpoint-min-step", "cms", legend="--checkpoint-min-step"))
+    if varies.get("cache_ram_mib"):
+        cols.append(Col("cache_ram_mib", "--cache-ram", "cram", legend="--cache-ram"))
+    if varies.get("n_slots"):
+        cols.append(Col("n_slots", "-np", "-np"))
+    return cols + [_col("reprocessed_tokens"), _col("prefill_s"), _col("prompt_s", compact=False),
+                   _col("ttft_p95_ms")]
+
+
+def _sweep_rows(df) -> list[dict]:
+    from ..metrics import with_prompt_s
+    return [{k: _cell(v, k) for k, v in with_prompt_s(r).items()} for r in df.to_dict("records")]
 
 
 @app.command()
@@ -112,10 +131,12 @@ def recommend(traces: List[Path] = TracesArg,
                                                        "against the KV of the longest prompt)."),
               n_slots: str = typer.Option("1", "--n-slots", "-np", help="Slots (-np); a comma list "
                                           "(e.g. 1,2,4) searches them too."),
-              objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time) or p95 "
-                                            "(95th percentile TTFT)."),
-              jobs: Optional[int] = JobsOpt, queue: str = QueueOpt, as_json: bool = JsonOpt) -> None:
-    """The llama-server flags that minimise prompt time under your memory limits, with the evidence."""
+              objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time: prefill "
+                                            "+ checkpoint restore + creation) or p95 (95th percentile TTFT)."),
+              jobs: Optional[int] = JobsOpt, queue: str = QueueOpt, wide: bool = WideOpt,
+              as_json: bool = JsonOpt) -> None:
+    """The llama-server flags that minimise prompt time (prefill + checkpoint restore + creation)
+    under your memory limits, with the evidence."""
     from ..recommend import explain, recommend_over_slots
     from ..sim import ServerConfig
     check_jobs(jobs)
@@ -134,53 +155,64 @@ def recommend(traces: List[Path] = TracesArg,
                                              objective=objective, jobs=jobs,
                                              base=ServerConfig(arrival_order=arrival_order(queue)),
                                              on_done=lambda _r: bar.advance(task, 1))
+    rerun = rerun_lines(traces, rec)
     if as_json:
-        print_json({**rec.to_json(), "by_n_slots": by_slots})
+        print_json({**rec.to_json(), "by_n_slots": by_slots, "rerun": rerun})
         return
-    if len(by_slots) > 1:
-        st = Table(title="Best flags per slot count (-np)", title_justify="left")
-        for c in ("n_slots", "command_line", "objective", "ttft_p95_ms", "ram_mib"):
-            st.add_column(c, justify="left" if c == "command_line" else "right")
-        key = "prompt_s" if objective == "prefill" else "ttft_p95_ms"
-        for row in by_slots:
-            st.add_row(str(row["n_slots"]), row["command_line"], _cell(row[key], key),
-                       _cell(row["ttft_p95_ms"], "ttft_p95_ms"), _cell(row["ram_mib"]))
-        out.print(st)
-    lines = explain(rec)
-    out.print(f"[bold]{lines[0]}[/]", highlight=False)
-    for line in lines[1:]:
-        out.print(line, highlight=False)
     col = "prompt_s" if objective == "prefill" else "ttft_p95_ms"
-    t = Table(title="Pareto table: memory vs time (no other flag set is better on both)", title_justify="left")
-    cols = [c for c in ("ctx_checkpoints", "min_step", "every_n", "cache_ram_mib", "ram_mib", col,
-                        "reprocessed_tokens", "ttft_p95_ms") if c in rec.pareto.columns]
-    cols = list(dict.fromkeys(cols))
-    for c in cols:
-        t.add_column(c, justify="right")
-    for _, r in rec.pareto.iterrows():
-        t.add_row(*[_cell(r[c], c) for c in cols])
-    out.print(t)
-    b = Table(title="-b/-ub at the recommended checkpoint flags", title_justify="left")
-    for c in ("-b", "-ub", col, "re-processed tok", "ttft_p95_ms"):
-        b.add_column(c, justify="right")
-    for r in rec.batch_sizes:
-        b.add_row(str(r["n_batch"]), str(r["n_ubatch"]), _cell(r[col], col), f"{r['reprocessed_tokens']:,}",
-                  _cell(r["ttft_p95_ms"], "ttft_p95_ms"))
-    out.print(b)
-    a = Table(title="Other policies at the recommended flags", title_justify="left")
-    for c in ("policy", col, "re-processed tok", "vs recommended"):
-        a.add_column(c, justify="left" if c == "policy" else "right")
+    if len(by_slots) > 1:
+        show_table("Best flags per slot count (-np)",
+                   [Col("n_slots", "-np", "-np"), Col("command_line", "llama-server flags", "flags", text=True),
+                    _col(col), _col("ttft_p95_ms", compact=col != "ttft_p95_ms"), _col("ram_mib")],
+                   [{k: _cell(v, k) for k, v in row.items()} for row in by_slots], wide=wide)
+    lines = explain(rec)
+    # soft_wrap: the terminal wraps the flag line, so a copy of it stays one line
+    out.print(f"[bold]{escape(lines[0])}[/]", highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        out.print(line, highlight=False, markup=False)
+    for line in rerun:
+        out.print(f"Re-run: {line}", highlight=False, markup=False, soft_wrap=True)
+    flag_cols = [Col("ctx_checkpoints", "--ctx-checkpoints", "ctxcp", legend="--ctx-checkpoints"),
+                 Col("min_step", "--checkpoint-min-step", "cms", legend="--checkpoint-min-step"),
+                 Col("every_n", "--checkpoint-every-n-tokens", "cpent", legend="--checkpoint-every-n-tokens"),
+                 Col("cache_ram_mib", "--cache-ram", "cram", legend="--cache-ram")]
+    cols = [c for c in flag_cols if c.key in rec.pareto.columns]
+    cols += [_col("ram_mib"), _col(col), _col("reprocessed_tokens", compact=False)]
+    if col != "ttft_p95_ms":
+        cols.append(_col("ttft_p95_ms"))
+    show_table("Pareto table: memory vs time (no other flag set is better on both)", cols,
+               [{c.key: _cell(r[c.key], c.key) for c in cols} for _, r in rec.pareto.iterrows()], wide=wide)
+    bcols = [Col("n_batch", "-b", "-b"), Col("n_ubatch", "-ub", "-ub"), _col(col), _col("reprocessed_tokens")]
+    if col != "ttft_p95_ms":
+        bcols.append(_col("ttft_p95_ms"))
+    show_table("-b/-ub at the recommended checkpoint flags", bcols,
+               [{c.key: _cell(r[c.key], c.key) for c in bcols} for r in rec.batch_sizes], wide=wide)
+    acols = [Col("policy", "policy", "policy", text=True), _col(col), _col("reprocessed_tokens"),
+             Col("gain", "vs recommended", "vs rec", legend="change against the recommendation")]
+    arows = []
     for r in rec.alternatives + [dict(rec.oracle, gain_vs_recommended=None)]:
         g = r.get("gain_vs_recommended")
-        a.add_row(str(r["policy"]), _cell(r[col], col), f"{r['reprocessed_tokens']:,}",
-                  "" if g is None else f"{-g:+.1%}")
-    out.print(a)
+        arows.append({"policy": str(r["policy"]), col: _cell(r[col], col),
+                      "reprocessed_tokens": _cell(r["reprocessed_tokens"], "reprocessed_tokens"),
+                      "gain": "" if g is None else f"{-g:+.1%}"})
+    show_table("Other policies at the recommended flags", acols, arows, wide=wide)
+
+
+def rerun_lines(traces: list[Path], rec) -> list[str]:
+    """The simulate command that re-runs the recommendation on each trace (its numbers are the
+    claim's, summed over the traces)."""
+    import shlex
+    flags = rec.command_line.removeprefix("llama-server ")
+    return [f"ckptsim simulate {shlex.quote(str(t))} --policy llama-server:version={rec.version} "
+            f"--server-args {shlex.quote(flags)}" for t in traces]
 
 
 def _cell(v, key: str = "") -> str:
     """A table cell; durations in ms (``key`` ends in ``_ms``) in human units (metrics.format_ms)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if key == "reuse_ratio":
+        return f"{v:.1%}"
     if key.endswith("_ms"):
         from ..metrics import format_ms
         return format_ms(float(v))

@@ -8,10 +8,11 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ._app import (EXIT_FAILED, UserError, app, check_batches, check_cache_ram, check_profile, cli_errors, err,
                    out, print_json, progress)
+from ._tables import Col, show_table
+from .sim_cmds import WideOpt
 
 
 def _size(path: str) -> int | None:
@@ -99,6 +100,7 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
                                                     help="Write the trace here (.jsonl or .jsonl.gz)."),
               name: Optional[str] = typer.Option(None, "--name", help="Trace name (default: the log's)."),
               force: bool = typer.Option(False, "--force", help="Overwrite the output file."),
+              wide: bool = WideOpt,
               as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
     """Read llama-server logs (any build, any prefix) into a trace plus the events the server logged."""
     from ..trace import save_trace
@@ -121,27 +123,25 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
         print_json(doc)
         return
     for lt, s in zip(traces, doc["logs"]):
-        t = Table(title=f"{s['log']}", title_justify="left", show_header=False)
-        t.add_column("what")
-        t.add_column("value")
-        t.add_row("lines", f"{s['lines']:,} ({s['known_lines']:,} known, {s['unknown_lines']:,} skipped, "
-                           f"{s['malformed_lines']} malformed)")
+        rows = [("lines", f"{s['lines']:,} ({s['known_lines']:,} known, {s['unknown_lines']:,} skipped, "
+                          f"{s['malformed_lines']} malformed)")]
         if s["fork"]:
-            t.add_row("server", f"{s['fork']['name']} (line {s['fork']['line']}): a relative of llama-server "
-                                "whose checkpoint rules ckptsim does not model")
-        t.add_row("build", f"b{s['build']}" + ("" if s["build_printed"] else
-                                               f" (not printed; wording fits b{s['build_range'][0]}"
-                                               f"–b{s['build_range'][1]})"))
-        t.add_row("tasks", f"{s['tasks']} ({s['requests']} usable as requests)")
-        t.add_row("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none")
+            rows.append(("server", f"{s['fork']['name']} (line {s['fork']['line']}): a relative of llama-server "
+                                   "whose checkpoint rules ckptsim does not model"))
+        rows.append(("build", f"b{s['build']}" + ("" if s["build_printed"] else
+                                                  f" (not printed; wording fits b{s['build_range'][0]}"
+                                                  f"–b{s['build_range'][1]})")))
+        rows.append(("tasks", f"{s['tasks']} ({s['requests']} usable as requests)"))
+        rows.append(("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"))
         evd = s["settings_evidence"]
-        t.add_row("settings", ", ".join(
+        rows.append(("settings", ", ".join(
             f"{k}={v}" + (f" (line {evd[k]['line']}{', inferred' if 'inferred' in evd[k]['how'] else ''})"
                           if k in evd else "")
-            for k, v in sorted(s["settings"].items())) or "none")
+            for k, v in sorted(s["settings"].items())) or "none"))
         if not s["checkpoint_lines_visible"]:
-            t.add_row("note", "no checkpoint lines: since b9838 they need -lv 4")
-        out.print(t)
+            rows.append(("note", "no checkpoint lines: since b9838 they need -lv 4"))
+        show_table(f"{s['log']}", [Col("what", "what", "what", text=True), Col("value", "value", "value", text=True)],
+                   [{"what": w, "value": v} for w, v in rows], wide=wide, show_header=False)
     if output is not None:
         out.print(f"wrote {n} requests to {output}")
 
@@ -160,6 +160,7 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
                  cache_ram: Optional[float] = typer.Option(None, "--cache-ram", help="MiB; 0 off, -1 unlimited."),
                  min_agreement: Optional[float] = typer.Option(None, "--min-agreement",
                                                                help="Exit 1 when agreement is below this (0-1)."),
+                 wide: bool = WideOpt,
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON document and nothing else.")):
     """Replay a log through the llama-server policy and compare each decision with the log."""
     from ..validate import DECISIONS, validate_log
@@ -178,16 +179,14 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
     if as_json:
         print_json(doc)
     else:
-        t = Table(title=f"{log}: {v.policy}", title_justify="left")
-        for c in ("decision", "agreed", "mismatch", "unknown"):
-            t.add_column(c, justify="left" if c == "decision" else "right")
         by = v.by_decision()
-        for d in DECISIONS:
-            t.add_row(d, str(by[d]["agreed"]), str(by[d]["mismatch"]), str(by[d]["unknown"]))
+        rows = [{"decision": d, "agreed": f"{by[d]['agreed']:,}", "mismatch": f"{by[d]['mismatch']:,}",
+                 "unknown": f"{by[d]['unknown']:,}"} for d in DECISIONS]
         ag = v.agreement
-        t.add_row("all", str(v.agreed), str(len(v.known) - v.agreed),
-                  str(len(v.decisions) - len(v.known)))
-        out.print(t)
+        rows.append({"decision": "all", "agreed": f"{v.agreed:,}", "mismatch": f"{len(v.known) - v.agreed:,}",
+                     "unknown": f"{len(v.decisions) - len(v.known):,}"})
+        show_table(f"{log}: {v.policy}", [Col("decision", "decision", "decision", text=True)]
+                   + [Col(c, c, c) for c in ("agreed", "mismatch", "unknown")], rows, wide=wide)
         if v.fork:
             out.print(f"this is an {v.fork['name']} log (its wording, line {v.fork['line']}), not mainline "
                       f"llama-server: its checkpoint rules are not modelled, so no decision is settled",
