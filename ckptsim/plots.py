@@ -14,22 +14,22 @@ def compare_bars(summary: pd.DataFrame, title: str = "", bound: dict | None = No
     """Re-processed tokens and estimated prefill time per policy, side by side; ``bound`` (the
     proven lower bound's summary) is drawn as a dashed line that no bar can cross."""
     df = summary.sort_values("reprocessed_tokens")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(df) + 1.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(df) + 2.2), layout="constrained")
     ax1.barh(df["policy"], df["reprocessed_tokens"] / 1e3, color="#4C72B0")
     ax1.set_xlabel("re-processed prompt tokens (thousands)")
     ax1.invert_yaxis()
     ax2.barh(df["policy"], df["prefill_s"], color="#DD8452")
-    ax2.set_xlabel("estimated prefill time (s)")
+    ax2.set_xlabel("estimated prefill time, prefill alone (s)")
     ax2.invert_yaxis()
     ax2.set_yticklabels([])
     if bound is not None:
         ax1.axvline(bound["reprocessed_tokens"] / 1e3, color="k", ls="--", lw=1, label="lower bound (any policy)")
         ax2.axvline(bound["prefill_s"], color="k", ls="--", lw=1)
-        ax1.legend(loc="lower right", fontsize=8)
+        # below the plots, where no bar can be
+        fig.legend(loc="outside lower center", fontsize=8, frameon=False)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title or "policy comparison")
-    fig.tight_layout()
     return fig
 
 
@@ -41,7 +41,7 @@ _MARKERS = "os^vD<>ph*"
 def cost_curves(sweep: pd.DataFrame, metric: str = "reprocessed_tokens", title: str = "",
                 bound: float | None = None) -> plt.Figure:
     """Cost vs --ctx-checkpoints per policy (a miss-ratio-curve view), with the proven lower bound."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
     scale, unit = (1e3, " (thousands)") if metric.endswith("tokens") else (1.0, "")
     for i, (pol, g) in enumerate(sweep.groupby("policy", sort=False)):
         g = g.groupby("ctx_checkpoints", as_index=False)[metric].min().sort_values("ctx_checkpoints")
@@ -54,15 +54,19 @@ def cost_curves(sweep: pd.DataFrame, metric: str = "reprocessed_tokens", title: 
     ax.set_xlabel("--ctx-checkpoints (per slot)")
     ax.set_ylabel(metric.replace("_", " ") + unit)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    _legend_right(ax)
     ax.set_title(title or f"{metric.replace('_', ' ')} vs checkpoint count")
-    fig.tight_layout()
     return fig
+
+
+def _legend_right(ax, **kw) -> None:
+    """The legend beside the axes, never over the data (the figure must use constrained layout)."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False, **kw)
 
 
 def ttft_cdf(results: pd.DataFrame, title: str = "") -> plt.Figure:
     """Empirical CDF of time to first token per policy (``results``: per-request rows with ``policy``)."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
     for pol, g in results.groupby("policy", sort=False):
         x = np.sort(g["ttft_ms"].to_numpy() / 1000.0)
         y = np.arange(1, len(x) + 1) / len(x)
@@ -72,9 +76,8 @@ def ttft_cdf(results: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.set_ylabel("fraction of requests")
     ax.axhline(0.95, color="gray", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_right(ax)
     ax.set_title(title or "TTFT distribution")
-    fig.tight_layout()
     return fig
 
 
@@ -118,35 +121,45 @@ def _positions(created) -> list[int]:
     return [int(t) for t in (created or ())]
 
 
-def memory_over_time(results: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Checkpoint memory and prompt-cache memory over time per policy (per-request rows)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for pol, g in results.groupby("policy", sort=False):
-        g = g.sort_values("finish_s")
-        ax1.step(g["finish_s"] / 60.0, g["ckpt_mib_after"], where="post", label=pol)
-        ax2.step(g["finish_s"] / 60.0, g["cache_ram_mib_after"], where="post", label=pol)
-    ax1.set_ylabel("checkpoint memory, all slots (MiB)")
-    ax2.set_ylabel("host prompt cache (MiB)")
-    for ax in (ax1, ax2):
+def memory_over_time(results: pd.DataFrame, title: str = "", include_none: bool = False) -> plt.Figure:
+    """Checkpoint memory and prompt-cache memory over time, one row of small multiples per policy
+    (step plots on shared axes, so rows compare at a glance and no line hides another).
+
+    ``none`` keeps no checkpoints, so its checkpoint row is flat at zero: left out unless
+    ``include_none``."""
+    pols = [p for p in dict.fromkeys(results["policy"]) if include_none or p.split(":")[0] != "none"]
+    pols = pols or list(dict.fromkeys(results["policy"]))
+    fig, axes = plt.subplots(len(pols), 2, figsize=(11, 1.35 * len(pols) + 1.4), sharex=True,
+                             sharey="col", squeeze=False, layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, pol in enumerate(pols):
+        g = results[results["policy"] == pol].sort_values("finish_s")
+        t_min = np.concatenate([[0.0], g["finish_s"].to_numpy() / 60.0])
+        for ax, col in zip(axes[i], ("ckpt_mib_after", "cache_ram_mib_after")):
+            y = np.concatenate([[0.0], g[col].to_numpy()])
+            ax.step(t_min, y, where="post", color=colors[i % len(colors)], lw=1.2)
+            ax.fill_between(t_min, y, step="post", color=colors[i % len(colors)], alpha=0.15)
+            ax.grid(alpha=0.3)
+            ax.set_ylim(bottom=0)
+        axes[i, 0].set_title(pol, loc="left", fontsize=8, fontweight="bold")
+        axes[i, 0].set_ylabel("MiB", fontsize=8)
+    for ax in axes[-1]:
         ax.set_xlabel("time (min)")
-        ax.grid(alpha=0.3)
-    ax1.legend(fontsize=7)
-    fig.suptitle(title or "memory over time")
-    fig.tight_layout()
+    fig.suptitle((title or "memory over time") + "\nleft: checkpoint memory, all slots; "
+                 "right: host prompt cache (--cache-ram)", fontsize=10)
     return fig
 
 
 def pareto_plot(table: pd.DataFrame, front: pd.DataFrame, metric: str, title: str = "") -> plt.Figure:
     """Every flag set tried (grey) and the Pareto front (memory vs the objective)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
     ax.scatter(table["ram_mib"], table[metric], s=12, color="#bbbbbb", label="flag sets tried")
     ax.plot(front["ram_mib"], front[metric], "o-", color="#4c72b0", label="Pareto front")
     ax.set_xlabel("host RAM for checkpoints + prompt cache (MiB)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_right(ax)
     ax.set_title(title or "memory vs time")
-    fig.tight_layout()
     return fig
 
 
@@ -171,20 +184,24 @@ def trace_overview(requests: pd.DataFrame, title: str = "") -> plt.Figure:
 
 def profile_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
     """A cost profile: prefill time of a prompt from scratch vs from a checkpoint, and the copy costs."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     ax1.plot(curves["n_tokens"] / 1e3, curves["prefill_ms"] / 1e3, label="prefill from 0")
     ax1.plot(curves["n_tokens"] / 1e3, curves["resume_last_1k_ms"] / 1e3,
              label="restore a checkpoint 1k tokens back + prefill 1k")
     ax1.set_xlabel("prompt length (k tokens)")
     ax1.set_ylabel("seconds")
-    ax1.legend(fontsize=8)
+    _legend_below(ax1)
     ax2.plot(curves["n_tokens"] / 1e3, curves["ckpt_mib"], label="checkpoint size (MiB)")
     ax2.plot(curves["n_tokens"] / 1e3, curves["create_ms"], label="create (ms)")
     ax2.plot(curves["n_tokens"] / 1e3, curves["restore_ms"], label="restore (ms)")
     ax2.set_xlabel("checkpoint position (k tokens)")
-    ax2.legend(fontsize=8)
+    _legend_below(ax2)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.suptitle(title or "cost profile")
-    fig.tight_layout()
     return fig
+
+
+def _legend_below(ax) -> None:
+    """The legend under the axes' label, never over the data (constrained layout)."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)

@@ -38,6 +38,7 @@ class ReportSpec:
     profile: str | None = None
     timeline_policies: tuple[str, ...] = ("llama-server", "oracle")
     timeline_requests: int = 120
+    memory_include_none: bool = False   # `none`'s checkpoint memory is zero throughout
 
     def to_json(self) -> dict:
         """The spec as written to config.json."""
@@ -46,7 +47,7 @@ class ReportSpec:
         return {"traces": list(self.traces), "policies": list(self.policies),
                 "ctx_checkpoints": list(self.ctx_checkpoints), "config": cfg,
                 "profile": self.profile, "timeline_policies": list(self.timeline_policies),
-                "timeline_requests": self.timeline_requests}
+                "timeline_requests": self.timeline_requests, "memory_include_none": self.memory_include_none}
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,13 @@ def build_report(spec: ReportSpec, out_dir: Path, force: bool = False, jobs: int
                 "red crosses full re-processing.",
                 _png(plots.slot_timeline(results_frame(run), f"{name}: {run.policy}",
                                          spec.timeline_requests))))
-        figs.append(_Figure(f"{slug}-memory", "Checkpoint memory (all slots) and the host prompt cache over time.",
+        figs.append(_Figure(f"{slug}-memory", "Checkpoint memory (all slots, left) and the host prompt cache "
+                            "(right) over time, one row per policy" + ("" if spec.memory_include_none else
+                                                                       " (none, which keeps no checkpoints, "
+                                                                       "left out)") + ".",
                             _png(plots.memory_over_time(results[results["policy"].isin(
-                                [r.policy for r in runs])], f"{name}: memory"))))
+                                [r.policy for r in runs])], f"{name}: memory",
+                                include_none=spec.memory_include_none))))
         table = summary[[c for c in SUMMARY_COLUMNS if c in summary.columns]].copy()
         bound_row = {c: None for c in table.columns}
         bound_row.update(policy="lower bound (any policy)", reprocessed_tokens=lb.reprocessed_tokens,

@@ -234,6 +234,9 @@ def report(traces: List[Path] = TracesArg,
            cache_ram: float = typer.Option(8192.0, "--cache-ram"),
            profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
            force: bool = typer.Option(False, "--force", help="Overwrite an existing report directory."),
+           memory_include_none: bool = typer.Option(False, "--memory-include-none",
+                                                    help="Give `none` a row in the memory-over-time figure "
+                                                         "(left out: it keeps no checkpoints)."),
            as_json: bool = JsonOpt) -> None:
     """Write an HTML + markdown report with cost curves, TTFT CDF, slot timelines and memory plots."""
     from ..report import DEFAULT_POLICIES, ReportSpec, build_report, check_out_dir
@@ -248,7 +251,8 @@ def report(traces: List[Path] = TracesArg,
     check_out_dir(out_dir, force)
     spec = ReportSpec(tuple(str(t) for t in traces), specs, grid,
                       ServerConfig(n_slots=n_slots, ctx_checkpoints=at, cache_ram_mib=cache_ram), profile,
-                      timeline_policies=tuple(p for p in ("llama-server", "oracle")))
+                      timeline_policies=tuple(p for p in ("llama-server", "oracle")),
+                      memory_include_none=memory_include_none)
     file_backend()
     bar, done = _with_bar(len(traces) * len(specs) * len(grid), "report: sweep", not as_json)
     with bar:
