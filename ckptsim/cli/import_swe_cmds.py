@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -16,22 +15,22 @@ OutOpt = typer.Option(..., "--output", "-o", help="Trace to write (.jsonl or .js
 ForceOpt = typer.Option(False, "--force", help="Overwrite the output if it exists.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document (import summary) and nothing else.")
 NameOpt = typer.Option("", "--name", help="Trace name for the header (default: the output file's stem).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary (errors still show).")
 
 
-def _run(paths: list[Path], output: Path, force: bool, json_out: bool, opts) -> None:
+def _run(paths: list[Path], output: Path, force: bool, json_out: bool, opts, quiet: bool = False) -> None:
     from ..ingest.swe import import_trajectories
 
     if output.exists() and not force:
         raise UserError(f"{output} exists; pass --force to overwrite it")
     if not opts.name:
         opts = dataclasses.replace(opts, name=output.name.split(".")[0])
-    show = not json_out and sys.stderr.isatty()
-    with progress(enabled=show) as bar:
+    with progress(enabled=not (json_out or quiet)) as bar:
         tasks: dict[str, int] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                label = "reading session times" if phase == "scan" else "tokenizing requests"
+                label = "reading session times (files)" if phase == "scan" else "tokenizing requests"
                 tasks[phase] = bar.add_task(label, total=total)
             bar.update(tasks[phase], completed=done)
 
@@ -39,6 +38,8 @@ def _run(paths: list[Path], output: Path, force: bool, json_out: bool, opts) -> 
     summary = {"output": str(output), "derived": opts.elide_n is not None, **stats.summary()}
     if json_out:
         print_json(summary)
+        return
+    if quiet:
         return
     r = summary.get("ratio_vs_provider")
     err.print(f"wrote {output}: {summary['requests']:,} requests from {summary['sessions']} sessions, "
@@ -63,7 +64,7 @@ def import_mini_swe_agent(
         sample: Optional[int] = typer.Option(None, "--sample", metavar="N",
                                              help="Import N sessions drawn at random (with --seed)."),
         seed: int = typer.Option(0, "--seed", help="Seed for --sample."),
-        name: str = NameOpt, force: bool = ForceOpt, json_out: bool = JsonOpt) -> None:
+        name: str = NameOpt, force: bool = ForceOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Import mini-swe-agent trajectories (.traj.json[.xz]); sessions interleave by request time."""
     from ..ingest.swe import ImportOptions
 
@@ -75,14 +76,14 @@ def import_mini_swe_agent(
         raise UserError(f"--sample must be >= 1, got {sample}")
     _run(paths, output, force, json_out,
          ImportOptions(kind="mini-swe-agent", elide_n=elide_observations, observations=observations,
-                       sample=sample, seed=seed, name=name))
+                       sample=sample, seed=seed, name=name), quiet)
 
 
 @import_app.command("swe-agent")
 @cli_errors
 def import_swe_agent(paths: list[Path] = PathsArg, output: Path = OutOpt, name: str = NameOpt,
-                     force: bool = ForceOpt, json_out: bool = JsonOpt) -> None:
+                     force: bool = ForceOpt, json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Import SWE-agent trajectories (.traj) that store each step's processed prompt."""
     from ..ingest.swe import ImportOptions
 
-    _run(paths, output, force, json_out, ImportOptions(kind="swe-agent", name=name))
+    _run(paths, output, force, json_out, ImportOptions(kind="swe-agent", name=name), quiet)

@@ -599,6 +599,8 @@ def import_trajectories(paths: Iterable[str | Path], out: str | Path, opts: Impo
     # Pass 1: request times.
     events: list[tuple[float, int, int]] = []
     names: list[str] = []
+    if on_progress:
+        on_progress("scan", 0, len(files))    # the bar shows before the first file is read
     for fi, f in enumerate(files):
         name, times = _step_times(f, opts.kind)
         names.append(name)
