@@ -176,7 +176,8 @@ def recommend(traces: List[Path] = TracesArg,
                  Col("min_step", "--checkpoint-min-step", "cms", legend="--checkpoint-min-step"),
                  Col("every_n", "--checkpoint-every-n-tokens", "cpent", legend="--checkpoint-every-n-tokens"),
                  Col("cache_ram_mib", "--cache-ram", "cram", legend="--cache-ram")]
-    cols = [c for c in flag_cols if c.key in rec.pareto.columns]
+    # a build has either spacing flag, not both: the other column would be all '-'
+    cols = [c for c in flag_cols if c.key in rec.pareto.columns and rec.pareto[c.key].notna().any()]
     cols += [_col("ram_mib"), _col(col), _col("reprocessed_tokens", compact=False)]
     if col != "ttft_p95_ms":
         cols.append(_col("ttft_p95_ms"))
