@@ -37,7 +37,9 @@ def _lines(p: Path) -> list[str]:
 def cuts(lines: list[str], every: int) -> list[tuple[int, str]]:
     """(first line, text) of each excerpt: start-up lines that give flags are kept, the ones that
     show slots starting empty are not (a pasted excerpt has neither, but the flags are passed)."""
-    first = next(i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln)
+    first = next((i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln), None)
+    if first is None:
+        return []             # a server that died before its first task
     head = [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
     starts = [i for i, ln in enumerate(lines) if "processing task" in ln and i > first + 1]
     out = []
@@ -77,6 +79,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         for p in logs:
             lines = _lines(p)
+            if not cuts(lines, 1):
+                continue
             whole = Path(td) / "whole.log"
             whole.write_text("".join(lines))
             settings = read_tasks(whole).settings

@@ -164,3 +164,22 @@ def test_a_later_user_start_below_the_excerpt_leaves_placement_open(tmp_path: Pa
     assert open_ and all(d.decision in ("created", "erased") and "user-message starts" in d.why for d in open_)
     # restores of the same tasks are settled
     assert {d.decision for d in v.known if d.task in {o.task for o in open_}} >= {"cache_n", "restored"}
+
+
+def test_a_line_cut_mid_way_gives_the_fields_before_the_cut(tmp_path: Path) -> None:
+    # 010 pasted up to the middle of its second 'created' line (real text, cut inside "size = 50.251")
+    text = _log("010").read_text()
+    line = next(ln for ln in text.splitlines() if "created context checkpoint 2 of 32" in ln)
+    cut = text[:text.index(line) + line.index("size = 50.2") + len("size = 50.2")]
+    p = tmp_path / "cut.log"
+    p.write_text(cut)
+    from ckptsim.ingest.llama_log import FactKind, parse_log
+    parsed = parse_log(p)
+    assert parsed.stats.truncated_last_line and parsed.stats.cut_line_used
+    last = parsed.of(FactKind.CREATED)[-1]
+    assert last.v["n_tokens"] == 1258 and last.v["index"] == 2 and "size_mib" not in last.v
+    # a number the cut may have shortened is not trusted: "n_tokens = 12" of 1258 is dropped
+    p.write_text(text[:text.index(line) + line.index("n_tokens = 12") + len("n_tokens = 12")])
+    parsed = parse_log(p)
+    assert parsed.of(FactKind.CREATED)[-1].v["n_tokens"] == 1258     # from pos_max, not "12"
+    assert not parsed.of(FactKind.CREATED)[-1].v["n_tokens_logged"]

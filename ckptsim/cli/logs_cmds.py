@@ -40,7 +40,8 @@ def _warn(lt, quiet: bool) -> None:
     if s.malformed > 10:
         err.print(f"[yellow]warning:[/] {s.malformed - 10} more malformed lines", highlight=False)
     if s.truncated_last_line:
-        err.print(f"[yellow]warning:[/] {s.path}: the last line is cut off (an excerpt?)", highlight=False)
+        used = "; its fields before the cut were read" if s.cut_line_used else ""
+        err.print(f"[yellow]warning:[/] {s.path}: the last line is cut off (an excerpt?){used}", highlight=False)
     if s.binary:
         err.print(f"[yellow]warning:[/] {s.path}: {s.binary} binary / non-UTF-8 lines skipped", highlight=False)
 
@@ -61,6 +62,7 @@ def _summary(lt) -> dict:
     return {"log": s.path, "lines": s.lines, "known_lines": s.known, "unknown_lines": s.unknown,
             "malformed_lines": s.malformed, "binary_lines": s.binary,
             "truncated_last_line": s.truncated_last_line,
+            "cut_line_used": s.cut_line_used,
             "issues": [{"line": i.line, "kind": i.kind, "message": i.message} for i in s.issues],
             "prefixes": sorted(s.prefixes), "tasks": len(lt.log.tasks), "requests": len(lt.requests),
             "left_out": lt.left_out, "events": dict(ev), "settings": lt.log.settings,

@@ -110,6 +110,7 @@ class LogStats:
     malformed: int = 0
     issues: list[Issue] = field(default_factory=list)
     truncated_last_line: bool = False   # the file ends without a newline inside a known line
+    cut_line_used: bool = False         # ... and the fields before the cut were read
     settings: dict[str, Any] = field(default_factory=dict)
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
@@ -549,6 +550,7 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
     # bare continuation lines (old timings: "prompt eval time = ...") belong to the last print_timing
     last_timing_slot, last_timing_task = -1, -1
     pending: Issue | None = None
+    pending_at: tuple = ()
     try:
         n_bytes = 0
         for n, raw, _ended in _read_lines(f, stats):
@@ -609,7 +611,7 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
             fact = _match(msg, n, slot, task, t_s)
             if isinstance(fact, Issue):
                 # Held back one line: if it is the last line, the excerpt was cut there (a warning).
-                pending = fact
+                pending, pending_at = fact, (msg, n, slot, task, t_s)
                 continue
             if fact is None:
                 if not msg.strip():
@@ -635,6 +637,12 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
         close()
     if pending is not None:
         stats.truncated_last_line = True
+        # a pasted excerpt cut mid-line still holds every field before the cut
+        fact = _match_cut(*pending_at)
+        if fact is not None:
+            stats.cut_line_used = True
+            stats.known += 1
+            yield fact
     if "_n_slot_lines" in stats.settings:
         stats.settings.setdefault("n_slots", stats.settings["_n_slot_lines"])
         del stats.settings["_n_slot_lines"]
@@ -691,6 +699,20 @@ def _format_feature(f: Fact, msg: str, func: str) -> str | None:
     if k is FactKind.SUPERSEDED:
         return "superseded"
     return None
+
+
+def _match_cut(msg: str, n: int, slot: int, task: int, t_s: float | None) -> Fact | None:
+    """The fact on a line cut short, from its fields before the cut: the last, possibly partial
+    field is dropped (``n_tokens = 6012`` may be 60121 cut) and an open parenthesis closed."""
+    cut = msg.rstrip()
+    i = max(cut.rfind(", "), cut.rfind(" ("))
+    if i < 0:
+        return None
+    cut = cut[:i] if cut[i] == "," else cut[:i + 2]
+    if cut.count("(") > cut.count(")"):
+        cut += ")"
+    fact = _match(cut, n, slot, task, t_s)
+    return fact if isinstance(fact, Fact) else None
 
 
 def _match(msg: str, n: int, slot: int, task: int, t_s: float | None) -> Fact | Issue | None:
