@@ -270,7 +270,8 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
     user_era = make_policy(spec).rules.era in ("last-user", "user")
     runs: list[tuple[dict, dict]] = []
     n_var = n_seed_variants(seeds) if seeds else 1
-    for v, at_resume in [(v, u) for u in ((False, True) if seeds and user_era else (False,)) for v in range(n_var)]:
+    meta = [(v, u) for u in ((False, True) if seeds and user_era else (False,)) for v in range(n_var)]
+    for v, at_resume in meta:
         if seeds:
             reqs, ckpts, pins, m = seeded_requests(lt, seeds, v, at_resume)
             run = simulate(Trace(trace.header, reqs), spec, config, prof, seeding=Seeding(ckpts, pins))
@@ -301,7 +302,12 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
         cut = (("cache_n", "restored", "full", "erased") if seeds[root].erasures_before_log
                else ("cache_n", "restored", "full")) if first_cut else ()
         gone = parted.get(root, {}) if root in seeds else {}
-        live = [ds for v, ds in enumerate(per_run) if v not in gone] or per_run[:1]
+        # The log can rule out a user start at the resume point (the runs that assumed one), but
+        # not single out one placement of unnamed checkpoints: a group of runs (one per placement)
+        # stays evidence only while none of its runs has parted from the log.
+        intact = [i for i, (_, u) in enumerate(meta)
+                  if not any(j in gone for j, (_, uu) in enumerate(meta) if uu == u)]
+        live = [per_run[i] for i in intact] or per_run[:1]
         # placement and eviction start from the restore: where it depends on unseen history, so do they
         vary = {d.decision for j, d in enumerate(live[0]) if any(ds[j].simulated != d.simulated for ds in live[1:])}
         if vary & {"cache_n", "restored", "full"}:
@@ -318,8 +324,7 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
             elif d.decision in cut:
                 d = dataclasses.replace(d, status="unknown", why=(
                     "the log starts after this restore decision (the slot's state before it is not shown)"))
-            elif gone and (len(gone) == len(per_run) or len(per_run) > 1):
-                # one stand-in left cannot show that a decision does not hang on the unseen part
+            elif gone and not intact:
                 t, ln = min(gone.values())
                 d = dataclasses.replace(d, status="unknown", why=(
                     f"follows task {t} (line {ln}), where every stand-in for the slot's unseen history "

@@ -288,7 +288,7 @@ class _Builder:
         if st is not None:
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
-            acc.seed_root = self._root(st)
+            acc.seed_root = self._root(st, acc.task)
         else:
             # every slot starts empty: known when the log shows the server starting up
             acc.state_known = "n_slots" in self.settings or "n_ctx_slot" in self.settings
@@ -469,7 +469,7 @@ class _Builder:
         if st is not None:
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
-            acc.seed_root = self._root(st)
+            acc.seed_root = self._root(st, acc.task)
 
     def _resolve_load(self, acc: _Acc, f_keep: float, sim: float) -> None:
         """The prompt-cache entry a load took, from f_keep = lcp/len(entry) and sim = lcp/T as
@@ -486,7 +486,7 @@ class _Builder:
             self.slot_state[acc.slot] = st
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
-            acc.seed_root = self._root(st)
+            acc.seed_root = self._root(st, acc.task)
 
     def _known(self, st: tuple[int, int]) -> bool:
         """Whether a slot holding ``st`` has a history we saw whole (tokens and checkpoints)."""
@@ -497,10 +497,14 @@ class _Builder:
         parent = self.tasks.get(st[0])
         return parent is not None and parent.state_known
 
-    def _root(self, st: tuple[int, int]) -> int:
+    def _root(self, st: tuple[int, int], task: int) -> int:
         """The seedable first task of the unseen history a slot holding ``st`` descends from."""
+        if st[0] == -3:
+            # a prompt-cache entry saved before the log (or not named): what this task's own lines
+            # show of it is read as for a slot's first task
+            return task
         if st[0] < 0:
-            return -1            # empty (nothing unseen), or a prompt-cache entry we cannot name
+            return -1            # empty: nothing unseen
         parent = self.tasks.get(st[0])
         return parent.seed_root if parent is not None else -1
 
