@@ -3,7 +3,8 @@
 Per request (spec §9.1): choose a slot (§2.1) and possibly save/load the host prompt cache (§5);
 apply the restore rule (§2.2, ``server.restore_decision``); erase invalidated checkpoints; prefill
 [cache_n, T) while the policy places checkpoints (§2.3), evicting while over budget (§2.4);
-generation then appends the output, and the cache keeps prompt + generated[:-1] (§0).
+generation then appends the output, and the cache keeps prompt + generated[:-1] (§0). Each of
+these steps is one method of ``_Replay``, named after its section; ``_TaskQueue`` decides when.
 
 Time: a request starts once it has arrived, its session's previous request has finished (an
 agent sends its next prompt only after the answer) and a slot is idle. Two service orders
@@ -33,7 +34,7 @@ import numpy as np
 from .cost import CostProfile, load_profile
 from .policies import Policy, PrefillView, make_policy
 from .records import Checkpoint, Event, EventKind, RequestResult
-from .server import PrefillPlan, batch_counts, restore_decision
+from .server import PrefillPlan, RestoreDecision, batch_counts, restore_decision
 from .trace import Trace
 
 
@@ -287,100 +288,190 @@ class _Device:
 
 def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = None,
              profile: CostProfile | str | None = None, *, record_events: bool = True,
-             on_progress: Callable[[int], None] | None = None,
-             seeding: Seeding | None = None) -> Run:
+             on_progress: Callable[[int], None] | None = None, seeding: Seeding | None = None) -> Run:
     """Replay ``trace`` under ``policy`` and ``config``, costing it with ``profile``.
 
     ``seeding`` stands in for slot state a log excerpt does not show (validation only).
+
+    Each request goes through the steps of spec §9.1, one method of ``_Replay`` each: slot
+    selection and the prompt cache (§2.1, §5), the restore decision (§2.2), prefill with
+    checkpoint placement (§2.3) and eviction (§2.4), then the accounting of time and memory.
     """
     config = config or ServerConfig()
     pol = make_policy(policy)
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
     pol.prepare(trace, config, prof)           # offline policies see the whole trace first
-    rules = pol.rules
-    cap = pol.ctx_checkpoints if pol.ctx_checkpoints is not None else config.ctx_checkpoints
-    budget = config.ckpt_budget_mib
-    nb, ub = config.eff_n_batch, config.eff_n_ubatch
-    slots = [_Slot(i) for i in range(config.n_slots)]
-    pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
-        if config.cache_ram_mib != 0 else None
-    device = _Device()
-    results: list[RequestResult] = []
-    events: list[Event] = []
-    peak_ckpt = peak_ram = 0.0
-    order = np.argsort(trace.t_s, kind="stable").tolist()
-    ckpt_total = 0.0
-    budget_finite = math.isfinite(budget)
-    n_prompt_l, n_output_l, t_l = trace.n_prompt.tolist(), trace.n_output.tolist(), trace.t_s.tolist()
-    sessions, user_starts, tool_starts = trace.session, trace.user_starts, trace.tool_starts
-    sps = config.slot_prompt_similarity
-
-    # The task queue: (key, arrival rank, id). In arrival order the key is the rank and every
-    # request is queued up front. In ready order the key is the ready time and a session's next
-    # request joins when the previous one finishes; start times then never decrease, so slot
-    # state stays causal.
-    rank = {r: i for i, r in enumerate(order)}
-    nxt_in_session: dict[int, int] = {}
-    last_of: dict[str, int] = {}
-    session_free: dict[str, float] = {}
-    queue: list[tuple[float, int, int]] = []
-    for r in order:
-        prev = last_of.get(sessions[r])
-        if prev is None or config.arrival_order:
-            queue.append((float(rank[r]) if config.arrival_order else t_l[r], rank[r], r))
-        else:
-            nxt_in_session[prev] = r
-        last_of[sessions[r]] = r
-    heapq.heapify(queue)
+    replay = _Replay(trace, pol, config, prof, record_events, seeding)
+    queue = _TaskQueue(trace, config.arrival_order)
     done = 0
+    while (task := queue.pop()) is not None:
+        r, start_s, now_s = task
+        queue.finished(r, replay.serve(r, start_s, now_s))
+        done += 1
+        if on_progress is not None and (done & 255) == 0:
+            on_progress(256)
+    if on_progress is not None:
+        on_progress(len(trace) & 255)
+    return Run(trace.name, pol.spec, config, prof.name, replay.results, replay.events,
+               replay.peak_ckpt_mib, replay.peak_ram_mib)
 
-    while queue:
-        key, _, r = heapq.heappop(queue)
-        T = n_prompt_l[r]
-        n_out = n_output_l[r]
-        arrival = t_l[r]
-        session = sessions[r]
-        if config.arrival_order:
-            start_s = max(arrival, session_free.get(session, 0.0))
-            now_s = arrival             # starts may go back in time; arrivals do not
-        else:
-            start_s = now_s = key
+
+class _TaskQueue:
+    """The server's task queue: which request starts next, and from when (module docstring, "Time").
+
+    Entries are (key, arrival rank, id). In arrival order the key is the rank and every request is
+    queued up front. In ready order the key is the ready time and a session's next request joins
+    when the previous one finishes; start times then never decrease, so slot state stays causal.
+    """
+
+    def __init__(self, trace: Trace, arrival_order: bool):
+        self.arrival_order = arrival_order
+        self.t_s = trace.t_s.tolist()
+        self.sessions = trace.session
+        order = np.argsort(trace.t_s, kind="stable").tolist()
+        self.rank = {r: i for i, r in enumerate(order)}
+        self.next_in_session: dict[int, int] = {}
+        self.session_free_s: dict[str, float] = {}
+        last_of: dict[str, int] = {}
+        self.heap: list[tuple[float, int, int]] = []
+        for r in order:
+            prev = last_of.get(self.sessions[r])
+            if prev is None or arrival_order:
+                self.heap.append((float(self.rank[r]) if arrival_order else self.t_s[r], self.rank[r], r))
+            else:
+                self.next_in_session[prev] = r
+            last_of[self.sessions[r]] = r
+        heapq.heapify(self.heap)
+
+    def pop(self) -> tuple[int, float, float] | None:
+        """(request, earliest start, lower bound of every later ready time), or None when done."""
+        if not self.heap:
+            return None
+        key, _, r = heapq.heappop(self.heap)
+        if self.arrival_order:
+            arrival = self.t_s[r]
+            # starts may go back in time; arrivals do not
+            return r, max(arrival, self.session_free_s.get(self.sessions[r], 0.0)), arrival
+        return r, key, key
+
+    def finished(self, r: int, finish_s: float) -> None:
+        """The answer to ``r`` is out: its session may send the next prompt."""
+        self.session_free_s[self.sessions[r]] = finish_s
+        q = self.next_in_session.get(r)
+        if q is not None:
+            heapq.heappush(self.heap, (max(self.t_s[q], finish_s), self.rank[q], q))
+
+
+@dataclass(slots=True)
+class _Restored:
+    """Outcome of the restore step for one request (spec §2.2)."""
+
+    dec: RestoreDecision
+    n_lcp: int                 # common prefix of the slot's cache and the prompt
+    n_invalidated: int
+    restore_ms: float
+    ckpt_n_tokens: tuple[int, ...]   # the slot's checkpoints after the invalidation pass
+
+
+@dataclass(slots=True)
+class _Prefilled:
+    """Outcome of the prefill step for one request (spec §2.3, §2.4)."""
+
+    plan: PrefillPlan
+    n_created: int
+    n_evicted: int
+    create_ms: float
+    created_at: list[int]
+
+
+class _Replay:
+    """The server's state during one replay (slots, prompt cache, device) and the steps that change it."""
+
+    def __init__(self, trace: Trace, pol: Policy, config: ServerConfig, prof: CostProfile,
+                 record_events: bool, seeding: Seeding | None = None):
+        self.trace, self.pol, self.config, self.prof = trace, pol, config, prof
+        self.seeding = seeding
+        self.record_events = record_events
+        self.rules = pol.rules
+        self.cap = pol.ctx_checkpoints if pol.ctx_checkpoints is not None else config.ctx_checkpoints
+        self.budget_mib = config.ckpt_budget_mib
+        self.budget_finite = math.isfinite(self.budget_mib)
+        self.nb, self.ub = config.eff_n_batch, config.eff_n_ubatch
+        self.slots = [_Slot(i) for i in range(config.n_slots)]
+        self.pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
+            if config.cache_ram_mib != 0 else None
+        self.device = _Device()
+        self.results: list[RequestResult] = []
+        self.events: list[Event] = []
+        self.peak_ckpt_mib = self.peak_ram_mib = 0.0
+        self.n_prompt = trace.n_prompt.tolist()
+        self.n_output = trace.n_output.tolist()
+        self.t_s = trace.t_s.tolist()
+
+    def serve(self, r: int, start_s: float, now_s: float) -> float:
+        """Serve request ``r`` from ``start_s`` on (spec §9.1); its finish time."""
+        T = self.n_prompt[r]
+        slot, idle, update_cache, start_s = self.select_slot(r, T, start_s)
+        emit = self._emitter(r, slot) if self.record_events else _no_event
+        emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
+        self.prompt_cache(slot, idle, update_cache, r, T, emit)
+        restored = self.restore(slot, r, T, emit)
+        prefilled = self.prefill(slot, r, T, restored, start_s, emit)
+        return self.account(slot, r, T, restored, prefilled, start_s, now_s)
+
+    def _emitter(self, r: int, slot: _Slot) -> Callable[..., None]:
+        events, slot_id = self.events, slot.id
+
+        def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "") -> None:
+            events.append(Event(kind, r, slot_id, n_tokens, size_mib, detail))
+        return emit
+
+    # --- spec §2.1: task arrival -----------------------------------------------------------------
+    def select_slot(self, r: int, T: int, start_s: float) -> tuple[_Slot, list[_Slot], bool, float]:
+        """Wait for an idle slot and pick one (``get_available_slot``, spec §2.1).
+
+        Returns the slot, the slots idle at the start, whether the choice asks for a prompt-cache
+        save and load (``update_cache``), and the start time.
+        """
+        slots = self.slots
         idle = [s for s in slots if s.busy_until <= start_s]
-        if not idle:
+        if not idle:                      # no slot idle: the task is deferred until one is
             start_s = min(s.busy_until for s in slots)
             idle = [s for s in slots if s.busy_until <= start_s]
-        pinned = seeding.slot_for(r, idle) if seeding is not None else None
+        pinned = self.seeding.slot_for(r, idle) if self.seeding is not None else None
         if pinned is not None:
             # the log shows the slot this task ran on, and the seed is that slot's state after any
             # prompt-cache load: take it as it is
-            slot, update_cache = pinned, False
-        else:
-            slot, update_cache = _select_slot(trace, r, T, idle, sps)
-        if record_events:
-            def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "",
-                     _r: int = r, _slot: int = slot.id) -> None:
-                events.append(Event(kind, _r, _slot, n_tokens, size_mib, detail))
-        else:
-            emit = _no_event
-        emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
-        if pcache is not None:
-            if update_cache:
-                pcache.save(slot, emit)
-                pcache.load(slot, r, T, emit)
-                pcache.update(emit)
-            if config.cache_idle_slots:
-                # spec §2.1: after launch every other idle slot is saved; unified KV also clears it
-                for s in idle:
-                    if s is not slot and s.n_cache > 0:
-                        pcache.save(s, emit)
-                        if config.kv_unified:
-                            s.seq, s.n_cache, s.ckpts = -1, 0, []
-                pcache.update(emit)
+            return pinned, idle, False, start_s
+        slot, update_cache = _select_slot(self.trace, r, T, idle, self.config.slot_prompt_similarity)
+        return slot, idle, update_cache, start_s
 
-        # --- restore decision (spec §2.2) ---
-        n_lcp = trace.prefix_with_state(slot.seq, slot.n_cache, r)
+    def prompt_cache(self, slot: _Slot, idle: list[_Slot], update_cache: bool, r: int, T: int,
+                     emit: Callable[..., None]) -> None:
+        """Host prompt cache around the slot choice (spec §2.1, §5): save the slot and load a better
+        entry when the choice asks for it, then save (and under unified KV clear) the other idle slots."""
+        pcache = self.pcache
+        if pcache is None:
+            return
+        if update_cache:
+            pcache.save(slot, emit)
+            pcache.load(slot, r, T, emit)
+            pcache.update(emit)
+        if self.config.cache_idle_slots:
+            for s in idle:
+                if s is not slot and s.n_cache > 0:
+                    pcache.save(s, emit)
+                    if self.config.kv_unified:
+                        s.seq, s.n_cache, s.ckpts = -1, 0, []
+            pcache.update(emit)
+
+    # --- spec §2.2: restore decision -------------------------------------------------------------
+    def restore(self, slot: _Slot, r: int, T: int, emit: Callable[..., None]) -> _Restored:
+        """Keep the common prefix or roll back to a checkpoint (``server.restore_decision``), then
+        erase the checkpoints past the restore point ("erased invalidated", spec §2.2)."""
+        n_lcp = self.trace.prefix_with_state(slot.seq, slot.n_cache, r)
         ks = [c.n_tokens for c in slot.ckpts]
-        dec = restore_decision(rules, n_lcp, slot.n_cache, T, ks)
+        dec = restore_decision(self.rules, n_lcp, slot.n_cache, T, ks)
         n_invalid = 0
         if ks and max(ks) > dec.keep_upto:
             kept = []
@@ -392,93 +483,106 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
                     kept.append(c)
             slot.ckpts = kept
             ks = [c.n_tokens for c in kept]
-        ckpts = slot.ckpts          # from here on only changed in place
         restore_ms = 0.0
         if dec.restored >= 0:
-            size = next(c.size_mib for c in reversed(ckpts) if c.n_tokens == dec.restored)
-            restore_ms = prof.restore_ms(size)
+            size = next(c.size_mib for c in reversed(slot.ckpts) if c.n_tokens == dec.restored)
+            restore_ms = self.prof.restore_ms(size)
             emit(EventKind.RESTORED, dec.restored, size)
         if dec.full_reprocess:
             emit(EventKind.FULL_REPROCESS, 0)
-        n_past = dec.n_past
+        return _Restored(dec, n_lcp, n_invalid, restore_ms, tuple(ks))
 
-        # --- prefill with checkpoint placement (spec §2.3) and eviction (§2.4) ---
+    # --- spec §2.3, §2.4: prefill, checkpoint placement and eviction -----------------------------
+    def prefill(self, slot: _Slot, r: int, T: int, restored: _Restored, start_s: float,
+                emit: Callable[..., None]) -> _Prefilled:
+        """Prefill [cache_n, T): the policy places checkpoints (§2.3), each created as
+        ``create_checkpoint`` does (§2.4); afterwards the policy may prune (offline policies only)."""
+        pol, prof, cap = self.pol, self.prof, self.cap
+        n_past = restored.dec.n_past
         if cap > 0:
-            plan = pol.place(PrefillView(r, slot.id, n_past, T, user_starts[r], tool_starts[r],
-                                         tuple(ks), nb, ub))
+            trace = self.trace
+            plan = pol.place(PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
+                                         restored.ckpt_n_tokens, self.nb, self.ub))
         else:
-            plan = PrefillPlan((), *batch_counts(n_past, T, nb, ub))
-        n_created = n_evicted = 0
-        create_ms = 0.0
-        created_at = []
+            plan = PrefillPlan((), *batch_counts(n_past, T, self.nb, self.ub))
+        out = _Prefilled(plan, 0, 0, 0.0, [])
+        ckpts = slot.ckpts
+        budget = self.budget_mib
         for k in plan.positions:
             size = prof.ckpt_mib(k)
             if size > budget:
                 continue
-            drops = pol.pre_evict(ckpts, k, r, cap)
-            for i in sorted(drops, reverse=True):
-                c = ckpts.pop(i)
-                n_evicted += 1
-                emit(EventKind.ERASED_SPACING, c.n_tokens, c.size_mib)
-            while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
-                i = pol.victim(ckpts, k)
-                c = ckpts.pop(i)
-                n_evicted += 1
-                emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
-            for i in sorted(pol.supersede(ckpts, k), reverse=True):
-                c = ckpts.pop(i)
-                n_evicted += 1
-                emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
-            ckpts.append(Checkpoint(k, size, r, start_s))
-            created_at.append(k)
-            n_created += 1
-            create_ms += prof.create_ms(size)
-            if record_events:           # the message alone costs more than a no-op emit
-                emit(EventKind.CREATED, k, size, f"{len(ckpts)} of {cap}")
+            self._create_checkpoint(slot, ckpts, k, size, r, start_s, out, emit)
         for i in sorted(pol.prune(ckpts), reverse=True):
             c = ckpts.pop(i)
-            n_evicted += 1
+            out.n_evicted += 1
             emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
-        prefill_ms = prof.prefill_ms(n_past, T, plan.n_batches, plan.n_ubatches)
-        decode_ms = prof.decode_ms(T, n_out)
+        return out
 
-        if seeding is not None and r in seeding.ckpts:
-            slot.ckpts = [Checkpoint(k, prof.ckpt_mib(k), r, start_s) for k in seeding.ckpts[r]]
+    def _create_checkpoint(self, slot: _Slot, ckpts: list[Checkpoint], k: int, size: float, r: int,
+                           start_s: float, out: _Prefilled, emit: Callable[..., None]) -> None:
+        """``create_checkpoint`` (spec §2.4): (a) the policy's voluntary drops (the server's spacing
+        rule), (b) evict while over the count cap or byte budget, (c) supersede, then append."""
+        pol, cap = self.pol, self.cap
+        for i in sorted(pol.pre_evict(ckpts, k, r, cap), reverse=True):
+            c = ckpts.pop(i)
+            out.n_evicted += 1
+            emit(EventKind.ERASED_SPACING, c.n_tokens, c.size_mib)
+        budget, budget_finite = self.budget_mib, self.budget_finite
+        while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
+            c = ckpts.pop(pol.victim(ckpts, k))
+            out.n_evicted += 1
+            emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
+        for i in sorted(pol.supersede(ckpts, k), reverse=True):
+            c = ckpts.pop(i)
+            out.n_evicted += 1
+            emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
+        ckpts.append(Checkpoint(k, size, r, start_s))
+        out.created_at.append(k)
+        out.n_created += 1
+        out.create_ms += self.prof.create_ms(size)
+        if self.record_events:           # the message alone costs more than a no-op emit
+            emit(EventKind.CREATED, k, size, f"{len(ckpts)} of {cap}")
+
+    # --- accounting: time (spec §9.3), the slot after generation (§0), memory -----------------------
+    def account(self, slot: _Slot, r: int, T: int, restored: _Restored, prefilled: _Prefilled,
+                start_s: float, now_s: float) -> float:
+        """Book the prompt work on the shared device, generate, record the request; its finish time."""
+        prof, dec = self.prof, restored.dec
+        n_out = self.n_output[r]
+        n_past = dec.n_past
+        prefill_ms = prof.prefill_ms(n_past, T, prefilled.plan.n_batches, prefilled.plan.n_ubatches)
+        decode_ms = prof.decode_ms(T, n_out)
+        if self.seeding is not None and r in self.seeding.ckpts:
+            slot.ckpts = [Checkpoint(k, prof.ckpt_mib(k), r, start_s) for k in self.seeding.ckpts[r]]
         slot.seq = r
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
-        work_ms = restore_ms + prefill_ms + create_ms
-        work_start = device.run(start_s, work_ms / 1000.0, now_s)
+        work_ms = restored.restore_ms + prefill_ms + prefilled.create_ms
+        work_start = self.device.run(start_s, work_ms / 1000.0, now_s)
         finish = work_start + (work_ms + decode_ms) / 1000.0
-        if config.log_timing:
-            t_done = (trace[r].observed or {}).get("t_done_s")
+        if self.config.log_timing:
+            t_done = (self.trace[r].observed or {}).get("t_done_s")
             if t_done is not None:
                 finish = max(start_s, float(t_done))
         slot.busy_until = finish
         slot.t_last_used = finish
-        session_free[session] = finish
-        q = nxt_in_session.get(r)
-        if q is not None:
-            heapq.heappush(queue, (max(t_l[q], finish), rank[q], q))
-        ckpt_total = sum([s.ckpt_mib for s in slots])
-        if ckpt_total > peak_ckpt:
-            peak_ckpt = ckpt_total
-        ram = pcache.size_mib if pcache is not None else 0.0
-        peak_ram = max(peak_ram, ram)
-        results.append(RequestResult(
-            request_id=r, session=session, slot=slot.id, arrival_s=arrival, start_s=start_s,
-            n_prompt=T, n_output=n_out, n_true_prefix=n_lcp, n_cached=n_past,
+        ckpt_total = sum([s.ckpt_mib for s in self.slots])
+        if ckpt_total > self.peak_ckpt_mib:
+            self.peak_ckpt_mib = ckpt_total
+        ram = self.pcache.size_mib if self.pcache is not None else 0.0
+        self.peak_ram_mib = max(self.peak_ram_mib, ram)
+        arrival = self.t_s[r]
+        self.results.append(RequestResult(
+            request_id=r, session=self.trace.session[r], slot=slot.id, arrival_s=arrival, start_s=start_s,
+            n_prompt=T, n_output=n_out, n_true_prefix=restored.n_lcp, n_cached=n_past,
             n_reprocessed=T - n_past, restored_n_tokens=dec.restored,
-            full_reprocess=dec.full_reprocess, n_created=n_created, n_evicted=n_evicted,
-            n_invalidated=n_invalid, prefill_ms=prefill_ms, restore_ms=restore_ms,
-            create_ms=create_ms, ttft_ms=(work_start - arrival) * 1000.0 + work_ms, finish_s=finish,
-            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(created_at),
+            full_reprocess=dec.full_reprocess, n_created=prefilled.n_created,
+            n_evicted=prefilled.n_evicted, n_invalidated=restored.n_invalidated, prefill_ms=prefill_ms,
+            restore_ms=restored.restore_ms, create_ms=prefilled.create_ms,
+            ttft_ms=(work_start - arrival) * 1000.0 + work_ms, finish_s=finish,
+            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(prefilled.created_at),
             device_wait_ms=(work_start - start_s) * 1000.0))
-        done += 1
-        if on_progress is not None and (done & 255) == 0:
-            on_progress(256)
-    if on_progress is not None:
-        on_progress(len(order) & 255)
-    return Run(trace.name, pol.spec, config, prof.name, results, events, peak_ckpt, peak_ram)
+        return finish
 
 
 def _no_event(*args: object, **kwargs: object) -> None:
