@@ -11,30 +11,36 @@ the formulation and proofs are in docs/oracle.md.
    The bound ignores the checkpoint cap, the byte budget, slot choice and the prompt cache, so it
    holds for every policy under every configuration.
 
-2. ``OraclePolicy`` (``make_policy("oracle")``) -- an **achievable** clairvoyant policy, replayed by
-   the same simulator under the same cap, budget, slot choice and prompt cache as every other
-   policy. It predicts each request's restore need from a shadow replay, places checkpoints
-   exactly at the positions future requests will restore to, and when over budget evicts the
-   checkpoint whose next use is furthest in the future (Belady). With a cap that does not bind
-   it is exactly optimal on a fixed slot trajectory (docs/oracle.md, theorem 2); with a binding
-   cap it is a heuristic (Belady is only optimal for unit-size, uniform-value caching).
+2. The ``oracle`` policy (``policies.OraclePolicy``, registered like every other) -- an
+   **achievable** clairvoyant policy, replayed by the same simulator under the same cap, budget,
+   slot choice and prompt cache as every other policy. It predicts each request's restore need
+   from a shadow replay (``shadow_run``, ``predict_needs``), places checkpoints exactly at the
+   positions future requests will restore to (``plan_uses``), and when over budget evicts the
+   checkpoint whose planned uses are worth least (``victim_index``; Belady is one of its rules).
+   With a cap that does not bind it is exactly optimal on a fixed slot trajectory (docs/oracle.md,
+   theorem 2); with a binding cap it is a heuristic (Belady is only optimal for unit-size,
+   uniform-value caching).
+
+This module holds the machinery and imports neither the policies nor the simulator: the policy
+class lives in the registry (``policies.py``), and the replays it plans on are run by the
+simulator it is handed (``Policy.prepare``'s ``replay``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
 from .cost import CostProfile, load_profile
-from .policies import Policy, PrefillView
-from .records import Checkpoint, EventKind
-from .server import PrefillPlan, batch_counts
+from .records import EventKind
+from .server import ServerConfig, batch_counts
 from .trace import Trace
 
-_EVICTIONS = ("density", "value", "belady")
+EVICTIONS = ("density", "value", "belady")   # the oracle's eviction rules (docs/oracle.md, "Eviction")
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +90,6 @@ def best_prefix(trace: Trace) -> np.ndarray:
 
 def lower_bound(trace: Trace, config=None, profile: CostProfile | str | None = None) -> LowerBound:
     """The proven lower bound (module docstring, docs/oracle.md theorem 1)."""
-    from .sim import ServerConfig
     config = config or ServerConfig()
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
     T = trace.n_prompt.astype(np.int64)
@@ -118,15 +123,14 @@ class _Need:
     need: int         # largest usable restore position when a search happens, else 0
 
 
-def _work_s(summary: dict) -> float:
+def work_s(summary: dict) -> float:
+    """Prompt work of a run, seconds: what the oracle's fallback compares (docs/oracle.md)."""
     return summary["prefill_s"] + summary["restore_s"] + summary["create_s"]
 
 
-def shadow_run(trace: Trace, config, profile: CostProfile):
-    """The replay without checkpoints (cached: a sweep over --ctx-checkpoints reuses it)."""
-    import dataclasses
-
-    from .sim import simulate
+def shadow_run(trace: Trace, config: ServerConfig, profile: CostProfile, replay: Callable[..., object]):
+    """The replay without checkpoints, by ``replay`` (the simulator), cached: a sweep over
+    --ctx-checkpoints reuses it."""
     # The shadow has no checkpoints, so its cap and budget are irrelevant: neutral values let
     # ``_SHADOWS`` reuse one replay across a sweep over --ctx-checkpoints.
     cfg = dataclasses.replace(config, ctx_checkpoints=0, ckpt_budget_mib=math.inf)
@@ -134,7 +138,7 @@ def shadow_run(trace: Trace, config, profile: CostProfile):
     held = _SHADOWS.get(key)
     if held is not None and held[0] is trace and held[2] == profile:   # holding the trace keeps its id from being reused
         return held[1]
-    shadow = simulate(trace, "none", cfg, profile, record_events=True)
+    shadow = replay(trace, "none", cfg, profile, record_events=True)
     _SHADOWS.clear()                      # one trace at a time is enough for a sweep worker
     _SHADOWS[key] = (trace, shadow, profile)
     return shadow
@@ -176,152 +180,84 @@ def predict_needs(trace: Trace, basis) -> dict[int, _Need]:
     return out
 
 
-@dataclass
-class OraclePolicy(Policy):
-    """Clairvoyant: checkpoints exactly where future requests restore, Belady eviction (docs/oracle.md)."""
+def plan_uses(trace: Trace, basis) -> tuple[dict, dict]:
+    """(position uses per creator, serving rank) for the trajectory of the run ``basis``.
 
-    name: ClassVar[str] = "oracle"
-    source: ClassVar[str] = "ckptsim offline optimum (docs/oracle.md)"
-    needs_own_placement: ClassVar[bool] = True   # victim/prune rank the uses place() planned
-    _through: dict = field(default_factory=dict, init=False, repr=False)
-    _rank: dict = field(default_factory=dict, init=False, repr=False)
-    evict: str = "density"   # value | density | belady (docs/oracle.md, "Eviction")
-    _uses: dict = field(default_factory=dict, init=False, repr=False)
-    _now: int = field(default=-1, init=False, repr=False)
-    _cap: int = field(default=32, init=False, repr=False)
-    _budget_mib: float = field(default=math.inf, init=False, repr=False)
-    _profile: CostProfile | None = field(default=None, init=False, repr=False)
-    _checking: bool = field(default=False, repr=False)
-    fell_back: bool = field(default=False, init=False, repr=False)
+    ``uses[a]`` lists (position, rank of the request that restores it) for every future need
+    that passes through request ``a``: ``a`` creates or keeps a checkpoint there.
+    """
+    needs = predict_needs(trace, basis)
+    order = [res.request_id for res in basis.results]
+    rank = {r: i for i, r in enumerate(order)}
+    T = trace.n_prompt
+    # start[a]: where a's prefill is expected to begin -- its own need after the walk below
+    # (a need inside the source's output can only be served at the source's prompt end).
+    start = {r: nd.start for r, nd in needs.items()}
+    through: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r in order:
+        nd = needs[r]
+        if nd.need <= 0 or nd.src < 0:
+            continue
+        # Walk up the lineage to the latest request that prefills position p (the one that can
+        # create the checkpoint); every request on the way must keep it (p <= its start).
+        p, a, use = nd.need, nd.src, rank[r]
+        path = []
+        while a >= 0:
+            if p > int(T[a]):
+                p = int(T[a])                 # inside a's output: nobody prefills it, T_a is best
+            path.append(a)
+            if p >= start[a]:
+                break                         # a's first batch starts at or before p: creator
+            a = needs[a].src
+        # Everyone on the way holds the position the creator will actually make (p only
+        # shrinks going up), so keeping and pruning agree with what exists.
+        for b in path:
+            through[b].append((p, use))
+        start[r] = p if a >= 0 else 0
+    return dict(through), rank
 
-    @classmethod
-    def from_args(cls, args: str) -> OraclePolicy:
-        """Build from the part of a spec after ``oracle:`` (no parameters yet)."""
-        kw = {}
-        for part in filter(None, (a.strip() for a in args.split(","))):
-            k, eq, val = part.partition("=")
-            if k.strip() != "evict" or val.strip() not in _EVICTIONS:
-                raise ValueError(f"policy 'oracle': bad parameter {part!r}; expected "
-                                 f"evict={'|'.join(_EVICTIONS)}")
-            kw["evict"] = val.strip()
-        return cls(**kw)
 
-    @property
-    def spec(self) -> str:
-        return "oracle" if self.evict == "density" else f"oracle:evict={self.evict}"
+def victim_index(ks: list[int], uses: dict[int, list[int]], now: int, evict: str) -> int:
+    """The checkpoint to drop among positions ``ks`` (a newcomer included when it is last), given
+    the ranks of the requests that will restore each (``uses``) and the current rank ``now``."""
+    order = sorted(ks)
+    best_i, best = 0, None
+    for i, k in enumerate(ks):
+        us = uses.get(k, ())
+        if not us:
+            score: tuple = (0, 0.0, -k)         # nobody needs it: drop first
+        elif evict == "belady":
+            score = (1, -min(us), 0)
+        else:
+            j = order.index(k)
+            below = order[j - 1] if j > 0 else 0
+            value = (k - below) * len(us)       # tokens lost if the next lower one serves instead
+            if evict == "density":
+                value = value / max(1, max(us) - now)
+            score = (1, value, -min(us))
+        if best is None or score < best:
+            best_i, best = i, score
+    return best_i
 
-    def prepare(self, trace: Trace, config, profile: CostProfile) -> None:
-        """Read the future: predict every request's restore need and who can create it."""
-        self._cap, self._budget_mib, self._profile = config.ctx_checkpoints, config.ckpt_budget_mib, profile
-        if self._checking:
-            return                                # a trial replay of a plan made by its parent
-        import dataclasses
 
-        from .sim import simulate
-        shadow = shadow_run(trace, config, profile)
-        # The plan is made for the shadow's trajectory. Where the checkpoints change timing, a
-        # waiting session can overtake another and the plan becomes a forecast (re-planning on
-        # the plan's own replay was tried: +4x time for < 0.5% on the SWE traces, docs/oracle.md).
-        self._through, self._rank = self._plan(trace, shadow)
-        if config.cache_ram_mib > 0:
-            # Prompt-cache entries carry copies of the slot's checkpoints (spec §5), so where
-            # --cache-ram binds, checkpoint bytes can push whole conversations out of it (an
-            # unlimited cache, -1, evicts nothing, so theorem 2 holds there unchecked). The
-            # placement does not see that trade-off: replay it, and when keeping no checkpoints
-            # at all (the shadow) is cheaper, do that (docs/oracle.md).
-            trial = dataclasses.replace(self, _checking=True)
-            trial._through, trial._rank = self._through, self._rank
-            placed = simulate(trace, trial, config, profile, record_events=False).summary()
-            if _work_s(shadow.summary()) < _work_s(placed):
-                self._through = {}
-                self.fell_back = True
-
-    def _plan(self, trace: Trace, basis) -> tuple[dict, dict]:
-        """(position uses per creator, serving rank) for the trajectory of the run ``basis``."""
-        needs = predict_needs(trace, basis)
-        order = [res.request_id for res in basis.results]
-        rank = {r: i for i, r in enumerate(order)}
-        T = trace.n_prompt
-        # start[a]: where a's prefill is expected to begin -- its own need after the walk below
-        # (a need inside the source's output can only be served at the source's prompt end).
-        start = {r: nd.start for r, nd in needs.items()}
-        through: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for r in order:
-            nd = needs[r]
-            if nd.need <= 0 or nd.src < 0:
-                continue
-            # Walk up the lineage to the latest request that prefills position p (the one that can
-            # create the checkpoint); every request on the way must keep it (p <= its start).
-            p, a, use = nd.need, nd.src, rank[r]
-            path = []
-            while a >= 0:
-                if p > int(T[a]):
-                    p = int(T[a])                 # inside a's output: nobody prefills it, T_a is best
-                path.append(a)
-                if p >= start[a]:
-                    break                         # a's first batch starts at or before p: creator
-                a = needs[a].src
-            # Everyone on the way holds the position the creator will actually make (p only
-            # shrinks going up), so keeping and pruning agree with what exists.
-            for b in path:
-                through[b].append((p, use))
-            start[r] = p if a >= 0 else 0
-        return dict(through), rank
-
-    def place(self, v: PrefillView) -> PrefillPlan:
-        rank = self._rank.get(v.request_id, -1)
-        uses: dict[int, list[int]] = defaultdict(list)
-        for p, use in self._through.get(v.request_id, ()):
-            if use > rank:
-                uses[p].append(use)
-        self._uses = uses
-        self._now = rank
-        existing = list(v.ckpt_n_tokens)
-        want = sorted(p for p in uses if max(v.start, 1) <= p <= v.n_prompt and p not in existing)
-        prof = self._profile or load_profile(None)
-        cur = [(k, prof.ckpt_mib(k)) for k in existing]
-        made: list[int] = []
-        for k in want:
-            size = prof.ckpt_mib(k)
-            if size > self._budget_mib or self._cap <= 0:
-                continue
-            trial = cur + [(k, size)]
-            while len(trial) > self._cap or sum(s for _, s in trial) > self._budget_mib:
-                i = self._victim_index([c for c, _ in trial])
-                if trial[i][0] == k:
-                    break                          # the newcomer is worth least: do not create it
-                trial.pop(i)
-            else:
-                cur = trial
-                made.append(k)
-        return PrefillPlan(tuple(made), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, made))
-
-    def _victim_index(self, ks: list[int]) -> int:
-        """The checkpoint to drop among ``ks`` (the newcomer included when it is last)."""
-        uses, now = self._uses, self._now
-        order = sorted(ks)
-        best_i, best = 0, None
-        for i, k in enumerate(ks):
-            us = uses.get(k, ())
-            if not us:
-                score: tuple = (0, 0.0, -k)         # nobody needs it: drop first
-            elif self.evict == "belady":
-                score = (1, -min(us), 0)
-            else:
-                j = order.index(k)
-                below = order[j - 1] if j > 0 else 0
-                value = (k - below) * len(us)       # tokens lost if the next lower one serves instead
-                if self.evict == "density":
-                    value = value / max(1, max(us) - now)
-                score = (1, value, -min(us))
-            if best is None or score < best:
-                best_i, best = i, score
-        return best_i
-
-    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
-        return self._victim_index([c.n_tokens for c in ckpts])
-
-    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
-        """Drop what no later request on this lineage will restore (``_through`` lists every
-        future need that passes through the current request, cache loads included)."""
-        return [i for i, c in enumerate(ckpts) if not self._uses.get(c.n_tokens)]
+def choose_creates(want: list[int], existing: list[int], uses: dict[int, list[int]], now: int,
+                   evict: str, cap: int, budget_mib: float, profile: CostProfile | None) -> list[int]:
+    """Of the planned positions ``want``, those worth creating: a newcomer that would itself be
+    the eviction victim under the cap or budget is not made."""
+    prof = profile or load_profile(None)
+    cur = [(k, prof.ckpt_mib(k)) for k in existing]
+    made: list[int] = []
+    for k in want:
+        size = prof.ckpt_mib(k)
+        if size > budget_mib or cap <= 0:
+            continue
+        trial = cur + [(k, size)]
+        while len(trial) > cap or sum(s for _, s in trial) > budget_mib:
+            i = victim_index([c for c, _ in trial], uses, now, evict)
+            if trial[i][0] == k:
+                break                          # the newcomer is worth least: do not create it
+            trial.pop(i)
+        else:
+            cur = trial
+            made.append(k)
+    return made

@@ -3,8 +3,9 @@
 A policy answers two questions (design principle 2); the simulator owns everything else:
 - ``place(view)``: checkpoint positions (n_tokens) to create while prefilling [view.start, T);
 - ``victim(ckpts, new_k)``: which checkpoint goes when the count or byte budget is full.
-``prepare(trace, config, profile)`` is called once before the replay (a no-op except for offline
-policies such as the oracle, which read the whole trace there).
+``prepare(trace, config, profile, replay)`` is called once before the replay (a no-op except for
+offline policies such as the oracle, which read the whole trace there and may replay it with
+``replay``, the simulator itself, handed in so that no policy imports the simulator).
 ``pre_evict`` lets a policy drop checkpoints voluntarily before a create (llama-server's spacing
 rule). Policies are built from spec strings: ``every-n:n=2048``, ``llama-server:version=b10573``,
 and ``A+B`` combines A's placement with B's eviction (``every-n:n=2048+coverage``).
@@ -12,11 +13,15 @@ and ``A+B`` combines A's placement with B's eviction (``every-n:n=2048+coverage`
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from . import oracle
 from .records import Checkpoint
-from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, batch_counts, parse_build,
+from .server import (DEFAULT_BUILD, PrefillPlan, ServerConfig, ServerRules, batch_counts, parse_build,
                      server_placement, spacing_pass_runs, spacing_victims)
 
 _CURRENT_RULES = ServerRules(DEFAULT_BUILD)
@@ -45,6 +50,8 @@ class Policy:
     # True when victim/prune only make sense for the positions this policy's own place() chose
     # (the oracle): ``A+B`` refuses such a B.
     needs_own_placement: ClassVar[bool] = False
+    # Simulation time relative to ``none``'s, roughly: a sweep starts the costly tasks first.
+    relative_cost: ClassVar[float] = 1.0
 
     # restore rule this policy runs under (spec §2.2); only llama-server versions change it
     @property
@@ -53,11 +60,17 @@ class Policy:
 
     @property
     def ctx_checkpoints(self) -> int | None:
-        """A count cap the policy itself imposes (None: use the server config's)."""
+        """A count cap the policy itself pins (None: the server config's); read it through
+        ``checkpoint_cap``, which owns the rule."""
         return None
 
-    def prepare(self, trace, config, profile) -> None:
-        """Called once before the replay with the whole trace (offline policies plan here)."""
+    def prepare(self, trace, config: ServerConfig, profile,
+                replay: Callable[..., object]) -> None:
+        """Called once before the replay with the whole trace (offline policies plan here).
+
+        ``replay(trace, policy, config, profile, record_events=...)`` is the simulator itself
+        (``sim.simulate``), for a policy that plans on trial replays of the trace.
+        """
         return None
 
     def place(self, v: PrefillView) -> PrefillPlan:
@@ -128,6 +141,7 @@ class PerBatch(Policy):
 
     name: ClassVar[str] = "per-batch"
     source: ClassVar[str] = "PR #19970 (--checkpoint-every-nb)"
+    relative_cost: ClassVar[float] = 1.5
 
     def place(self, v: PrefillView) -> PrefillPlan:
         ps = list(range(v.start + v.n_batch, v.n_prompt, v.n_batch)) + [v.n_prompt]
@@ -177,6 +191,7 @@ class LlamaServer(Policy):
 
     name: ClassVar[str] = "llama-server"
     source: ClassVar[str] = "tools/server/server-context.cpp; behaviour spec §2-§4"
+    relative_cost: ClassVar[float] = 2.0
     version: str = f"b{DEFAULT_BUILD}"
     ctx_checkpoints_flag: int = -1   # -ctxcp; -1: the server config's value
     min_step: int = -1               # --checkpoint-min-step; -1: the build's default
@@ -270,6 +285,87 @@ def coverage_victim(ks: list[int], new_k: int) -> int:
 
 
 @dataclass
+class OraclePolicy(Policy):
+    """Offline optimum: checkpoints exactly where future requests restore, the least valuable evicted.
+
+    Clairvoyant (docs/oracle.md): ``prepare`` replays the trace without checkpoints to learn where
+    each request will resume, places checkpoints at those positions only, and evicts by the value
+    of the planned uses (``evict``: density, value or belady). The machinery is in ``oracle.py``.
+    """
+
+    name: ClassVar[str] = "oracle"
+    source: ClassVar[str] = "ckptsim offline optimum (docs/oracle.md)"
+    needs_own_placement: ClassVar[bool] = True   # victim/prune rank the uses place() planned
+    relative_cost: ClassVar[float] = 3.0
+    evict: str = "density"   # value | density | belady (docs/oracle.md, "Eviction")
+    _through: dict = field(default_factory=dict, init=False, repr=False)
+    _rank: dict = field(default_factory=dict, init=False, repr=False)
+    _uses: dict = field(default_factory=dict, init=False, repr=False)
+    _now: int = field(default=-1, init=False, repr=False)
+    _cap: int = field(default=32, init=False, repr=False)
+    _budget_mib: float = field(default=math.inf, init=False, repr=False)
+    _profile: object = field(default=None, init=False, repr=False)
+    # A trial replay of a plan made by its parent (the prompt-cache check in prepare): plans nothing.
+    _checking: bool = field(default=False, init=False, repr=False)
+    fell_back: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.evict not in oracle.EVICTIONS:
+            raise ValueError(f"policy 'oracle': evict={self.evict!r}; expected one of "
+                             f"{'|'.join(oracle.EVICTIONS)}")
+
+    @property
+    def spec(self) -> str:
+        return "oracle" if self.evict == "density" else f"oracle:evict={self.evict}"
+
+    def prepare(self, trace, config: ServerConfig, profile, replay: Callable[..., object]) -> None:
+        """Read the future: predict every request's restore need and who can create it."""
+        self._cap, self._budget_mib, self._profile = checkpoint_cap(self, config), config.ckpt_budget_mib, profile
+        if self._checking:
+            return
+        shadow = oracle.shadow_run(trace, config, profile, replay)
+        # The plan is made for the shadow's trajectory. Where the checkpoints change timing, a
+        # waiting session can overtake another and the plan becomes a forecast (re-planning on
+        # the plan's own replay was tried: +4x time for < 0.5% on the SWE traces, docs/oracle.md).
+        self._through, self._rank = oracle.plan_uses(trace, shadow)
+        if config.cache_ram_mib > 0:
+            # Prompt-cache entries carry copies of the slot's checkpoints (spec §5), so where
+            # --cache-ram binds, checkpoint bytes can push whole conversations out of it (an
+            # unlimited cache, -1, evicts nothing, so theorem 2 holds there unchecked). The
+            # placement does not see that trade-off: replay it, and when keeping no checkpoints
+            # at all (the shadow) is cheaper, do that (docs/oracle.md).
+            trial = OraclePolicy(evict=self.evict)
+            trial._checking = True
+            trial._through, trial._rank = self._through, self._rank
+            placed = replay(trace, trial, config, profile, record_events=False).summary()
+            if oracle.work_s(shadow.summary()) < oracle.work_s(placed):
+                self._through = {}
+                self.fell_back = True
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        rank = self._rank.get(v.request_id, -1)
+        uses: dict[int, list[int]] = defaultdict(list)
+        for p, use in self._through.get(v.request_id, ()):
+            if use > rank:
+                uses[p].append(use)
+        self._uses = uses
+        self._now = rank
+        existing = list(v.ckpt_n_tokens)
+        want = sorted(p for p in uses if max(v.start, 1) <= p <= v.n_prompt and p not in existing)
+        made = oracle.choose_creates(want, existing, uses, rank, self.evict, self._cap, self._budget_mib,
+                                     self._profile)
+        return PrefillPlan(tuple(made), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, made))
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return oracle.victim_index([c.n_tokens for c in ckpts], self._uses, self._now, self.evict)
+
+    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        """Drop what no later request on this lineage will restore (the plan lists every future
+        need that passes through the current request, cache loads included)."""
+        return [i for i, c in enumerate(ckpts) if not self._uses.get(c.n_tokens)]
+
+
+@dataclass
 class Combined(Policy):
     """``A+B``: placement and restore rule of A, eviction of B.
 
@@ -286,9 +382,13 @@ class Combined(Policy):
     def __post_init__(self) -> None:
         check_combination(f"{self.placement.spec}+{self.eviction.spec}", self.eviction)
 
-    def prepare(self, trace, config, profile) -> None:
-        self.placement.prepare(trace, config, profile)
-        self.eviction.prepare(trace, config, profile)
+    def prepare(self, trace, config: ServerConfig, profile, replay: Callable[..., object]) -> None:
+        self.placement.prepare(trace, config, profile, replay)
+        self.eviction.prepare(trace, config, profile, replay)
+
+    @property
+    def relative_cost(self) -> float:  # type: ignore[override]
+        return max(self.placement.relative_cost, self.eviction.relative_cost)
 
     @property
     def rules(self) -> ServerRules:
@@ -328,7 +428,8 @@ def check_combination(spec: str, eviction: Policy) -> None:
 
 # The registry: adding a policy touches this file only.
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage)
+    cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage,
+                               OraclePolicy)
 }
 # Short names users type for the server's historical eras (spec §3).
 ALIASES = {
@@ -352,12 +453,9 @@ def make_policy(spec: str | Policy) -> Policy:
     spec = ALIASES.get(spec, spec)
     name, _, args = spec.partition(":")
     name = name.strip()
-    if name == "oracle":
-        from .oracle import OraclePolicy  # offline: needs the whole trace
-        return OraclePolicy.from_args(args)
     cls = POLICIES.get(name)
     if cls is None:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}, oracle")
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
     fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict = {}
     for part in filter(None, (p.strip() for p in args.split(","))):
@@ -375,5 +473,17 @@ def make_policy(spec: str | Policy) -> Policy:
 
 
 def policy_names() -> list[str]:
-    """Names in the registry, plus the offline optimum."""
-    return sorted(POLICIES) + ["oracle"]
+    """Names of the registered policies, sorted (the registry is the only list)."""
+    return sorted(POLICIES)
+
+
+def checkpoint_cap(policy: Policy, config: ServerConfig) -> int:
+    """The checkpoint cap (``--ctx-checkpoints``) a run of ``policy`` under ``config`` uses.
+
+    The one rule for the cap's two homes: ``config.ctx_checkpoints`` (the server flag, what a
+    sweep varies) applies unless the policy pins a cap of its own (``Policy.ctx_checkpoints``:
+    a spec's ``llama-server:ctx_checkpoints=N``, or ``none``, which pins 0); ``A+B`` runs under
+    A's. The simulator, the oracle's planning and a sweep's memory column all ask here.
+    """
+    pinned = policy.ctx_checkpoints
+    return config.ctx_checkpoints if pinned is None else pinned

@@ -81,8 +81,8 @@ def _num(x: float) -> str:
 def default_flags(version: str) -> Flags:
     """What the server does with no flags given (spec §8, per build)."""
     rules = ServerRules(parse_build(version))
-    return Flags(rules.default_ctx_checkpoints, 8192.0 if rules.build >= 6724 else 0.0,
-                 min_step=rules.default_min_step if rules.build >= 9315 else None,
+    return Flags(rules.default_ctx_checkpoints, rules.default_cache_ram_mib,
+                 min_step=rules.default_min_step if rules.user_turn_checkpoints else None,
                  every_n=8192 if rules.every_n else None)
 
 
@@ -196,8 +196,8 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
     def fits(f: Flags) -> bool:
         return ram_mib is None or ram_needed_mib(f, n_slots, ckpt_mib) <= ram_mib
 
-    spacing = MIN_STEPS if build >= 9315 else (EVERY_N if rules.every_n else (None,))
-    mk = (lambda cp, ram, s: Flags(cp, ram, min_step=s)) if build >= 9315 else \
+    spacing = MIN_STEPS if rules.user_turn_checkpoints else (EVERY_N if rules.every_n else (None,))
+    mk = (lambda cp, ram, s: Flags(cp, ram, min_step=s)) if rules.user_turn_checkpoints else \
          (lambda cp, ram, s: Flags(cp, ram, every_n=s))
     d = default_flags(version)
     ram0 = d.cache_ram_mib if ram_mib is None else min(d.cache_ram_mib, max(0.0, ram_mib / 2))

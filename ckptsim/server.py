@@ -15,6 +15,7 @@ and a checkpoint with ``n_tokens = k`` has pos_min = pos_max = k - 1 (spec §0):
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,15 +23,91 @@ from functools import cached_property
 # (docs/conformance.md): b10809 replays only under the older rules, b11063 only under #28302's,
 # so it landed in b10810-b11063; 11000 lies inside that bracket.
 PR28302_BUILD = 11000
+FIRST_BUILD = 6685     # #16382: context checkpoints for hybrid/recurrent models
 LATEST_BUILD = 11549
 DEFAULT_BUILD = LATEST_BUILD
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server flags the simulation runs under (names as llama-server's, spec §8).
+
+    ``ctx_checkpoints`` is the cap unless the policy pins its own (``policies.checkpoint_cap``).
+    """
+
+    n_slots: int = 1                       # -np
+    n_ctx: int = 262144                    # -c (per slot when not unified)
+    n_batch: int = 2048                    # -b
+    n_ubatch: int = 512                    # -ub
+    ctx_checkpoints: int = 32              # --ctx-checkpoints (per slot)
+    ckpt_budget_mib: float = math.inf      # host RAM for checkpoints per slot (not a server flag)
+    cache_ram_mib: float = 8192.0          # --cache-ram: 0 off, -1 unlimited
+    slot_prompt_similarity: float = 0.10   # -sps
+    cache_idle_slots: bool = True          # --cache-idle-slots
+    kv_unified: bool = True                # -kvu (auto with -np auto)
+    # True: serve requests in the trace's order, each after its arrival and its session's previous
+    # answer, so every policy sees the same interleaving (and a log of this very server replays in
+    # its own order). False: in the order they become ready, as the server's task queue does
+    # (module docstring) -- faithful queueing, but the order then depends on the policy.
+    arrival_order: bool = True
+    # Replaying a server's own log (validate): a slot is busy until the log says its task stopped
+    # (observed["t_done_s"]), not until the cost model's finish, so which slots are idle -- and so
+    # slot selection and the idle-slot saves of spec §2.1 -- follow the server, whatever the profile.
+    log_timing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_slots < 1:
+            raise ValueError("n_slots must be >= 1")
+        if self.n_batch < 1 or self.n_ubatch < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if self.ctx_checkpoints < 0:
+            raise ValueError("ctx_checkpoints must be >= 0")
+
+    @property
+    def eff_n_batch(self) -> int:
+        """Effective -b: min(n_ctx, b) (spec §8)."""
+        return max(1, min(self.n_ctx, self.n_batch))
+
+    @property
+    def eff_n_ubatch(self) -> int:
+        """Effective -ub: min(b, ub)."""
+        return max(1, min(self.eff_n_batch, self.n_ubatch))
+
+
+# Every build at which a modelled rule changes, with the PR that changed it (spec §3, §8): the one
+# table of build boundaries. ServerRules' flags read their thresholds here and nowhere else, and
+# validate replays a log's open build range once per group between them (RULE_BOUNDARIES).
+RULE_CHANGES: dict[str, tuple[int, str]] = {
+    "end_minus_64": (6713, "#16440"),          # checkpoint at T-64; >= 64 tokens, > 64 after the last
+    "cache_ram": (6724, "#16391"),             # host prompt cache (--cache-ram 8192); -ctxcp 3 -> 8
+    "end_minus_batch": (7973, "#19408"),       # checkpoint at T - min(n_batch, 512)
+    "every_n_tokens": (8232, "#20087"),        # --checkpoint-every-n-tokens; -ctxcp 8 -> 32
+    "near_end_pair": (8286, "#20288"),         # breaks and checkpoints at T-(4+ub) and T-4
+    "erase_always": (8400, "#20671"),          # invalidation runs for every request, against pos_next
+    "n_swa_zero": (8461, "#20726"),            # n_swa = 0: thold = n_past, search iff pos_min >= thold
+    "pick_pos_min_zero": (8703, "#21510"),     # a checkpoint with pos_min == 0 is always acceptable
+    "search_every_request": (9232, "#23280"),  # thold = n_past - 1; n_past == T no longer resets
+    "user_turns": (9315, "#22929"),            # last user message, --checkpoint-min-step 256; every-N
+                                               # and the 64-token rules removed
+    "has_new": (9542, "#24110"),               # thold = n_past - (0 if has_new else 1)
+    "skip_past_pos_next": (9602, "#24411"),    # skip checkpoints with pos_max > pos_next
+    "every_user_start": (9775, "#24176"),      # break at every user start; min step 256 -> 8192
+    "user_break_conditional": (9936, "#25420"),  # user-start break only if a checkpoint is due there
+    "spacing_eviction": (9985, "#25472"),      # spacing eviction (a); near-end exempt from spacing
+    "spacing_when_full": (PR28302_BUILD, "#28302"),  # (a) only when full; supersede the same n_tokens
+}
+
+
+def _since(change: str) -> int:
+    return RULE_CHANGES[change][0]
 
 
 @dataclass(frozen=True)
 class ServerRules:
     """The decision rules of one llama-server build for hybrid/recurrent, text-only prompts (spec §3).
 
-    The flags are cached: the simulator consults them for every request and batch.
+    Each flag names a rule and reads the build that introduced it from ``RULE_CHANGES``. The flags
+    are cached: the simulator consults them for every request and batch.
     """
 
     build: int
@@ -38,85 +115,111 @@ class ServerRules:
     # --- restore (spec §2.2, §3 "Search / Pick / Erase") ---
     @cached_property
     def searches_every_request(self) -> bool:
-        """b9232-b9541 (#23280): thold = n_past - 1, so even pure extensions search."""
-        return 9232 <= self.build < 9542
+        """b9232-b9541 (#23280, until #24110): thold = n_past - 1, so even pure extensions search."""
+        return _since("search_every_request") <= self.build < _since("has_new")
 
     @cached_property
     def has_new_rule(self) -> bool:
         """b9542+ (#24110): thold = n_past - (0 if has_new else 1)."""
-        return self.build >= 9542
+        return self.build >= _since("has_new")
+
+    @cached_property
+    def n_swa_zero(self) -> bool:
+        """b8461+ (#20726): n_swa = 0, so thold = n_past and a search runs iff pos_min >= thold
+        (before: n_swa := 1, thold = n_past - 1, search iff 0 < n_past < L)."""
+        return self.build >= _since("n_swa_zero")
+
+    @cached_property
+    def skip_past_pos_next(self) -> bool:
+        """b9602+ (#24411): the search skips checkpoints with pos_max > pos_next."""
+        return self.build >= _since("skip_past_pos_next")
 
     @cached_property
     def pick_pos_min_zero(self) -> bool:
         """b8703+ (#21510): a checkpoint with pos_min == 0 (k == 1) is always acceptable."""
-        return self.build >= 8703
+        return self.build >= _since("pick_pos_min_zero")
 
     @cached_property
     def erase_always(self) -> bool:
         """b8400+ (#20671): the invalidation pass runs for every request, against pos_next."""
-        return self.build >= 8400
+        return self.build >= _since("erase_always")
 
     @cached_property
     def full_on_resend(self) -> bool:
-        """Before b9232: n_past == T hits a failed seq_rm on recurrent memory => full re-processing."""
-        return self.build < 9232
+        """Before b9232 (#23280): n_past == T hits a failed seq_rm on recurrent memory => full
+        re-processing."""
+        return self.build < _since("search_every_request")
 
     # --- placement (spec §2.3, §3 "Place") ---
     @cached_property
     def era(self) -> str:
         """Name of the placement rule set this build uses."""
         b = self.build
-        if b < 6713:
+        if b < _since("end_minus_64"):
             return "end"            # b6685: one checkpoint after the prompt, k = T
-        if b < 7973:
+        if b < _since("end_minus_batch"):
             return "end-64"         # b6713 #16440: k = T - 64
-        if b < 8286:
+        if b < _since("near_end_pair"):
             return "end-batch"      # b7973 #19408: k = T - min(n_batch, 512)
-        if b < 9315:
+        if b < _since("user_turns"):
             return "near-end"       # b8286 #20288: k in {T-(4+ub), T-4} (+ every-N from b8232)
-        if b < 9775:
+        if b < _since("every_user_start"):
             return "last-user"      # b9315 #22929: + last user message, min_step spacing
         return "user"               # b9775 #24176: every user start
 
     @cached_property
+    def user_turn_checkpoints(self) -> bool:
+        """b9315+ (#22929): checkpoints at user-message starts, spaced by ``--checkpoint-min-step``
+        (the flag exists from this build on)."""
+        return self.build >= _since("user_turns")
+
+    @cached_property
     def every_n(self) -> bool:
-        """b8232-b9314: ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
-        return 8232 <= self.build < 9315
+        """b8232-b9314 (#20087, until #22929): ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
+        return _since("every_n_tokens") <= self.build < _since("user_turns")
 
     @cached_property
     def min64(self) -> bool:
-        """b6713-b9314: checkpoints need >= 64 tokens and > 64 tokens after the previous one."""
-        return 6713 <= self.build < 9315
+        """b6713-b9314 (#16440, until #22929): checkpoints need >= 64 tokens and > 64 tokens after
+        the previous one."""
+        return _since("end_minus_64") <= self.build < _since("user_turns")
 
     @cached_property
     def user_break_conditional(self) -> bool:
         """b9936+ (#25420): break at a user start only if a checkpoint would be taken there."""
-        return self.build >= 9936
+        return self.build >= _since("user_break_conditional")
 
     @cached_property
     def near_end_exempt(self) -> bool:
         """b9985+ (#25472): near-end checkpoints ignore the min_step spacing."""
-        return self.build >= 9985
+        return self.build >= _since("spacing_eviction")
 
     @cached_property
     def spacing_eviction(self) -> bool:
         """b9985+ (#25472): creating a checkpoint first erases older tasks' too-close ones."""
-        return self.build >= 9985
+        return self.build >= _since("spacing_eviction")
 
     @cached_property
     def spacing_eviction_only_when_full(self) -> bool:
         """#28302: the spacing pass runs only when the list is full; same-position ones are superseded."""
-        return self.build >= PR28302_BUILD
+        return self.build >= _since("spacing_when_full")
 
+    # --- flag defaults (spec §8) ---
     @cached_property
     def default_ctx_checkpoints(self) -> int:
-        """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724), 32 (b8232) (spec §8)."""
-        return 3 if self.build < 6724 else 8 if self.build < 8232 else 32
+        """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724 #16391), 32 (b8232 #20087) (spec §8)."""
+        return 3 if self.build < _since("cache_ram") else 8 if self.build < _since("every_n_tokens") else 32
+
+    @cached_property
+    def default_cache_ram_mib(self) -> float:
+        """``--cache-ram`` default: 8192 MiB from b6724 (#16391), which added the host prompt cache;
+        0 (no cache) before."""
+        return 8192.0 if self.build >= _since("cache_ram") else 0.0
 
     @cached_property
     def default_min_step(self) -> int:
-        """``--checkpoint-min-step`` default: 256 (b9315), 8192 (b9775) (spec §8)."""
-        return 256 if self.build < 9775 else 8192
+        """``--checkpoint-min-step`` default: 256 (b9315 #22929), 8192 (b9775 #24176) (spec §8)."""
+        return 256 if self.build < _since("every_user_start") else 8192
 
 
 def parse_build(version: str | int) -> int:
@@ -131,8 +234,8 @@ def parse_build(version: str | int) -> int:
     if not v.isdigit():
         raise ValueError(f"bad llama-server version {version!r}: expected a build like b10573")
     b = int(v)
-    if b < 6685:
-        raise ValueError(f"build b{b} predates checkpoints for hybrid/recurrent models (b6685, #16382)")
+    if b < FIRST_BUILD:
+        raise ValueError(f"build b{b} predates checkpoints for hybrid/recurrent models (b{FIRST_BUILD}, #16382)")
     return b
 
 
@@ -156,7 +259,6 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
     """
     n_past = n_lcp
     T, L = n_prompt, n_cache
-    b = rules.build
     restored, full, searched = -1, False, False
     pos_next = n_past
     if rules.has_new_rule or rules.searches_every_request:
@@ -167,7 +269,7 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
         else:
             thold = max(0, n_past - (0 if has_new else 1))
         do_search = 0 < n_past <= L and (L - 1) >= thold
-    elif b >= 8461:
+    elif rules.n_swa_zero:
         # b8461 #20726: n_swa = 0, thold = n_past; search if pos_min >= thold, i.e. n_past < L
         thold = n_past
         do_search = 0 < n_past <= L and (L - 1) >= thold
@@ -178,8 +280,9 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
     if do_search:
         searched = True
         chosen = -1
+        skip_past = rules.skip_past_pos_next
         for k in reversed(ckpt_n_tokens):              # newest first
-            if b >= 9602 and k - 1 > pos_next:         # #24411: skip pos_max > pos_next
+            if skip_past and k - 1 > pos_next:         # #24411: skip pos_max > pos_next
                 continue
             if (k - 1) < thold or (rules.pick_pos_min_zero and k == 1):
                 chosen = k
@@ -402,7 +505,6 @@ def spacing_pass_runs(rules: ServerRules, n_ckpts: int, n_ctx_checkpoints: int) 
     return not (rules.spacing_eviction_only_when_full and n_ckpts + 1 < n_ctx_checkpoints)
 
 
-# Builds where a rule of this module changes (the thresholds of ServerRules and its helpers):
-# a build range that the wording of a log leaves open is replayed once per group (validate).
-RULE_BOUNDARIES = (6713, 6724, 7973, 8232, 8286, 8400, 8461, 8703, 9232, 9315, 9542, 9602, 9775, 9936,
-                   9985, PR28302_BUILD)
+# Builds where a rule of this module changes (RULE_CHANGES): a build range that the wording of a
+# log leaves open is replayed once per group (validate).
+RULE_BOUNDARIES = tuple(sorted({b for b, _ in RULE_CHANGES.values()}))

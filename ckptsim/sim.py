@@ -32,53 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostProfile, load_profile
-from .policies import Policy, PrefillView, make_policy
+from .policies import Policy, PrefillView, checkpoint_cap, make_policy
 from .records import Checkpoint, Event, EventKind, RequestResult
-from .server import PrefillPlan, RestoreDecision, batch_counts, restore_decision
+from .server import PrefillPlan, RestoreDecision, ServerConfig, batch_counts, restore_decision
 from .trace import Trace
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """The server flags the simulation runs under (names as llama-server's, spec §8)."""
-
-    n_slots: int = 1                       # -np
-    n_ctx: int = 262144                    # -c (per slot when not unified)
-    n_batch: int = 2048                    # -b
-    n_ubatch: int = 512                    # -ub
-    ctx_checkpoints: int = 32              # --ctx-checkpoints (per slot)
-    ckpt_budget_mib: float = math.inf      # host RAM for checkpoints per slot (not a server flag)
-    cache_ram_mib: float = 8192.0          # --cache-ram: 0 off, -1 unlimited
-    slot_prompt_similarity: float = 0.10   # -sps
-    cache_idle_slots: bool = True          # --cache-idle-slots
-    kv_unified: bool = True                # -kvu (auto with -np auto)
-    # True: serve requests in the trace's order, each after its arrival and its session's previous
-    # answer, so every policy sees the same interleaving (and a log of this very server replays in
-    # its own order). False: in the order they become ready, as the server's task queue does
-    # (module docstring) -- faithful queueing, but the order then depends on the policy.
-    arrival_order: bool = True
-    # Replaying a server's own log (validate): a slot is busy until the log says its task stopped
-    # (observed["t_done_s"]), not until the cost model's finish, so which slots are idle -- and so
-    # slot selection and the idle-slot saves of spec §2.1 -- follow the server, whatever the profile.
-    log_timing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.n_slots < 1:
-            raise ValueError("n_slots must be >= 1")
-        if self.n_batch < 1 or self.n_ubatch < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if self.ctx_checkpoints < 0:
-            raise ValueError("ctx_checkpoints must be >= 0")
-
-    @property
-    def eff_n_batch(self) -> int:
-        """Effective -b: min(n_ctx, b) (spec §8)."""
-        return max(1, min(self.n_ctx, self.n_batch))
-
-    @property
-    def eff_n_ubatch(self) -> int:
-        """Effective -ub: min(b, ub)."""
-        return max(1, min(self.eff_n_batch, self.n_ubatch))
 
 
 @dataclass(frozen=True)
@@ -300,7 +257,7 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     config = config or ServerConfig()
     pol = make_policy(policy)
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
-    pol.prepare(trace, config, prof)           # offline policies see the whole trace first
+    pol.prepare(trace, config, prof, simulate)     # offline policies see (and may replay) the trace first
     replay = _Replay(trace, pol, config, prof, record_events, seeding)
     queue = _TaskQueue(trace, config.arrival_order)
     done = 0
@@ -393,7 +350,7 @@ class _Replay:
         self.seeding = seeding
         self.record_events = record_events
         self.rules = pol.rules
-        self.cap = pol.ctx_checkpoints if pol.ctx_checkpoints is not None else config.ctx_checkpoints
+        self.cap = checkpoint_cap(pol, config)
         self.budget_mib = config.ckpt_budget_mib
         self.budget_finite = math.isfinite(self.budget_mib)
         self.nb, self.ub = config.eff_n_batch, config.eff_n_ubatch

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .policies import POLICIES, Combined, NoCheckpoints, Policy, make_policy
+from .policies import Policy, checkpoint_cap, make_policy
 from .sim import ServerConfig
 
 DEFAULT_CTX_CHECKPOINTS = (4, 8, 16, 32, 64, 128)
@@ -51,13 +51,11 @@ def with_min_step(spec: str, min_step: int | None) -> tuple[str, int | None]:
 
 def pinned_cap(pol: Policy) -> int | None:
     """The checkpoint cap a policy spec sets itself (``llama-server:ctx_checkpoints=4``), which
-    overrides --ctx-checkpoints; None when the server config decides. ``none`` keeps no
-    checkpoints under any cap, so it pins nothing."""
-    if isinstance(pol, Combined):
-        pol = pol.placement               # A+B runs under A's cap (policies.Combined)
-    if isinstance(pol, NoCheckpoints):
-        return None
-    return pol.ctx_checkpoints
+    overrides --ctx-checkpoints (``policies.checkpoint_cap``); None when the swept cap decides.
+    A pin at 0 (``none``) keeps no checkpoints under any cap, so its rows are right whatever cap
+    labels them: it pins nothing here."""
+    pin = pol.ctx_checkpoints
+    return None if pin == 0 else pin
 
 
 def expand(traces: Iterable[str | Path], policies: Iterable[str],
@@ -113,9 +111,10 @@ def _bound(path: str, n_batch: int, n_ubatch: int, n_ctx: int, profile: str | No
     return lb.reprocessed_tokens, lb.prefill_s, lb.ttft_p95_ms
 
 
-def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy_cap: int | None = None) -> float:
-    """Host RAM the checkpoints may take at most: n_slots x ctx_checkpoints x size (spec §4)."""
-    cap = config.ctx_checkpoints if policy_cap is None else policy_cap
+def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy: Policy | None = None) -> float:
+    """Host RAM the checkpoints may take at most: n_slots x cap x size (spec §4), the cap being the
+    one ``policy`` runs under (``policies.checkpoint_cap``; the config's when no policy is given)."""
+    cap = config.ctx_checkpoints if policy is None else checkpoint_cap(policy, config)
     per_slot = min(cap * ckpt_mib, config.ckpt_budget_mib)
     return config.n_slots * per_slot
 
@@ -142,7 +141,7 @@ def run_task(task: SweepTask) -> dict:
         cache_ram_mib=cfg.cache_ram_mib, n_slots=cfg.n_slots, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
         queue="arrival" if cfg.arrival_order else "ready",
         ckpt_budget_mib=None if math.isinf(cfg.ckpt_budget_mib) else cfg.ckpt_budget_mib,
-        ckpt_mem_mib=ckpt_memory_mib(cfg, max_ckpt, pol.ctx_checkpoints),
+        ckpt_mem_mib=ckpt_memory_mib(cfg, max_ckpt, pol),
         bound_reprocessed_tokens=lb[0], bound_prefill_s=lb[1], bound_ttft_p95_ms=lb[2],
         wall_s=time.perf_counter() - t0)
     return row
@@ -189,8 +188,7 @@ def _warm(paths: list[str]) -> None:
 
 
 def _weight(t: SweepTask) -> float:
-    pol = t.policy.split(":")[0]
-    cost = {"oracle": 3.0, "llama-server": 2.0, "coverage": 2.0, "per-batch": 1.5}.get(pol, 1.0)
+    cost = make_policy(t.policy).relative_cost
     return cost * max(1.0, os.path.getsize(t.trace_path) if os.path.exists(t.trace_path) else 1.0)
 
 
@@ -224,7 +222,3 @@ def write_table(df: pd.DataFrame, path: Path, force: bool = False) -> Path:
         raise ValueError(f"{path}: output must end in .csv or .parquet")
     return path
 
-
-def known_policy_names() -> list[str]:
-    """Policy names a sweep accepts (the registry plus the oracle)."""
-    return sorted(POLICIES) + ["oracle"]

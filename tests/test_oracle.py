@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptsim.oracle import OraclePolicy, lower_bound, predict_needs, shadow_run
-from ckptsim.policies import make_policy
+from ckptsim.oracle import lower_bound, plan_uses, predict_needs, shadow_run
+from ckptsim.policies import OraclePolicy, make_policy
 from ckptsim.records import Request
 from ckptsim.sim import ServerConfig, simulate
 from ckptsim.trace import Trace, TraceHeader, load_trace
@@ -164,7 +164,7 @@ def test_predicted_needs_follow_the_lineage() -> None:
     """Request 1 rewinds into 0's prompt (search, need 6000); 2 is a full resend (need T-1)."""
     from ckptsim.cost import load_profile
     chat = _chat()
-    needs = predict_needs(chat, shadow_run(chat, ServerConfig(cache_ram_mib=0), load_profile(None)))
+    needs = predict_needs(chat, shadow_run(chat, ServerConfig(cache_ram_mib=0), load_profile(None), simulate))
     assert (needs[0].src, needs[1].src, needs[2].src) == (-1, 0, 1)
     assert (needs[1].need, needs[2].need) == (6_000, 6_999)
 
@@ -206,10 +206,11 @@ def test_prepare_is_part_of_the_interface_and_combined_forwards_it() -> None:
     calls: list[str] = []
 
     class Recording(Fifo):
-        def prepare(self, trace, config, profile) -> None:
+        def prepare(self, trace, config, profile, replay) -> None:
+            assert replay is simulate           # the simulator hands itself in (no import cycle)
             calls.append(type(self).__name__)
 
-    assert Policy().prepare(None, None, None) is None
+    assert Policy().prepare(None, None, None, None) is None
     trace = load_trace(REPO / "traces" / "agent-edit.jsonl")
     simulate(trace, Combined(placement=Recording(), eviction=Recording()), record_events=False)
     assert calls == ["Recording", "Recording"]
@@ -229,8 +230,9 @@ def test_oracle_falls_back_when_checkpoint_copies_crowd_the_prompt_cache() -> No
     trace = load_trace(REPO / "traces" / "real" / "mini-swe-agent-gemini3pro-s40.jsonl")
     finite = ServerConfig(cache_ram_mib=2048)
     from ckptsim.cost import load_profile
-    placed = OraclePolicy(_checking=True)         # the placement alone, without the fallback check
-    placed._through, placed._rank = placed._plan(trace, shadow_run(trace, finite, load_profile(None)))
+    placed = OraclePolicy()                       # the placement alone, without the fallback check
+    placed._checking = True
+    placed._through, placed._rank = plan_uses(trace, shadow_run(trace, finite, load_profile(None), simulate))
     with_ckpts = simulate(trace, placed, finite, record_events=False).summary()
     none = simulate(trace, "none", finite, record_events=False).summary()
     assert _work_s(none) < _work_s(with_ckpts)

@@ -1,6 +1,9 @@
 """Checkpoint placement of llama-server per era, checked against the spec's worked examples and real logs."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ckptsim.server import ServerRules, batch_counts, server_placement
 
 
@@ -75,3 +78,79 @@ def test_last_user_era_log_replays_every_decision():
     log = Path(__file__).parent / "data" / "conformance" / "b9538-chat-user-turns.server.log.gz"
     doc = validate_log(log, version="b9538").to_json()
     assert doc["tasks"] == 6 and doc["decisions"] == 30 and doc["agreement"] == 1.0
+
+
+def reference_placement(rules: ServerRules, start: int, T: int, users: tuple[int, ...], last_k: int | None,
+                        n_batch: int, n_ubatch: int, min_step: int, every_n: int) -> tuple[list[int], int, int]:
+    """Spec §2.3 (and §3's rows for b8286-b9984) walked as written: token by token into batches of at
+    most n_batch, a break after the token where one is due, then the checkpoint decision at the
+    batch start. No fast-forward, no search: the plain walk ``server_placement`` must equal."""
+    nb = max(1, min(n_batch, T))              # the effective sizes server_placement works with
+    ub = max(1, min(nb, n_ubatch))
+    era = rules.era
+    user_set = set(users) if era in ("last-user", "user") else set()
+    last_user = max(user_set) if user_set else -1
+    out: list[int] = []
+    n_batches = n_ubatches = 0
+    pos = start
+    while pos < T:
+        n_start = pos
+        while pos < T and pos - n_start < nb:
+            pos += 1                           # append the next prompt token; p = len(cache)
+            if pos in user_set:
+                if era == "last-user":
+                    brk = pos == last_user
+                elif rules.user_break_conditional:
+                    brk = pos == last_user or last_k is None or pos > last_k + min_step
+                else:
+                    brk = True
+                if brk:
+                    break
+            if T == pos + min(nb, 4 + ub) or T == pos + min(nb, 4):
+                break
+        n_batches += 1
+        n_ubatches += -(-(pos - n_start) // ub)
+        is_user = n_start == last_user if era == "last-user" else n_start in user_set
+        near_end = T < pos + ub
+        if era == "last-user" and n_start < last_user:
+            near_end = False                   # #22929: near-end checkpoints only after the last user
+        do = pos == T or is_user or near_end
+        if rules.every_n and every_n > 0 and not do:
+            do = n_start - (last_k or 0) >= every_n
+        if n_start == 0:
+            do = False                         # empty memory: pos_min < 0
+        if do:
+            if era == "near-end":
+                do = not rules.min64 or (n_start >= 64 and (last_k is None or n_start > last_k + 64))
+            elif era == "last-user":
+                do = last_k is None or n_start > last_k + min_step
+            else:
+                do = (last_k is None or n_start == last_user or (near_end and rules.near_end_exempt)
+                      or n_start > last_k + min_step)
+        if do:
+            out.append(n_start)
+            last_k = n_start
+    return out, n_batches, n_ubatches
+
+
+@st.composite
+def _placement_cases(draw):
+    T = draw(st.integers(1, 40_000))
+    start = draw(st.integers(0, T - 1))
+    users = tuple(sorted(set(draw(st.lists(st.integers(1, max(1, T - 1)), max_size=8)))))
+    last_k = draw(st.one_of(st.none(), st.integers(1, max(1, start))))
+    return T, start, users, last_k
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=_placement_cases(), build=st.sampled_from([8286, 9000, 9400, 9800, 9950, 9985, 10573, 11549]),
+       n_batch=st.sampled_from([64, 512, 2048, 3000]), n_ubatch=st.sampled_from([32, 512, 4096]),
+       min_step=st.sampled_from([0, 256, 8192]), every_n=st.sampled_from([-1, 1000, 8192]))
+def test_placement_shortcut_equals_the_plain_walk(case, build, n_batch, n_ubatch, min_step, every_n):
+    """``server_placement`` skips runs of plain batches at once and finds breaks by bisection; the
+    plain walk of the spec gives the same checkpoints and batch counts."""
+    T, start, users, last_k = case
+    rules = ServerRules(build)
+    plan = server_placement(rules, start, T, users, last_k, n_batch, n_ubatch, min_step, every_n)
+    want = reference_placement(rules, start, T, users, last_k, n_batch, n_ubatch, min_step, every_n)
+    assert (list(plan.positions), plan.n_batches, plan.n_ubatches) == want

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import _app
+import ckptsim.cli._app as _app  # the module, not the package (whose __init__ imports the commands)
 
 # Narrowest a folding text column (a policy name) may get in the compact layout before the
 # stacked layout reads better.

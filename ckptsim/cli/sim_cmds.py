@@ -17,7 +17,7 @@ from ._app import (UserError, app, check_at_least, check_batches, check_cache_ra
 from ._tables import Col, show_table
 
 DEFAULT_POLICIES = ["none", "fifo", "per-batch", "every-n:n=4096", "user-turn", "coverage",
-                    "llama-server:version=b9985", "llama-server"]
+                    "llama-server:version=b9985", "llama-server", "oracle"]
 
 ProfileOpt = typer.Option(None, "--profile", help="Cost profile: a shipped name or a JSON file.")
 # llama-server's own flag names (spec §8), so a flag line pasted from `recommend` or from a real
@@ -320,7 +320,7 @@ def default_policies(log_build: int | None = None) -> list[str]:
     specs = list(DEFAULT_POLICIES)
     if isinstance(log_build, int) and log_build > 0:
         specs.insert(specs.index("llama-server"), f"llama-server:version=b{log_build}")
-    return specs + ["oracle"]
+    return specs
 
 
 def explain(summaries: list[dict]) -> str:
@@ -398,7 +398,6 @@ def list_policies(as_json: bool = JsonOpt) -> None:
         params = {f.name: f.default for f in dataclasses.fields(cls) if f.init}
         rows.append({"name": name, "params": params, "source": cls.source,
                      "doc": (cls.__doc__ or "").strip().splitlines()[0]})
-    rows.append({"name": "oracle", "params": {}, "source": "ckptsim", "doc": "offline optimum (bound)"})
     if as_json:
         print_json(rows)
         return

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import EventKind, Request
+from ..server import ServerRules
 from ..trace import TraceHeader
 from .llama_log import Fact, FactKind, LogStats, check_is_log, iter_facts
 
@@ -612,6 +613,7 @@ def trace_from_log(path: str | Path, name: str | None = None,
     t_prev = 0.0
     t0 = next((t.t_s for t in lt.tasks if t.t_s is not None), None)
     mutable_out: list[int] = []
+    user_turns = ServerRules(lt.build).user_turn_checkpoints
     for t in lt.tasks:
         if t.n_prompt is None or t.n_prompt < 1:
             left_out.append({"task": t.task, "line": t.line,
@@ -638,7 +640,7 @@ def trace_from_log(path: str | Path, name: str | None = None,
             n_out = 1
         session = sessions[parent] if parent >= 0 else f"s{t.task}"
         starts = set(t.user_starts)
-        if lt.build >= 9315 and t.complete and t.cache_n is not None:
+        if user_turns and t.complete and t.cache_n is not None:
             # Since #22929 (b9315) a checkpoint that is neither near the end (T-(4+ub), T-4) nor at
             # the resume point marks a user-message start (spec §2.3): the log reveals them so.
             nb = min(int(lt.settings.get("n_batch", 2048)), T)
