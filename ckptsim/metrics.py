@@ -1,60 +1,89 @@
 """Results boundary: runs -> pandas DataFrames, and the one place each metric is defined."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
 from .sim import Run
 
-# Each run-level metric, defined once (the README's "Metrics" glossary is generated from this).
-METRICS: dict[str, str] = {
-    "n_requests": "requests replayed",
-    "prompt_tokens": "Σ T, prompt tokens over all requests",
-    "reused_tokens": "Σ cache_n, prompt tokens taken from the slot's cache (after the restore step)",
-    "reprocessed_tokens": "Σ (T − cache_n), prompt tokens prefilled (the server's prompt_n)",
-    "true_prefix_tokens": "Σ LCP(slot cache, prompt): what a perfect rollback could have reused",
-    "lost_tokens": "Σ (LCP − cache_n): tokens in the common prefix re-processed for want of a checkpoint",
-    "reuse_ratio": "reused_tokens / prompt_tokens",
-    "prefill_s": "Σ prefill time by the cost profile, seconds",
-    "restore_s": "Σ checkpoint restore time, seconds",
-    "create_s": "Σ checkpoint creation time, seconds",
-    "prompt_s": "prefill_s + restore_s + create_s: all the device time prompts took (what recommend minimises)",
-    "ttft_p50_ms": "median time to first token: queue wait + restore + prefill + checkpoint creation",
-    "ttft_p95_ms": "95th percentile of the same",
-    "ttft_p99_ms": "99th percentile of the same",
-    "full_reprocess": "requests where a search found no usable checkpoint (\"forcing full prompt re-processing\")",
-    "restores": "requests that restored a checkpoint",
-    "created": "checkpoints created",
-    "evicted": "checkpoints dropped to stay within budget (FIFO/spacing/superseded/policy victim)",
-    "invalidated": "checkpoints erased because they lay past the restore point (\"erased invalidated\")",
-    "peak_ckpt_mib": "largest checkpoint memory held by all slots at once, MiB",
-    "peak_cache_ram_mib": "largest host prompt-cache (--cache-ram) use, MiB",
-    "cache_loads": "requests whose slot was loaded from the host prompt cache",
-    "makespan_s": "time at which the last request finished, seconds",
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One run-level metric: how tables head it, what it means, and the per-request column it adds up."""
+
+    header: str              # column header in printed tables (full layout)
+    definition: str          # the README's "Metrics" glossary line
+    per_request: str = ""    # RequestResult field (results CSV column) it sums or counts, if any
+    compact: str = ""        # header in the compact layout (cli/_tables), when shorter
+    legend: str = ""         # what the compact header means, for the legend under the table
+
+
+# Each run-level metric, defined once: its key is the summary/JSON/CSV name (``sim.summarize``),
+# and tables print ``header(key)``; a test ties the keys to summarize, the per-request columns to
+# RequestResult, and the README's glossary to this table.
+METRIC_TABLE: dict[str, Metric] = {
+    "n_requests": Metric("requests", "requests replayed"),
+    "prompt_tokens": Metric("prompt tok", "Σ T, prompt tokens over all requests", "n_prompt"),
+    "reused_tokens": Metric("reused tok", "Σ cache_n, prompt tokens taken from the slot's cache (after the "
+                            "restore step)", "n_cached"),
+    "reprocessed_tokens": Metric("re-processed tokens", "Σ (T − cache_n), prompt tokens prefilled (the server's "
+                                 "prompt_n)", "n_reprocessed", "re-proc tok", "re-processed prompt tokens"),
+    "true_prefix_tokens": Metric("true prefix tok", "Σ LCP(slot cache, prompt): what a perfect rollback could "
+                                 "have reused", "n_true_prefix"),
+    "lost_tokens": Metric("lost tok", "Σ (LCP − cache_n): tokens in the common prefix re-processed for want "
+                          "of a checkpoint", "n_lost"),
+    "reuse_ratio": Metric("reuse", "reused_tokens / prompt_tokens"),
+    "prefill_s": Metric("prefill s", "Σ prefill time by the cost profile, seconds", "prefill_ms",
+                        legend="prefill alone, seconds"),
+    "restore_s": Metric("restore s", "Σ checkpoint restore time, seconds", "restore_ms"),
+    "create_s": Metric("create s", "Σ checkpoint creation time, seconds", "create_ms"),
+    # one quantity, one label: "prefill s" is prefill alone, "prompt s" adds restores and creation
+    "prompt_s": Metric("prompt s (prefill+restore+create)", "prefill_s + restore_s + create_s: all the device "
+                       "time prompts took (what recommend minimises)", "", "prompt s",
+                       "prefill + checkpoint restore + creation, seconds"),
+    "ttft_p50_ms": Metric("TTFT p50", "median time to first token: queue wait + restore + prefill + "
+                          "checkpoint creation", "ttft_ms"),
+    "ttft_p95_ms": Metric("TTFT p95", "95th percentile of the same", "ttft_ms"),
+    "ttft_p99_ms": Metric("TTFT p99", "99th percentile of the same", "ttft_ms"),
+    "full_reprocess": Metric("full re-process", "requests where a search found no usable checkpoint (\"forcing "
+                             "full prompt re-processing\")", "full_reprocess", "full", "requests with full re-processing"),
+    "restores": Metric("restores", "requests that restored a checkpoint", "restored_n_tokens"),
+    "created": Metric("created", "checkpoints created", "n_created"),
+    "evicted": Metric("evicted", "checkpoints dropped to stay within budget (FIFO/spacing/superseded/policy "
+                      "victim)", "n_evicted"),
+    "invalidated": Metric("invalidated", "checkpoints erased because they lay past the restore point "
+                          "(\"erased invalidated\")", "n_invalidated"),
+    "peak_ckpt_mib": Metric("peak ckpt MiB", "largest checkpoint memory held by all slots at once, MiB",
+                            "ckpt_mib_after", "ckpt MiB", "peak checkpoint memory, all slots"),
+    "peak_cache_ram_mib": Metric("peak cache MiB", "largest host prompt-cache (--cache-ram) use, MiB",
+                                 "cache_ram_mib_after"),
+    "cache_loads": Metric("cache loads", "requests whose slot was loaded from the host prompt cache"),
+    "makespan_s": Metric("makespan s", "time at which the last request finished, seconds", "finish_s"),
 }
+# The glossary alone (key -> definition).
+METRICS: dict[str, str] = {k: m.definition for k, m in METRIC_TABLE.items()}
 
 
-# How a metric is headed wherever it is printed: (full header, compact header, what the compact
-# header means). One quantity, one label: "prefill s" is prefill alone, "prompt s" adds the
-# checkpoint restores and creation -- tables, CSV and JSON use the METRICS names.
+def header(key: str) -> str:
+    """The table header of a metric (``METRIC_TABLE``); any other column is headed by its name."""
+    m = METRIC_TABLE.get(key)
+    return m.header if m is not None else key
+
+
+# (full header, compact header, what the compact header means) per column, for the table layouts
+# (cli/_tables): the run metrics' come from METRIC_TABLE; recommend adds its RAM column.
 LABELS: dict[str, tuple[str, str, str]] = {
-    "reprocessed_tokens": ("re-processed tokens", "re-proc tok", "re-processed prompt tokens"),
-    "reuse_ratio": ("reuse", "reuse", ""),
-    "prefill_s": ("prefill s", "prefill s", "prefill alone, seconds"),
-    "prompt_s": ("prompt s (prefill+restore+create)", "prompt s",
-                 "prefill + checkpoint restore + creation, seconds"),
-    "ttft_p95_ms": ("TTFT p95", "TTFT p95", ""),
-    "full_reprocess": ("full re-process", "full", "requests with full re-processing"),
-    "restores": ("restores", "restores", ""),
-    "created": ("created", "created", ""),
-    "peak_ckpt_mib": ("peak ckpt MiB", "ckpt MiB", "peak checkpoint memory, all slots"),
+    **{k: (m.header, m.compact or m.header, m.legend) for k, m in METRIC_TABLE.items()},
     "ram_mib": ("RAM MiB (ckpts+cache)", "RAM MiB", "checkpoints + prompt cache, MiB"),
 }
 
 
 def with_prompt_s(summary: dict) -> dict:
-    """A run's summary with ``prompt_s`` (METRICS) placed after ``create_s``."""
+    """A run's summary with ``prompt_s`` (METRICS) placed after ``create_s`` (summaries written
+    before ``summarize`` gave it, e.g. sweep CSVs of older runs, lack it)."""
+    if "prompt_s" in summary:
+        return summary
     out: dict = {}
     for k, v in summary.items():
         out[k] = v

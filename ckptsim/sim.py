@@ -115,6 +115,7 @@ def summarize(run: Run) -> dict:
         "prefill_s": sum(r.prefill_ms for r in rs) / 1000.0,
         "restore_s": sum(r.restore_ms for r in rs) / 1000.0,
         "create_s": sum(r.create_ms for r in rs) / 1000.0,
+        "prompt_s": sum(r.prefill_ms + r.restore_ms + r.create_ms for r in rs) / 1000.0,
         "ttft_p50_ms": float(np.percentile(ttft, 50)),
         "ttft_p95_ms": float(np.percentile(ttft, 95)),
         "ttft_p99_ms": float(np.percentile(ttft, 99)),
