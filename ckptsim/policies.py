@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from . import oracle
+from . import engines, oracle
 from .records import Checkpoint
-from .server import (DEFAULT_BUILD, PrefillPlan, ServerConfig, ServerRules, batch_counts, parse_build,
-                     server_placement, spacing_pass_runs, spacing_victims)
+from .server import (DEFAULT_BUILD, PrefillPlan, RestoreDecision, ServerConfig, ServerRules, batch_counts,
+                     parse_build, restore_decision, server_placement, spacing_pass_runs, spacing_victims)
 
 _CURRENT_RULES = ServerRules(DEFAULT_BUILD)
 
@@ -40,6 +40,17 @@ class PrefillView:
     ckpt_n_tokens: tuple[int, ...]  # the slot's checkpoints, oldest first
     n_batch: int
     n_ubatch: int
+    # Common prefix of the prompt and the slot's cache before the restore step (the server's LCP;
+    # ``start`` is below it when the restore fell back to an earlier checkpoint).
+    lcp_n_tokens: int = 0
+    # Longest common prefix of the prompt with any sequence served before it (a finished
+    # request's prompt + output, a running one's prompt): what a radix tree of everything the
+    # server has seen would match. Computed online from the trace's parent chain.
+    seen_prefix_n_tokens: int = 0
+    # ``seen_prefix_n_tokens`` again when the prompt leaves that sequence there (a radix tree
+    # would split an edge: Marconi's branch point), else 0 (the prompt extends the whole
+    # sequence, shares nothing, or runs out inside it).
+    branch_n_tokens: int = 0
 
 
 class Policy:
@@ -73,9 +84,25 @@ class Policy:
         """
         return None
 
+    def restore(self, n_lcp: int, n_cache: int, n_prompt: int,
+                ckpts: list[Checkpoint]) -> RestoreDecision:
+        """The restore step for a slot holding ``n_cache`` tokens (spec §2.2): how many to keep,
+        which checkpoint to roll back to, which to erase. Default: llama-server's rule for
+        ``rules``; an engine whose reuse differs (block granularity, no live state) overrides it."""
+        return restore_decision(self.rules, n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts])
+
+    def restored(self, ckpt: Checkpoint, request_id: int) -> None:
+        """Told that request ``request_id`` resumed from ``ckpt`` (recency-based evictions)."""
+        return None
+
     def place(self, v: PrefillView) -> PrefillPlan:
         """Positions to checkpoint while prefilling [v.start, v.n_prompt)."""
         return PrefillPlan((), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch))
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        """Positions (ascending, <= ``n_cache``) to checkpoint once the answer is generated and the
+        slot holds ``n_cache`` tokens; only states the generation passed can be kept (default: none)."""
+        return ()
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
         """Indices of checkpoints to drop before ``new_k`` is created, budget or not."""
@@ -105,7 +132,7 @@ class Policy:
         return self.name + (":" + ",".join(params) if params else "")
 
 
-def _plan_at(v: PrefillView, positions: list[int]) -> PrefillPlan:
+def plan_at(v: PrefillView, positions: list[int]) -> PrefillPlan:
     """Checkpoints at ``positions`` inside (start, T]; batches break there."""
     ps = sorted(set(p for p in positions if v.start < p <= v.n_prompt and p > 0))
     return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
@@ -132,7 +159,7 @@ class Fifo(Policy):
     offset: int = 0   # checkpoint at T - offset (0: the whole prompt, as b6685)
 
     def place(self, v: PrefillView) -> PrefillPlan:
-        return _plan_at(v, [v.n_prompt - self.offset])
+        return plan_at(v, [v.n_prompt - self.offset])
 
 
 @dataclass
@@ -145,7 +172,7 @@ class PerBatch(Policy):
 
     def place(self, v: PrefillView) -> PrefillPlan:
         ps = list(range(v.start + v.n_batch, v.n_prompt, v.n_batch)) + [v.n_prompt]
-        return _plan_at(v, ps)
+        return plan_at(v, ps)
 
 
 @dataclass
@@ -164,7 +191,7 @@ class EveryN(Policy):
         ps = list(range(first, v.n_prompt, self.n))
         if self.end:
             ps.append(v.n_prompt)
-        return _plan_at(v, ps)
+        return plan_at(v, ps)
 
 
 @dataclass
@@ -182,7 +209,7 @@ class UserTurn(Policy):
             ps += list(v.tool_starts)
         if self.end:
             ps.append(v.n_prompt)
-        return _plan_at(v, ps)
+        return plan_at(v, ps)
 
 
 @dataclass
@@ -365,6 +392,372 @@ class OraclePolicy(Policy):
         return [i for i, c in enumerate(ckpts) if not self._uses.get(c.n_tokens)]
 
 
+# --- The field's policies: other engines and open llama.cpp PRs (docs/policies.md) -------------
+# Their rules are in engines.py; each class says where a state is kept, which goes, and (where the
+# engine's reuse differs from llama-server's) its restore rule.
+
+@dataclass
+class VllmAll(engines.RecencyClock, Policy):
+    """vLLM ``--mamba-cache-mode all``: the state at every block boundary, LRU, block-granular hits.
+
+    ``block`` is the attention block size vLLM forces up to the Mamba page (528 tokens for
+    Qwen3.5-4B, 2048 for Qwen3.5-35B-A3B at TP2), so a prompt shorter than one block never hits.
+    States at every multiple of ``block`` the request computes, prompt and generated tokens alike.
+    ``retention`` (``--prefix-cache-retention-interval``): -1 keeps every state; 0 (vLLM's
+    default since #52216) only the replay boundary, the deepest state a resend of the prompt can
+    resume from; N > 0 one state per N-token segment plus the replay boundary. ``shared=1`` adds
+    a state at the shared-prefix junction (where the prompt leaves the longest sequence the
+    server has seen) on the ``unit`` grid (``--prefix-match-unit``; 0: the block grid). Reuse
+    resumes from the deepest retained state inside the common prefix; a finished request's live
+    state is freed, so only cached states count.
+    """
+
+    name: ClassVar[str] = "vllm-all"
+    source: ClassVar[str] = ("vLLM CacheConfig.mamba_cache_mode='all'; block size forced to the Mamba page "
+                             "(vllm#40696); retention interval vllm#45845, #52216; shared-prefix "
+                             "checkpoint vllm#37898, #47782")
+    block: int = 528
+    retention: int = -1
+    shared: int = 0
+    unit: int = 0
+
+    def __post_init__(self) -> None:
+        engines.check_positive(self.name, block=self.block)
+        if self.retention < -1 or self.unit < 0 or self.shared not in (0, 1):
+            raise ValueError(f"policy {self.name!r}: expected retention >= -1, shared=0|1, unit >= 0")
+        self._clock_init()
+
+    def restore(self, n_lcp, n_cache, n_prompt, ckpts):
+        return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], False)
+
+    def _computed(self, v: PrefillView) -> list[int]:
+        return engines.grid(v.start, v.n_prompt, self.block)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        self._tick(v.request_id)
+        ps = self._computed(v)
+        replay = max((p for p in ps if p <= v.n_prompt - 1), default=-1)
+        ps = engines.vllm_retained(ps, self.block, self.retention, replay)
+        if self.shared and v.seen_prefix_n_tokens > 0:
+            u = self.unit or self.block
+            ps.append(v.seen_prefix_n_tokens // u * u)
+        return plan_at(v, ps)
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        # a decode step that completes a block caches its state; none is a replay boundary
+        ps = engines.grid(v.n_prompt, n_cache, self.block)
+        return tuple(engines.vllm_retained(ps, self.block, self.retention, -1))
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return self._lru_victim(ckpts)
+
+
+@dataclass
+class VllmAlign(VllmAll):
+    """vLLM ``--mamba-cache-mode align``: the state at the last block boundary of each scheduled chunk.
+
+    Prefill runs in chunks of at most ``budget`` tokens (``--max-num-batched-tokens``) cut to a
+    block multiple, and the chunk crossing the prompt's last block boundary stops there, so
+    states lie floor(budget / block) x block apart plus one at floor(T / block) x block.
+    Generation, retention, shared-prefix junction, LRU and reuse as ``vllm-all``.
+    """
+
+    name: ClassVar[str] = "vllm-align"
+    source: ClassVar[str] = ("vLLM mamba_cache_mode='align' (MambaPrefillChunkAlignmentPolicy); retention "
+                             "vllm#45845, #52216; shared-prefix checkpoint vllm#37898, #47782")
+    budget: int = 8192
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        engines.check_positive(self.name, budget=self.budget)
+
+    def _computed(self, v: PrefillView) -> list[int]:
+        return engines.vllm_align_states(v.start, v.n_prompt, self.block, self.budget)
+
+
+@dataclass
+class SglangNoBuffer(engines.RecencyClock, Policy):
+    """SGLang ``MambaRadixCache``, ``--mamba-scheduler-strategy no_buffer``: the state at each request's end.
+
+    A finished request inserts its sequence with a copy of its state; each chunk of a chunked
+    prefill (``--chunked-prefill-size``, ``chunk``; 0: one chunk) inserts the state at its end.
+    Matching returns the deepest node holding a state, exact to the token (page size 1); states
+    are evicted least recently used (a match refreshes only the matched node).
+    """
+
+    name: ClassVar[str] = "sglang-no-buffer"
+    source: ClassVar[str] = "SGLang mem_cache/mamba_radix_cache.py, no_buffer (sglang#11214)"
+    chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.chunk < 0:
+            raise ValueError(f"policy {self.name!r}: chunk must be >= 0, got {self.chunk}")
+        self._clock_init()
+
+    def restore(self, n_lcp, n_cache, n_prompt, ckpts):
+        return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], False)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        self._tick(v.request_id)
+        return plan_at(v, list(range(v.start + self.chunk, v.n_prompt, self.chunk)) if self.chunk else [])
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        return (n_cache,)
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return self._lru_victim(ckpts)
+
+
+@dataclass
+class SglangExtraBuffer(SglangNoBuffer):
+    """SGLang ``--mamba-scheduler-strategy extra_buffer``: tracked states, branch points included.
+
+    Each prefill chunk tracks one state: at the branch point when the chunk holds it (the
+    longest ``grid``-aligned prefix the server has seen, beyond the state the request resumed
+    from: ``mamba_branching_seqlen``), else at its last ``grid``-aligned position (FLA's chunk,
+    64). Generation tracks the state at each multiple of ``interval`` (``--mamba-track-interval``);
+    a finished request inserts the last tracked state, not its exact end. Reuse and LRU as
+    ``sglang-no-buffer``.
+    """
+
+    name: ClassVar[str] = "sglang-extra-buffer"
+    source: ClassVar[str] = ("SGLang mamba_radix_cache.py + schedule_batch.py, extra_buffer (sglang#14792; "
+                             "--mamba-track-interval 256)")
+    interval: int = 256
+    grid: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        engines.check_positive(self.name, interval=self.interval, grid=self.grid)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        self._tick(v.request_id)
+        b = v.seen_prefix_n_tokens // self.grid * self.grid
+        return plan_at(v, engines.sglang_tracked_states(v.start, v.n_prompt, self.chunk, self.grid,
+                                                        b if b > v.start else -1))
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        last = n_cache // self.interval * self.interval
+        return (last,) if last > v.n_prompt else ()
+
+
+@dataclass
+class Marconi(engines.RecencyClock, Policy):
+    """Marconi (Pan et al., MLSys 2025): states only at branch points and at the last decoded token.
+
+    Admission: the state at the branch point found by speculative insertion (where the prompt
+    leaves a sequence the server has seen, ``PrefillView.branch_n_tokens``) and the state after
+    the last decoded token. Eviction: the lowest ``recency + alpha x FLOP efficiency``
+    (``engines.marconi_victim``). ``alpha=auto`` tunes alpha as the paper's artifact does: 0 until
+    the first eviction; once the first 5 x (requests seen by then) requests have been served,
+    the grid 0, 0.1, ..., 2 is replayed on exactly those past requests and the alpha saving the
+    most prefill time is kept. Reuse: the deepest cached state in the common prefix.
+    """
+
+    name: ClassVar[str] = "marconi"
+    source: ClassVar[str] = ("Marconi, Pan et al., MLSys 2025 (arXiv 2411.19379) and its artifact "
+                             "(radix_cache_hybrid.py, config_tuner.py)")
+    relative_cost: ClassVar[float] = 2.0
+    alpha: str = "auto"
+
+    def __post_init__(self) -> None:
+        self._alpha = 0.0
+        if self.alpha != "auto":
+            try:
+                self._alpha = float(self.alpha)
+            except ValueError:
+                raise ValueError(f"policy {self.name!r}: alpha must be 'auto' or a number >= 0, "
+                                 f"got {self.alpha!r}") from None
+            if not self._alpha >= 0:
+                raise ValueError(f"policy {self.name!r}: alpha must be >= 0, got {self.alpha!r}")
+        self._clock_init()
+        self._seen: list[int] = []           # request ids in the order they were served
+        self._seen_set: set[int] = set()
+        self._window = -1                    # requests to serve before tuning; -1: no eviction yet
+        self._tuned = self.alpha != "auto"
+        self._env: tuple | None = None       # (trace, config, profile, replay) from prepare
+        self.tuned_alpha: float | None = None
+
+    def prepare(self, trace, config: ServerConfig, profile, replay: Callable[..., object]) -> None:
+        self._env = (trace, config, profile, replay)
+
+    def restore(self, n_lcp, n_cache, n_prompt, ckpts):
+        return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], False)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        self._tick(v.request_id)
+        if v.request_id not in self._seen_set:
+            self._seen_set.add(v.request_id)
+            self._seen.append(v.request_id)
+            # tune once the window's requests have all been served (the artifact tunes when the
+            # window's last request is inserted, after its answer): never on the current one
+            if not self._tuned and 0 < self._window < len(self._seen):
+                self._tune()
+        return plan_at(v, [v.branch_n_tokens] if v.branch_n_tokens > 0 else [])
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        return (n_cache,)
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        if self._window < 0 and not self._tuned:
+            self._window = engines.MARCONI_BOOTSTRAP * max(1, len(self._seen))
+        if len(ckpts) == 1:
+            return 0
+        now = max(self._now, max(c.task_id for c in ckpts)) + 1
+        _, config, profile, _ = self._env if self._env else (None, None, None, None)
+        nb, ub = (config.eff_n_batch, config.eff_n_ubatch) if config is not None else (2048, 512)
+        i = engines.marconi_victim(ckpts, [self._last_use(c) for c in ckpts], now, self._alpha,
+                                   profile, nb, ub)
+        self._forget(ckpts[i])
+        return i
+
+    def _tune(self) -> None:
+        """Replay the window's requests once per alpha of the grid and keep the best (the
+        artifact's ``ConfigTuner.tune_config``: most FLOPs saved; here least prefill time)."""
+        self._tuned = True
+        if self._env is None:
+            return
+        trace, config, profile, replay = self._env
+        sub = engines.sub_trace(trace, self._seen[:self._window])
+        best_a, best_ms = 0.0, None
+        for a in engines.MARCONI_ALPHAS:
+            run = replay(sub, Marconi(alpha=repr(a)), config, profile, record_events=False)
+            ms = sum(r.prefill_ms for r in run.results)
+            if best_ms is None or ms < best_ms - 1e-9:
+                best_a, best_ms = a, ms
+        self._alpha = self.tuned_alpha = best_a
+
+    @property
+    def spec(self) -> str:
+        return "marconi" if self.alpha == "auto" else f"marconi:alpha={self.alpha}"
+
+
+@dataclass
+class IkLlama(Policy):
+    """ik_llama.cpp: interval checkpoints, variance eviction, the prompt-end checkpoint kept.
+
+    A checkpoint every ``interval`` tokens (``--ctx-checkpoints-interval``) in the prompt and in
+    generation, one ``tolerance`` tokens before the prompt's end (``--ctx-checkpoints-tolerance``,
+    ik#1346; 0: at the end) and one when generation ends. When full, the interior checkpoint whose
+    removal leaves the least variance of the gaps goes (ik#2020), prompt-end checkpoints kept
+    while another can go (ik#2491). Restore: the deepest checkpoint in the common prefix, at its
+    exact position, or the live state when the prompt extends it. The NVMe spill tier is left out
+    (docs/policies.md).
+    """
+
+    name: ClassVar[str] = "ik-llama"
+    source: ClassVar[str] = ("ik_llama.cpp examples/server: ik#1346 (tolerance), ik#2020 (variance eviction), "
+                             "ik#2491 (prompt-end checkpoint kept out of eviction)")
+    interval: int = 512
+    tolerance: int = 5
+
+    def __post_init__(self) -> None:
+        engines.check_positive(self.name, interval=self.interval)
+        if self.tolerance < 0:
+            raise ValueError(f"policy {self.name!r}: tolerance must be >= 0, got {self.tolerance}")
+        self._prompt_end: dict[int, int] = {}    # request id -> its prompt-end checkpoint
+
+    def restore(self, n_lcp, n_cache, n_prompt, ckpts):
+        return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], True)
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        end = max(1, v.n_prompt - self.tolerance)
+        self._prompt_end[v.request_id] = end
+        return plan_at(v, engines.grid(v.start, end - 1, self.interval) + [end])
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        return tuple(engines.grid(v.n_prompt, n_cache - 1, self.interval)) + (n_cache,)
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return engines.variance_victim([c.n_tokens for c in ckpts],
+                                       [self._prompt_end.get(c.task_id) == c.n_tokens for c in ckpts])
+
+
+@dataclass
+class Pr25592(LlamaServer):
+    """llama.cpp PR #25592 (open): exact-position restore, evict the checkpoint nearest its neighbour.
+
+    The current server's placement (its near-end checkpoints are already exempt from
+    ``--checkpoint-min-step``, #25472), the exact restore rule (a checkpoint resumes only at its
+    own position inside the common prefix; those past it are erased), and when full the
+    checkpoint nearest a neighbour goes instead of the oldest. No spacing-eviction pass.
+    """
+
+    name: ClassVar[str] = "pr25592"
+    source: ClassVar[str] = "llama.cpp PR #25592 (open; fixes #24055)"
+
+    def restore(self, n_lcp, n_cache, n_prompt, ckpts):
+        return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], True)
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        return []
+
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        return []
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return engines.nearest_neighbour_victim([c.n_tokens for c in ckpts], new_k)
+
+    @property
+    def spec(self) -> str:
+        return self.name + ":" + LlamaServer.spec.fget(self).partition(":")[2]
+
+
+@dataclass
+class Pr24035(Pr25592):
+    """llama.cpp PR #24035 (open): keep every checkpoint inside the prefix, evict the densest interior one.
+
+    Exact restore leaving one token to compute; only checkpoints beyond the common prefix are
+    erased; the batch splits at the recovered common-prefix boundary and a checkpoint is taken
+    there (where the prompt leaves the cache); when full, the interior checkpoint in the densest
+    region goes, the earliest and the most recent kept. The server's placement otherwise.
+    """
+
+    name: ClassVar[str] = "pr24035"
+    source: ClassVar[str] = "llama.cpp PR #24035 (open)"
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        plan = super().place(v)
+        lcp = v.lcp_n_tokens
+        if not v.start < lcp < v.n_prompt or lcp in plan.positions:
+            return plan
+        ps = sorted(plan.positions + (lcp,))
+        return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
+
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        return engines.densest_interior_victim([c.n_tokens for c in ckpts], new_k)
+
+
+@dataclass
+class Pr25472HalfStep(LlamaServer):
+    """A comment on llama.cpp PR #25472: prevent clustered checkpoints at creation instead of evicting.
+
+    The last user message's checkpoint needs ``min_step / 2`` tokens after the newest checkpoint
+    instead of being exempt; near-end checkpoints stay exempt; the spacing-eviction pass is left
+    out (prevention replaces it), so a full list drops the oldest. On #25472's build, b9985.
+    """
+
+    name: ClassVar[str] = "pr25472-half-step"
+    source: ClassVar[str] = "comment on llama.cpp PR #25472 (min_step/2 floor for the last user message)"
+    version: str = "b9985"
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        last = v.ckpt_n_tokens[-1] if v.ckpt_n_tokens else None
+        return server_placement(self.rules, v.start, v.n_prompt, v.user_starts, last, v.n_batch,
+                                v.n_ubatch, self.min_step, self.every_n,
+                                last_user_min_step=self.min_step // 2)
+
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        return []
+
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        return []
+
+    @property
+    def spec(self) -> str:
+        return self.name + ":" + LlamaServer.spec.fget(self).partition(":")[2]
+
+
 @dataclass
 class Combined(Policy):
     """``A+B``: placement and restore rule of A, eviction of B.
@@ -398,8 +791,19 @@ class Combined(Policy):
     def ctx_checkpoints(self) -> int | None:
         return self.placement.ctx_checkpoints
 
+    def restore(self, n_lcp: int, n_cache: int, n_prompt: int,
+                ckpts: list[Checkpoint]) -> RestoreDecision:
+        return self.placement.restore(n_lcp, n_cache, n_prompt, ckpts)
+
+    def restored(self, ckpt: Checkpoint, request_id: int) -> None:
+        self.placement.restored(ckpt, request_id)
+        self.eviction.restored(ckpt, request_id)
+
     def place(self, v: PrefillView) -> PrefillPlan:
         return self.placement.place(v)
+
+    def after_generation(self, v: PrefillView, n_cache: int) -> tuple[int, ...]:
+        return self.placement.after_generation(v, n_cache)
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
         return self.eviction.pre_evict(ckpts, new_k, task_id, cap)
@@ -429,7 +833,8 @@ def check_combination(spec: str, eviction: Policy) -> None:
 # The registry: adding a policy touches this file only.
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage,
-                               OraclePolicy)
+                               OraclePolicy, VllmAll, VllmAlign, SglangNoBuffer, SglangExtraBuffer, Marconi,
+                               IkLlama, Pr25592, Pr24035, Pr25472HalfStep)
 }
 # Short names users type for the server's historical eras (spec §3).
 ALIASES = {
@@ -487,3 +892,4 @@ def checkpoint_cap(policy: Policy, config: ServerConfig) -> int:
     """
     pinned = policy.ctx_checkpoints
     return config.ctx_checkpoints if pinned is None else pinned
+

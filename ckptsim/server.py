@@ -349,11 +349,15 @@ def batch_counts(start: int, end: int, n_batch: int, n_ubatch: int,
 
 def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts: tuple[int, ...],
                      last_k: int | None, n_batch: int, n_ubatch: int, min_step: int,
-                     every_n: int, enabled: bool = True) -> PrefillPlan:
+                     every_n: int, enabled: bool = True,
+                     last_user_min_step: int | None = None) -> PrefillPlan:
     """Checkpoint positions the server creates while prefilling [start, n_prompt) (spec §2.3, §3).
 
     ``last_k`` is the newest existing checkpoint (None if the slot has none). The loop walks
     batches, not tokens: a batch ends at ``n_batch`` tokens or at the first break point.
+    ``last_user_min_step``: from b9775 the last user message is exempt from the min step; a
+    number makes it need that many tokens after the newest checkpoint instead (a proposal in a
+    comment on #25472, policy ``pr25472-half-step``).
     """
     T = n_prompt
     nb = max(1, min(n_batch, max(T, 1)))
@@ -447,7 +451,9 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
             elif era == "last-user":
                 do = spaced(n_start)       # last_user became exempt only in b9775
             else:
-                do = (last_k is None or n_start == last_user
+                do = (last_k is None
+                      or (n_start == last_user
+                          and (last_user_min_step is None or n_start > last_k + last_user_min_step))
                       or (near_end and near_end_exempt) or n_start > last_k + min_step)
         if do:
             out.append(n_start)

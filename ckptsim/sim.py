@@ -34,7 +34,7 @@ import numpy as np
 from .cost import CostProfile, load_profile
 from .policies import Policy, PrefillView, checkpoint_cap, make_policy
 from .records import Checkpoint, Event, EventKind, RequestResult
-from .server import PrefillPlan, RestoreDecision, ServerConfig, batch_counts, restore_decision
+from .server import PrefillPlan, RestoreDecision, ServerConfig, batch_counts
 from .trace import Trace
 
 
@@ -340,6 +340,7 @@ class _Prefilled:
     n_evicted: int
     create_ms: float
     created_at: list[int]
+    view: PrefillView | None = None   # what the policy saw (after_generation sees it again)
 
 
 class _Replay:
@@ -365,6 +366,10 @@ class _Replay:
         self.n_prompt = trace.n_prompt.tolist()
         self.n_output = trace.n_output.tolist()
         self.t_s = trace.t_s.tolist()
+        # What the server has seen, for PrefillView.seen_prefix_n_tokens: when each request
+        # started (its prompt is known) and finished (its answer too); inf: not yet.
+        self.started_s = [math.inf] * len(self.n_prompt)
+        self.finished_s = [math.inf] * len(self.n_prompt)
 
     def serve(self, r: int, start_s: float, now_s: float) -> float:
         """Serve request ``r`` from ``start_s`` on (spec §9.1); its finish time."""
@@ -375,7 +380,7 @@ class _Replay:
         self.prompt_cache(slot, idle, update_cache, r, T, emit)
         restored = self.restore(slot, r, T, emit)
         prefilled = self.prefill(slot, r, T, restored, start_s, emit)
-        return self.account(slot, r, T, restored, prefilled, start_s, now_s)
+        return self.account(slot, r, T, restored, prefilled, start_s, now_s, emit)
 
     def _emitter(self, r: int, slot: _Slot) -> Callable[..., None]:
         events, slot_id = self.events, slot.id
@@ -429,7 +434,7 @@ class _Replay:
         erase the checkpoints past the restore point ("erased invalidated", spec §2.2)."""
         n_lcp = self.trace.prefix_with_state(slot.seq, slot.n_cache, r)
         ks = [c.n_tokens for c in slot.ckpts]
-        dec = restore_decision(self.rules, n_lcp, slot.n_cache, T, ks)
+        dec = self.pol.restore(n_lcp, slot.n_cache, T, slot.ckpts)
         n_invalid = 0
         if ks and max(ks) > dec.keep_upto:
             kept = []
@@ -443,9 +448,10 @@ class _Replay:
             ks = [c.n_tokens for c in kept]
         restore_ms = 0.0
         if dec.restored >= 0:
-            size = next(c.size_mib for c in reversed(slot.ckpts) if c.n_tokens == dec.restored)
-            restore_ms = self.prof.restore_ms(size)
-            emit(EventKind.RESTORED, dec.restored, size)
+            ckpt = next(c for c in reversed(slot.ckpts) if c.n_tokens == dec.restored)
+            restore_ms = self.prof.restore_ms(ckpt.size_mib)
+            self.pol.restored(ckpt, r)
+            emit(EventKind.RESTORED, dec.restored, ckpt.size_mib)
         if dec.full_reprocess:
             emit(EventKind.FULL_REPROCESS, 0)
         return _Restored(dec, n_lcp, n_invalid, restore_ms, tuple(ks))
@@ -457,13 +463,17 @@ class _Replay:
         ``create_checkpoint`` does (§2.4); afterwards the policy may prune (offline policies only)."""
         pol, prof, cap = self.pol, self.prof, self.cap
         n_past = restored.dec.n_past
+        seen, branch = self.seen_prefix(r, T, start_s)
+        self.started_s[r] = start_s
+        view = None
         if cap > 0:
             trace = self.trace
-            plan = pol.place(PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
-                                         restored.ckpt_n_tokens, self.nb, self.ub))
+            view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
+                               restored.ckpt_n_tokens, self.nb, self.ub, restored.n_lcp, seen, branch)
+            plan = pol.place(view)
         else:
             plan = PrefillPlan((), *batch_counts(n_past, T, self.nb, self.ub))
-        out = _Prefilled(plan, 0, 0, 0.0, [])
+        out = _Prefilled(plan, 0, 0, 0.0, [], view)
         ckpts = slot.ckpts
         budget = self.budget_mib
         for k in plan.positions:
@@ -476,6 +486,49 @@ class _Replay:
             out.n_evicted += 1
             emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
         return out
+
+    def seen_prefix(self, r: int, T: int, now_s: float) -> tuple[int, int]:
+        """(longest common prefix of request ``r``'s prompt with a sequence the server has seen,
+        that length again if the prompt leaves the sequence there, else 0): PrefillView's
+        ``seen_prefix_n_tokens`` and ``branch_n_tokens``.
+
+        The trace's parent is the earlier sequence sharing the most with ``r``. If it has not
+        started yet (another service order), its nearest started ancestor stands in: the common
+        prefix with it is the minimum of ``n_shared`` along the way (the trie property). Online:
+        a request running at ``now_s`` contributes its prompt only, a finished one its answer too.
+        """
+        parent, shared = self.trace._parent, self.trace._shared
+        p, m = parent[r], shared[r]
+        for _ in range(8):             # chains longer than this are rare; no match is a safe answer
+            if p < 0 or m <= 0:
+                return 0, 0
+            if self.started_s[p] <= now_s:
+                seen_len = self.n_prompt[p] + (self.n_output[p] if self.finished_s[p] <= now_s else 0)
+                if m > seen_len:
+                    m = seen_len
+                return m, (m if m < T and m < seen_len else 0)
+            m = min(m, shared[p])
+            p = parent[p]
+        return 0, 0
+
+    def after_generation(self, slot: _Slot, r: int, prefilled: _Prefilled, start_s: float,
+                         emit: Callable[..., None]) -> float:
+        """States the policy keeps once the answer is generated (``Policy.after_generation``),
+        created as during the prefill; the copy time they take (after the answer, not in TTFT)."""
+        if prefilled.view is None:
+            return 0.0
+        ks = self.pol.after_generation(prefilled.view, slot.n_cache)
+        if not ks:
+            return 0.0
+        ckpts = slot.ckpts
+        before = prefilled.create_ms
+        for k in ks:
+            if not 0 < k <= slot.n_cache or any(c.n_tokens == k for c in ckpts):
+                continue
+            size = self.prof.ckpt_mib(k)
+            if size <= self.budget_mib:
+                self._create_checkpoint(slot, ckpts, k, size, r, start_s, prefilled, emit)
+        return prefilled.create_ms - before
 
     def _create_checkpoint(self, slot: _Slot, ckpts: list[Checkpoint], k: int, size: float, r: int,
                            start_s: float, out: _Prefilled, emit: Callable[..., None]) -> None:
@@ -504,7 +557,7 @@ class _Replay:
 
     # --- accounting: time (spec §9.3), the slot after generation (§0), memory -----------------------
     def account(self, slot: _Slot, r: int, T: int, restored: _Restored, prefilled: _Prefilled,
-                start_s: float, now_s: float) -> float:
+                start_s: float, now_s: float, emit: Callable[..., None]) -> float:
         """Book the prompt work on the shared device, generate, record the request; its finish time."""
         prof, dec = self.prof, restored.dec
         n_out = self.n_output[r]
@@ -517,13 +570,15 @@ class _Replay:
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
         work_ms = restored.restore_ms + prefill_ms + prefilled.create_ms
         work_start = self.device.run(start_s, work_ms / 1000.0, now_s)
-        finish = work_start + (work_ms + decode_ms) / 1000.0
+        end_ms = self.after_generation(slot, r, prefilled, start_s, emit)
+        finish = work_start + (work_ms + decode_ms + end_ms) / 1000.0
         if self.config.log_timing:
             t_done = (self.trace[r].observed or {}).get("t_done_s")
             if t_done is not None:
                 finish = max(start_s, float(t_done))
         slot.busy_until = finish
         slot.t_last_used = finish
+        self.finished_s[r] = finish
         ckpt_total = sum([s.ckpt_mib for s in self.slots])
         if ckpt_total > self.peak_ckpt_mib:
             self.peak_ckpt_mib = ckpt_total

@@ -18,7 +18,13 @@ def _specs() -> list[str]:
     specs += ["llama-server:version=b6700", "llama-server:version=b7000", "llama-server:version=b8000",
               "llama-server:version=b8300", "llama-server:version=b9300", "llama-server:version=b9500",
               "llama-server:version=b9800", "llama-server:version=b9950", "llama-server:version=b9985",
-              "every-n:n=512+coverage", "user-turn+llama-server", "per-batch+fifo", "oracle+fifo"]
+              "every-n:n=512+coverage", "user-turn+llama-server", "per-batch+fifo", "oracle+fifo",
+              # the field's policies with grids small enough for these traces' prompts to hit
+              "vllm-all:block=64", "vllm-all:block=64,retention=256", "vllm-align:block=64,budget=256",
+              "vllm-align:block=64,retention=0,shared=1,unit=16", "sglang-no-buffer:chunk=512",
+              "sglang-extra-buffer:chunk=512,interval=64,grid=16", "marconi:alpha=0.5",
+              "ik-llama:interval=256,tolerance=0", "pr25472-half-step:min_step=512",
+              "user-turn+vllm-all", "vllm-align+coverage", "every-n:n=512+marconi"]
     return specs
 
 
@@ -44,7 +50,8 @@ def test_policy_contract(spec, trace, cap, budget_n, n_slots, nb):
         assert 0 <= res.n_cached <= res.n_true_prefix <= req.n_prompt   # never beyond the true prefix
         assert res.n_cached + res.n_reprocessed == req.n_prompt
         for k in res.created_at:
-            assert 0 < k <= req.n_prompt                                  # placements inside the prompt
+            # inside the prompt, or (states kept after the answer) inside prompt + generated[:-1]
+            assert 0 < k <= req.n_prompt + max(req.n_output - 1, 0)
         assert res.ckpt_mib_after <= n_slots * budget + 1e-6
     # replay the events: every restored or evicted checkpoint existed, counts stay within the cap
     for e in run.events:
