@@ -1,9 +1,11 @@
 """Policy comparison on the bundled real traces (traces/real/); prints the markdown for docs/real-traces.md.
 
     python bench/real_table.py > /tmp/real-table.md      # then paste under "Results" in docs/real-traces.md
+    python bench/real_table.py --field                   # the field's policies too (README, docs/policies.md)
 
 Runs ``ckptsim compare TRACE --json`` (default policies, profile and server flags) on each
-bundled trace, exactly what a user would run, and formats one table per trace.
+bundled trace, exactly what a user would run, and formats one table per trace; with ``--field``
+a second ``compare --policies FIELD`` adds a row per policy of other engines and open PRs.
 """
 from __future__ import annotations
 
@@ -15,12 +17,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TRACES = ["weka-sample.jsonl", "weka-sample-strict.jsonl", "mooncake-conversation.jsonl",
           "mooncake-synthetic.jsonl"]
+# The field's policies (docs/policies.md, "The field's policies"), engine defaults plus vLLM's
+# current retention default and its shared-prefix checkpoint.
+FIELD = ["vllm-all", "vllm-align", "vllm-align:retention=0,shared=1",
+         "vllm-align:retention=0,shared=1,unit=64", "sglang-no-buffer", "sglang-extra-buffer", "marconi",
+         "ik-llama", "pr25592", "pr24035", "pr25472-half-step"]
 
 
-def compare(trace: Path) -> dict:
+def compare(trace: Path, policies: list[str] | None = None) -> dict:
     """The JSON document ``ckptsim compare --json`` prints for one trace."""
+    extra = ["--policies", ";".join(policies)] if policies else []
     res = subprocess.run([sys.executable, "-c", "from ckptsim.cli import main; main()", "compare", str(trace),
-                          "--json"],
+                          "--json", *extra],
                          capture_output=True, text=True, cwd=REPO, check=False)
     if res.returncode != 0:
         raise SystemExit(f"ckptsim compare {trace} failed:\n{res.stderr}")
@@ -46,12 +54,16 @@ def table(doc: dict, name: str) -> str:
 
 def main() -> None:
     """Print every table."""
+    field = "--field" in sys.argv[1:]
     for name in TRACES:
         path = REPO / "traces" / "real" / name
         if not path.exists():
             print(f"(skipped {name}: not bundled)", file=sys.stderr)
             continue
-        print(table(compare(path), f"traces/real/{name}"))
+        doc = compare(path)
+        if field:
+            doc["policies"] += compare(path, FIELD)["policies"]
+        print(table(doc, f"traces/real/{name}"))
         print()
 
 
