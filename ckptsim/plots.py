@@ -205,3 +205,39 @@ def profile_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
 def _legend_below(ax) -> None:
     """The legend under the axes' label, never over the data (constrained layout)."""
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def policy_curves(runs: pd.DataFrame, metric: str = "reprocessed_tokens",
+                  reference: str = "llama-server") -> plt.Figure:
+    """Cost vs --ctx-checkpoints per policy, one panel per trace (small multiples, shared legend).
+
+    ``runs``: one row per (trace, policy, ctx_checkpoints) with ``metric``. Each panel is scaled
+    to ``reference`` at the largest cap, so traces of any size read alike (1.0 = the server there).
+    """
+    traces = list(dict.fromkeys(runs["trace"]))
+    ncol = min(3, len(traces))
+    nrow = -(-len(traces) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow + 0.8), layout="constrained",
+                             squeeze=False)
+    policies = list(dict.fromkeys(runs["policy"]))
+    for ax, tr in zip(axes.flat, traces):
+        g = runs[runs["trace"] == tr]
+        ref = g[g["policy"] == reference]
+        base = float(ref.sort_values("ctx_checkpoints")[metric].iloc[-1]) if len(ref) else float(g[metric].max())
+        for i, pol in enumerate(policies):
+            p = g[g["policy"] == pol].sort_values("ctx_checkpoints")
+            if len(p):
+                ax.plot(p["ctx_checkpoints"], p[metric] / (base or 1.0), marker=_MARKERS[i % len(_MARKERS)],
+                        ms=4, label=pol, ls="--" if pol == "oracle" else "-")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(g["ctx_checkpoints"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_title(tr, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("--ctx-checkpoints", fontsize=8)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} / {reference}", fontsize=8)
+    for ax in list(axes.flat)[len(traces):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    return fig

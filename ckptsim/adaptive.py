@@ -1,0 +1,216 @@
+"""``adaptive``: an online checkpoint policy that learns where restores land (docs/policies.md,
+"## adaptive").
+
+What the oracle does on the real traces (``python bench/oracle_analysis.py``): a restore lands
+where a *message* starts, a few tokens in, at a depth counted in messages from the end of the
+sequence the slot holds that barely changes within a workload (SWE history elision: 4 messages
+below the previous prompt's end for 77-95% of edits; Claude Code: the previous prompt's end for
+91%); and each checkpoint the oracle makes is restored about once, one or a few requests later.
+Everything else a server keeps is dead weight, and on one slot with ``--cache-ram`` it is worse
+than dead: every prompt-cache entry carries a copy of the slot's checkpoints (spec §5), so 32
+checkpoints of 63 MiB push whole conversations out of an 8 GiB cache.
+
+So the policy keeps statistics of *needs* (the largest position a checkpoint could have served
+each request at), classed by where they sit in the slot's previous sequence:
+
+- ``end``: at or past the end of its prompt (the new prompt diverges in the generated output);
+- ``tail d``: a few tokens above the start of the message with d message starts above it;
+- ``head i``: a few tokens above the i-th message start (a system prompt shared across sessions);
+- ``tok j``: anywhere else, T_prev - need in [2^j, 2^(j+1)) tokens.
+
+Requests that need nothing (pure extensions, unrelated prompts) count too, so a class's share
+is the chance that the next request needs it. While a prompt is prefilled the policy places a
+checkpoint at each class's position in *this* prompt whose share and token value are worth a
+checkpoint's bytes, and after the request lets go of every checkpoint that is not at such a
+position (``prune``), keeping at most ``keep`` per slot.
+
+Everything it reads is something the server knows when a task starts (``PrefillView``): the
+common prefix of the slot's cache with the prompt (``n_common``, the server's ``n_past`` before
+the restore search), the slot's cache length (``n_cached``), which earlier task left that cache
+(``cached_task``; the prompt cache's entries would carry it), and the message starts of each
+prompt it prefills.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from .policies import Policy, PrefillView
+from .records import Checkpoint
+from .server import PrefillPlan, batch_counts
+
+# A need this many tokens above a message start counts as landing at that message (the role
+# header of a rewritten message is shared: 3 tokens for ChatML's '<|im_start|>user\n').
+_SLACK_TOKENS = 16
+_MEMORY_PROMPTS = 4096     # prompts whose message starts are remembered (the server: per cache entry)
+
+
+_WARMUP_REQUESTS = 8     # until a need is seen, this many requests keep their prompt's end
+_GRID = 2 ** 0.25          # token depths and positions are learned on a geometric grid of this ratio
+
+
+def _grid_up(x: int) -> int:
+    """The smallest grid value >= x (a deeper depth: the checkpoint lands lower and still serves)."""
+    return x if x <= 16 else int(math.ceil(_GRID ** math.ceil(math.log(x, _GRID) - 1e-9)))
+
+
+def _grid_down(x: int) -> int:
+    """The largest grid value <= x (a lower position: still at or below every need it stands for)."""
+    return x if x <= 16 else int(_GRID ** math.floor(math.log(x, _GRID) + 1e-9))
+
+
+@dataclass
+class Adaptive(Policy):
+    """Checkpoints where the needs seen so far say the next restores will land; the rest let go."""
+
+    name: ClassVar[str] = "adaptive"
+    source: ClassVar[str] = "ckptsim (docs/policies.md, adaptive): learned restore depths, value per MiB"
+    keep: int = 8             # checkpoints kept per slot after a request
+    min_tokens: int = 8       # keep a checkpoint when it saves at least this many tokens per request
+    cache_pct: int = 100      # ... plus this share of the tokens its bytes would hold in --cache-ram,
+                              # scaled by how often slots swap sequences through the prompt cache
+    half_life: int = 400      # requests: older needs weigh half as much
+    tail_max: int = 16        # deepest message depth (from the end) learned as a class of its own
+    head_max: int = 2         # message starts counted from the beginning (shared system prompts)
+    _meta: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _weights: dict = field(default_factory=dict, init=False, repr=False)   # class -> weight x scale
+    _total: float = field(default=0.0, init=False, repr=False)              # every request x scale
+    _scale: float = field(default=1.0, init=False, repr=False)
+    _n_seen: int = field(default=0, init=False, repr=False)
+    _want: dict = field(default_factory=dict, init=False, repr=False)       # position -> greedy rank
+    _last_on_slot: dict = field(default_factory=dict, init=False, repr=False)
+    _swaps: float = field(default=0.0, init=False, repr=False)              # swapping requests x scale
+    _ckpt_tokens: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for k in ("keep", "half_life"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"adaptive: {k} must be > 0")
+        if min(self.min_tokens, self.cache_pct, self.tail_max, self.head_max) < 0:
+            raise ValueError("adaptive: min_tokens, cache_pct, tail_max and head_max must be >= 0")
+        self._growth = 2.0 ** (1.0 / self.half_life)
+
+    def prepare(self, trace, config, profile, replay=None) -> None:
+        """Read what the server knows of itself: the checkpoint size against the KV per token.
+
+        A checkpoint copied into a prompt-cache entry takes the room of ``ckpt_tokens`` tokens of
+        another conversation (spec §5); with the cache off or unlimited it takes nobody's.
+        """
+        if config.cache_ram_mib > 0 and profile.kv_mib_per_ktok > 0:
+            self._ckpt_tokens = profile.ckpt_mib(0) / profile.kv_mib_per_ktok * 1000.0
+
+    # --- learning ---------------------------------------------------------------------------
+    def _classify(self, need: int, src_prompt: int, starts: tuple[int, ...]) -> tuple:
+        """Where a need sits in the sequence the slot held (module docstring)."""
+        if need >= src_prompt:
+            return ("end", 0)
+        i = bisect.bisect_right(starts, need) - 1
+        if i >= 0 and need - starts[i] <= _SLACK_TOKENS:
+            d = len(starts) - 1 - i
+            if d <= self.tail_max:
+                return ("tail", d)
+            if i <= self.head_max:
+                return ("head", i)
+        if need * 2 < src_prompt:
+            return ("abs", _grid_down(need))            # deep: a fixed prefix (system prompt, summary)
+        return ("tok", _grid_up(src_prompt - need))
+
+    def _observe(self, cls: tuple | None) -> None:
+        # Decay without touching every weight: new observations weigh more instead (rescaled
+        # before the floats grow large).
+        self._scale *= self._growth
+        if self._scale > 1e100:
+            self._weights = {c: w / self._scale for c, w in self._weights.items()}
+            self._total /= self._scale
+            self._swaps /= self._scale
+            self._scale = 1.0
+        self._total += self._scale
+        self._n_seen += 1
+        if cls is not None:
+            self._weights[cls] = self._weights.get(cls, 0.0) + self._scale
+
+    def _learn(self, v: PrefillView) -> None:
+        last = self._last_on_slot.get(v.slot)
+        self._last_on_slot[v.slot] = v.request_id
+        swapped = last is not None and v.cached_task != last
+        src = self._meta.get(v.cached_task) if v.cached_task >= 0 else None
+        l, L, T = v.n_common, v.n_cached, v.n_prompt
+        if src is None or l <= 0 or (l == L and l < T):
+            self._observe(None)       # nothing to restore: a fresh prompt or a pure extension
+            if swapped:
+                self._swaps += self._scale
+            return
+        need = l if l < T else T - 1  # a fully cached prompt re-evaluates its last token
+        self._observe(self._classify(need, src[0], src[1]))
+        if swapped:
+            self._swaps += self._scale
+
+    # --- which positions are worth their bytes -------------------------------------------------
+    def _position(self, cls: tuple, T: int, starts: tuple[int, ...]) -> int:
+        """Where a need of class ``cls`` would be served in a prompt of length T."""
+        kind, x = cls
+        if kind == "end":
+            return T
+        if kind == "tail":
+            return starts[len(starts) - 1 - x] if x < len(starts) else -1
+        if kind == "head":
+            return starts[x] if x < len(starts) else -1
+        if kind == "abs":
+            return x if x < T else -1
+        return T - x
+
+    def _select(self, T: int, starts: tuple[int, ...], start: int, have: tuple[int, ...]) -> dict[int, int]:
+        """Greedy: up to ``keep`` positions maximising the expected tokens saved per request."""
+        if not self._weights and self._n_seen <= _WARMUP_REQUESTS:
+            return {T: 0}             # nothing learned yet: the prompt's end, as fifo
+        mass: dict[int, float] = {}
+        for c, w in self._weights.items():
+            p = self._position(c, T, starts)
+            if p > 0:
+                mass[p] = mass.get(p, 0.0) + w
+        if not mass:
+            return {}
+        need_pos = np.fromiter(mass.keys(), np.int64, len(mass))
+        need_w = np.fromiter(mass.values(), float, len(mass)) / self._total
+        # Any message start may serve the needs above it (a rewritten message starts there).
+        cands = np.array(sorted({p for p in mass if start < p <= T} | {k for k in have if k <= T}
+                                | {b for b in starts if start < b < T}), np.int64)
+        if len(cands) == 0:
+            return {}
+        served = np.zeros(len(need_pos), np.int64)     # position each need resumes at so far
+        usable = cands[:, None] <= need_pos[None, :]
+        chosen: dict[int, int] = {}
+        floor = self.min_tokens + self.cache_pct / 100.0 * self._ckpt_tokens * self._swaps / self._total
+        for rank in range(self.keep):
+            gain = (np.maximum(cands[:, None] - served[None, :], 0) * usable) @ need_w
+            i = int(np.argmax(gain))
+            if gain[i] < max(floor, 1e-9):
+                break
+            k = int(cands[i])
+            chosen[k] = rank
+            served = np.where(usable[i], np.maximum(served, k), served)
+        return chosen
+
+    def place(self, v: PrefillView) -> PrefillPlan:
+        self._learn(v)
+        starts = tuple(sorted(set(v.user_starts) | set(v.tool_starts)))
+        self._meta[v.request_id] = (v.n_prompt, starts)
+        if len(self._meta) > _MEMORY_PROMPTS:
+            self._meta.popitem(last=False)
+        self._want = self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
+        have = set(v.ckpt_n_tokens)
+        ps = sorted(p for p in self._want if v.start < p <= v.n_prompt and p not in have)
+        return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
+
+    # --- eviction -----------------------------------------------------------------------------
+    def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
+        """Not wanted in this prompt first (oldest first), then the one the greedy picked last."""
+        return max(range(len(ckpts)), key=lambda i: (self._want.get(ckpts[i].n_tokens, 1 << 30), -i))
+
+    def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        return [i for i, c in enumerate(ckpts) if c.n_tokens not in self._want]
