@@ -25,8 +25,8 @@ checkpoint's bytes, and after the request lets go of every checkpoint that is no
 position (``prune``), keeping at most ``keep`` per slot.
 
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
-common prefix of the slot's cache with the prompt (``n_common``, the server's ``n_past`` before
-the restore search), the slot's cache length (``n_cached``), which earlier task left that cache
+common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
+the restore search), the slot's cache length (``cached_n_tokens``), which earlier task left that cache
 (``cached_task``; the prompt cache's entries would carry it), and the message starts of each
 prompt it prefills.
 """
@@ -36,11 +36,9 @@ import bisect
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
-from .policies import Policy, PrefillView
 from .records import Checkpoint
 from .server import PrefillPlan, batch_counts
 
@@ -65,11 +63,11 @@ def _grid_down(x: int) -> int:
 
 
 @dataclass
-class Adaptive(Policy):
-    """Checkpoints where the needs seen so far say the next restores will land; the rest let go."""
+class AdaptiveRules:
+    """The ``adaptive`` policy's state and rules (registered as ``policies.Adaptive``; kept apart
+    so this module needs nothing of the registry): checkpoints where the needs seen so far say the
+    next restores will land; the rest let go."""
 
-    name: ClassVar[str] = "adaptive"
-    source: ClassVar[str] = "ckptsim (docs/policies.md, adaptive): learned restore depths, value per MiB"
     keep: int = 8             # checkpoints kept per slot after a request
     min_tokens: int = 8       # keep a checkpoint when it saves at least this many tokens per request
     cache_pct: int = 100      # ... plus this share of the tokens its bytes would hold in --cache-ram,
@@ -139,7 +137,7 @@ class Adaptive(Policy):
         self._last_on_slot[v.slot] = v.request_id
         swapped = last is not None and v.cached_task != last
         src = self._meta.get(v.cached_task) if v.cached_task >= 0 else None
-        l, L, T = v.n_common, v.n_cached, v.n_prompt
+        l, L, T = v.lcp_n_tokens, v.cached_n_tokens, v.n_prompt
         if src is None or l <= 0 or (l == L and l < T):
             self._observe(None)       # nothing to restore: a fresh prompt or a pure extension
             if swapped:

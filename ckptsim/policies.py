@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from . import engines, oracle
+from .adaptive import AdaptiveRules
 from .records import Checkpoint
 from .server import (DEFAULT_BUILD, PrefillPlan, RestoreDecision, ServerConfig, ServerRules, batch_counts,
                      parse_build, restore_decision, server_placement, spacing_pass_runs, spacing_victims)
@@ -51,6 +52,9 @@ class PrefillView:
     # would split an edge: Marconi's branch point), else 0 (the prompt extends the whole
     # sequence, shares nothing, or runs out inside it).
     branch_n_tokens: int = 0
+    # The slot's cache before the restore step: its length and the request that left it (-1: empty).
+    cached_n_tokens: int = 0
+    cached_task: int = -1
 
 
 class Policy:
@@ -127,7 +131,7 @@ class Policy:
     @property
     def spec(self) -> str:
         """The spec string that rebuilds this policy."""
-        params = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)] \
+        params = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self) if f.init] \
             if dataclasses.is_dataclass(self) else []
         return self.name + (":" + ",".join(params) if params else "")
 
@@ -830,11 +834,21 @@ def check_combination(spec: str, eviction: Policy) -> None:
                          f"'{eviction.spec}+B' for its placement with B's eviction")
 
 
+@dataclass
+class Adaptive(AdaptiveRules, Policy):
+    """Learned restore depths: checkpoints where the restores seen so far say the next ones land,
+    kept while they save the most tokens per MiB (docs/policies.md, "adaptive"; rules in
+    ``ckptsim/adaptive.py``)."""
+
+    name: ClassVar[str] = "adaptive"
+    source: ClassVar[str] = "ckptsim (docs/policies.md, adaptive): learned restore depths, value per MiB"
+
+
 # The registry: adding a policy touches this file only.
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (NoCheckpoints, Fifo, PerBatch, EveryN, UserTurn, LlamaServer, Coverage,
                                OraclePolicy, VllmAll, VllmAlign, SglangNoBuffer, SglangExtraBuffer, Marconi,
-                               IkLlama, Pr25592, Pr24035, Pr25472HalfStep)
+                               IkLlama, Pr25592, Pr24035, Pr25472HalfStep, Adaptive)
 }
 # Short names users type for the server's historical eras (spec §3).
 ALIASES = {

@@ -469,7 +469,8 @@ class _Replay:
         if cap > 0:
             trace = self.trace
             view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
-                               restored.ckpt_n_tokens, self.nb, self.ub, restored.n_lcp, seen, branch)
+                               restored.ckpt_n_tokens, self.nb, self.ub, restored.n_lcp, seen, branch,
+                               slot.n_cache, slot.seq)
             plan = pol.place(view)
         else:
             plan = PrefillPlan((), *batch_counts(n_past, T, self.nb, self.ub))

@@ -1,12 +1,11 @@
 """The `adaptive` policy: what it learns from the needs it sees, and that it pays on real edits."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ckptsim.adaptive import Adaptive
+from ckptsim.policies import Adaptive
 from ckptsim.cost import load_profile
 from ckptsim.policies import Checkpoint, PrefillView, make_policy
 from ckptsim.sim import ServerConfig, simulate
@@ -15,34 +14,9 @@ from ckptsim.trace import load_trace
 REAL = Path(__file__).resolve().parents[1] / "traces" / "real"
 
 
-try:
-    PrefillView(0, 0, 0, 1, (), (), (), 1, 1, n_common=0, n_cached=0, cached_task=-1)
-    _View = PrefillView
-except TypeError:
-    # Until the simulator passes what the server knows at a task's start (docs/policies.md,
-    # "## adaptive"), the view gets those fields here; the policy only reads them.
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class _View(PrefillView):
-        n_common: int = 0
-        n_cached: int = 0
-        cached_task: int = -1
-
-
 def _view(rid, T, starts, start=0, have=(), n_common=0, n_cached=0, cached_task=-1, slot=0):
-    return _View(rid, slot, start, T, tuple(starts), (), tuple(have), 2048, 512,
-                 n_common=n_common, n_cached=n_cached, cached_task=cached_task)
-
-
-def _registered() -> bool:
-    try:
-        make_policy("adaptive")
-    except ValueError:
-        return False
-    return "n_common" in PrefillView.__dataclass_fields__
-
-
-needs_registry = pytest.mark.skipif(not _registered(), reason="adaptive is registered and fed by the "
-                                    "simulator once the policy-interface refactor is merged")
+    return PrefillView(rid, slot, start, T, tuple(starts), (), tuple(have), 2048, 512,
+                       lcp_n_tokens=n_common, cached_n_tokens=n_cached, cached_task=cached_task)
 
 
 def _elision_session(pol: Adaptive, n_requests: int):
@@ -131,14 +105,12 @@ def test_cache_pressure_raises_the_bar():
     assert kept_after_rare_needs(8192) == 0
 
 
-@needs_registry
 @pytest.mark.parametrize("bad", ["adaptive:keep=0", "adaptive:half_life=0"])
 def test_bad_parameters(bad):
     with pytest.raises(ValueError, match="adaptive"):
         make_policy(bad)
 
 
-@needs_registry
 def test_beats_the_server_and_every_n_on_elided_swe_sessions():
     """The 40-session elided SWE trace: edits 4 messages deep (bench/oracle_analysis.py)."""
     trace = load_trace(REAL / "mini-swe-agent-gemini3pro-s40-elide5.derived.jsonl")
