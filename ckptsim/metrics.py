@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from .policies import checkpoint_cap, make_policy
 from .sim import Run
 
 
@@ -127,7 +128,10 @@ def summary_frame(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         s = with_prompt_s(run.summary())
         c = run.config
-        s.update(n_slots=c.n_slots, ctx_checkpoints=c.ctx_checkpoints, n_batch=c.n_batch,
+        # ctx_checkpoints is the flag the run was given; ckpt_cap the cap it ran under (a spec may
+        # pin its own, `none` pins 0: policies.checkpoint_cap)
+        s.update(n_slots=c.n_slots, ctx_checkpoints=c.ctx_checkpoints,
+                 ckpt_cap=checkpoint_cap(make_policy(run.policy), c), n_batch=c.n_batch,
                  n_ubatch=c.n_ubatch, cache_ram_mib=c.cache_ram_mib)
         rows.append(s)
     return pd.DataFrame(rows)

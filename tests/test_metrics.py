@@ -54,3 +54,16 @@ def test_readme_glossary_lists_every_metric():
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     missing = [k for k in METRIC_TABLE if f"`{k}`" not in section]
     assert not missing, missing
+
+
+def test_results_record_the_cap_each_run_ran_under() -> None:
+    # ctx_checkpoints is the flag a run was given; ckpt_cap what it ran under (policies.checkpoint_cap):
+    # `none` keeps no checkpoint, a spec that pins its own cap keeps that one
+    from ckptsim.metrics import summary_frame
+    from ckptsim.sim import ServerConfig, simulate
+    from ckptsim.trace import load_trace
+    t = load_trace(Path(__file__).resolve().parents[1] / "traces" / "agent-edit.jsonl")
+    cfg = ServerConfig(ctx_checkpoints=8)
+    df = summary_frame([simulate(t, p, cfg) for p in ("none", "llama-server:ctx_checkpoints=4", "fifo")])
+    assert list(df["ctx_checkpoints"]) == [8, 8, 8]
+    assert list(df["ckpt_cap"]) == [0, 4, 8]
