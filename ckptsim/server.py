@@ -83,7 +83,7 @@ RULE_CHANGES: dict[str, tuple[int, str]] = {
     "end_minus_batch": (7973, "#19408"),       # checkpoint at T - min(n_batch, 512)
     "every_n_tokens": (8232, "#20087"),        # --checkpoint-every-n-tokens; -ctxcp 8 -> 32
     "near_end_pair": (8286, "#20288"),         # breaks and checkpoints at T-(4+ub) and T-4
-    "erase_always": (8400, "#20671"),          # invalidation runs for every request, against pos_next
+    "erase_vs_pos_next": (8400, "#20671"),     # invalidation against pos_next (before: the n_past found)
     "n_swa_zero": (8461, "#20726"),            # n_swa = 0: thold = n_past, search iff pos_min >= thold
     "pick_pos_min_zero": (8703, "#21510"),     # a checkpoint with pos_min == 0 is always acceptable
     "search_every_request": (9232, "#23280"),  # thold = n_past - 1; n_past == T no longer resets
@@ -92,6 +92,7 @@ RULE_CHANGES: dict[str, tuple[int, str]] = {
     "has_new": (9542, "#24110"),               # thold = n_past - (0 if has_new else 1)
     "skip_past_pos_next": (9602, "#24411"),    # skip checkpoints with pos_max > pos_next
     "every_user_start": (9775, "#24176"),      # break at every user start; min step 256 -> 8192
+    "cache_alloc_makes_room": (9917, "#25070"),  # a prompt-cache save pops the oldest entries itself
     "user_break_conditional": (9936, "#25420"),  # user-start break only if a checkpoint is due there
     "spacing_eviction": (9985, "#25472"),      # spacing eviction (a); near-end exempt from spacing
     "spacing_when_full": (PR28302_BUILD, "#28302"),  # (a) only when full; supersede the same n_tokens
@@ -140,9 +141,10 @@ class ServerRules:
         return self.build >= _since("pick_pos_min_zero")
 
     @cached_property
-    def erase_always(self) -> bool:
-        """b8400+ (#20671): the invalidation pass runs for every request, against pos_next."""
-        return self.build >= _since("erase_always")
+    def erase_vs_pos_next(self) -> bool:
+        """b8400+ (#20671): the invalidation pass erases against pos_next (after the restore);
+        before, against the n_past found before it (it ran for every request in both)."""
+        return self.build >= _since("erase_vs_pos_next")
 
     @cached_property
     def full_on_resend(self) -> bool:
@@ -205,6 +207,14 @@ class ServerRules:
         return self.build >= _since("spacing_when_full")
 
     # --- flag defaults (spec §8) ---
+    @cached_property
+    def cache_alloc_makes_room(self) -> bool:
+        """b9917+ (#25070): saving to the prompt cache first pops the oldest entries until the new
+        one fits (and skips one bigger than the whole cache). Before, only ``update()`` trimmed,
+        after the slot's load, keeping at least one entry: an entry the save would have pushed out
+        could still be loaded (seen on b7964, docs/conformance.md)."""
+        return self.build >= _since("cache_alloc_makes_room")
+
     @cached_property
     def default_ctx_checkpoints(self) -> int:
         """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724 #16391), 32 (b8232 #20087) (spec §8)."""
@@ -294,14 +304,14 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
         else:
             full = True
             pos_next = n_past = 0
-    # Invalidation: b8400+ always, against pos_next (k - 1 > pos_next); before, only after a
-    # search, against the original n_past (pos_min > thold).
-    if rules.erase_always:
+    # Invalidation runs for every request, searched or not. b8400+: k - 1 > pos_next. Before:
+    # pos_min > max(0, n_past - n_swa) with n_swa := 1 and the n_past found before the restore, so
+    # a prompt with no common prefix keeps only k <= 1. Measured on b8156 and b8352 (xllamacpp
+    # 0.2.12, 0.2.13): a new session on the slot erased every checkpoint (docs/conformance.md).
+    if rules.erase_vs_pos_next:
         keep_upto = pos_next + 1
-    elif searched:
-        keep_upto = n_lcp
     else:
-        keep_upto = 1 << 62
+        keep_upto = max(n_lcp, 1)
     if n_past == T and n_past > 0:
         # "need to evaluate at least 1 token": before b9232 the seq_rm of the last token fails on
         # recurrent memory, the memory is cleared and the prompt re-processed (spec §3, last note).

@@ -134,9 +134,12 @@ def summarize(run: Run) -> dict:
 class _PromptCache:
     """Host-RAM prompt cache (``--cache-ram``, spec §5): full states plus copies of checkpoints."""
 
-    def __init__(self, limit_mib: float, limit_tokens: int, trace: Trace, profile: CostProfile):
+    def __init__(self, limit_mib: float, limit_tokens: int, trace: Trace, profile: CostProfile,
+                 makes_room: bool = True):
         self.limit_mib = math.inf if limit_mib < 0 else limit_mib
         self.limit_tokens = limit_tokens
+        self.makes_room = makes_room           # b9917+ (#25070): alloc pops the oldest itself
+        self.keep = 0 if makes_room else 1     # before, update() always kept one entry
         self.entries: list[_CacheEntry] = []
         self.trace = trace
         self.profile = profile
@@ -170,14 +173,14 @@ class _PromptCache:
         if slot.n_cache in lcps:
             return                        # " - prompt is already in the cache, skipping"
         size = self.profile.state_mib(slot.n_cache) + slot.ckpt_mib
-        if size > self.limit_mib:
+        if self.makes_room and size > self.limit_mib:
             return                        # #25070: bigger than the whole cache
         # entries that are prefixes of the new one are obsolete
         kept = [e for e, lcp in zip(self.entries, lcps) if lcp != e.n_tokens]
         if len(kept) != len(self.entries):
             self.entries = kept
             self._changed()
-        while self.entries and self.size_mib + size > self.limit_mib:
+        while self.makes_room and self.entries and self.size_mib + size > self.limit_mib:
             self._evict_oldest(emit)
         self.entries.append(_CacheEntry(slot.seq, slot.n_cache, list(slot.ckpts), size))
         self._changed()
@@ -202,14 +205,14 @@ class _PromptCache:
 
     def update(self, emit: Callable[..., None]) -> None:
         """``update`` (st:1870): pop the oldest while over the byte or token limit."""
-        while self.entries and self.size_mib > self.limit_mib:
+        while len(self.entries) > self.keep and self.size_mib > self.limit_mib:
             self._evict_oldest(emit)
         n_tok = self._n_tokens
         if n_tok and math.isfinite(self.limit_mib):
             lim_tok = max(self.limit_tokens, int(self.limit_mib / (self.size_mib / n_tok)))
         else:
             lim_tok = 1 << 62
-        while self.entries and self._n_tokens > lim_tok:
+        while len(self.entries) > self.keep and self._n_tokens > lim_tok:
             self._evict_oldest(emit)
 
 
@@ -357,7 +360,8 @@ class _Replay:
         self.budget_finite = math.isfinite(self.budget_mib)
         self.nb, self.ub = config.eff_n_batch, config.eff_n_ubatch
         self.slots = [_Slot(i) for i in range(config.n_slots)]
-        self.pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof) \
+        self.pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof,
+                                   makes_room=self.rules.cache_alloc_makes_room) \
             if config.cache_ram_mib != 0 else None
         self.device = _Device()
         self.results: list[RequestResult] = []

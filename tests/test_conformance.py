@@ -37,6 +37,9 @@ def test_build_of_a_wheel_version():
     assert build_of_xllamacpp("2026.10.11549") == "b11549"
     assert build_of_xllamacpp("2026.5.9093") == "b9093"
     assert build_of_xllamacpp("0.2.14") is None        # the 0.x series: dated from the log's wording
+    # a post-release of the same build (pip lists 2026.4.8672.1 beside 2026.4.8672), not 'b1'
+    assert build_of_xllamacpp("2026.4.8672.1") == "b8672"
+    assert build_of_xllamacpp("0.1.26") is None
 
 
 def test_usage_errors_are_one_line(tmp_path):
@@ -118,6 +121,43 @@ def test_supersede_comes_after_the_fifo_erase():
     assert trace_from_log(log).requests[1].observed["erased"] == [720, 848]
 
 
+@pytest.mark.parametrize("name,build,erased", [("b8156-xllamacpp-0.2.12", "b8156", [1488]),
+                                               ("b8352-xllamacpp-0.2.13", "b8352", [1488, 1996])])
+def test_invalidation_runs_for_every_request_before_b8400(name, build, erased):
+    """Found by the matrix on xllamacpp 0.2.12 (prints build 8156) and 0.2.13 (build 8352), the
+    first two requests of `cache-ram-off` (tests/data/conformance/NAME-cache-ram-off.server.log.gz):
+    -c 8192 --cache-ram 0, session s1 (2000 tokens) then s2 (2200 tokens, nothing in common). The
+    second task logs "erased invalidated context checkpoint" (n_swa = 1) for s1's checkpoints with
+    no restore and no search: the pass ran for n_past == 0 too. The model had it run only after a
+    search before b8400 (#20671) and kept them (30 and 40 mismatches on these two builds)."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / f"{name}-cache-ram-off.server.log.gz"
+    lt = trace_from_log(log)
+    assert lt.requests[1].observed["cache_n"] == 0 and lt.requests[1].observed["erased"] == erased
+    doc = validate_log(log).to_json()
+    assert f"version={build}" in doc["policy"] and doc["agreement"] == 1.0 and doc["decisions"] == 10
+
+
+def test_prompt_cache_before_b9917_trims_only_after_the_load():
+    """Found by the matrix on xllamacpp 0.2.11 (b7964, the lfm2 model), `slots-np4-cache-evict`
+    (-np 4 --cache-ram 2), its first 8 requests (tests/data/conformance/b7964-xllamacpp-0.2.11-lfm2-
+    slots-np4-cache-evict.server.log.gz; the request/response echo lines are left out). Request 6
+    (session 0 + 200 tokens) gets slot 1 by LRU: line 1041 saves its 1501 tokens (0.756 MiB) next to
+    1201 (0.612) and 1351 (0.687), 2.055 MiB against a 2 MiB limit, yet line 1043 loads the
+    1201-token entry and restores 1136; only then does `update` trim. The model popped the oldest
+    entry while saving (#25070, b9917) and so re-processed the prompt: 18 mismatches."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.server import ServerRules
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b7964-xllamacpp-0.2.11-lfm2-slots-np4-cache-evict.server.log.gz"
+    obs = trace_from_log(log).requests[6].observed
+    assert (obs["cache_n"], obs["restored"]) == (1136, 1136)
+    doc = validate_log(log).to_json()
+    assert "version=b7964" in doc["policy"] and doc["agreement"] == 1.0 and doc["decisions"] == 40
+    assert not ServerRules(9916).cache_alloc_makes_room and ServerRules(9917).cache_alloc_makes_room
+
+
 @pytest.mark.live
 def test_random_mode_runs_and_writes_the_document(tmp_path):
     """--random N draws N traces and flag sets; each runs on its own server and is validated."""
@@ -150,6 +190,27 @@ def test_kv_unified_read_from_the_context_line():
     assert any(r.observed["erased"] == [988, 1496] for r in lt.requests)
 
 
+def test_a_build_that_knows_no_generated_architecture_says_which_it_needs(tmp_path):
+    """A build that does not know qwen35 gets the lfm2 model (xllamacpp 0.2.7-0.2.11 load only
+    that); one that knows neither stops at the first workload, and the error names both. A fake
+    llama-server prints llama.cpp's own line ("unknown model architecture: 'qwen35'") and exits."""
+    from ckptsim.live.conformance import run_matrix
+    starts = tmp_path / "starts"
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho start >> " + str(starts) + "\n"
+                    "case \"$2\" in *lfm2*) a=lfm2;; *) a=qwen35;; esac\n"
+                    "echo \"llama_model_load: error loading model: error loading model architecture: "
+                    "unknown model architecture: '$a'\"\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    models = []
+    for arch in ("qwen35", "lfm2"):
+        (tmp_path / f"tiny-{arch}.gguf").write_bytes(b"GGUF")
+        models.append((arch, tmp_path / f"tiny-{arch}.gguf"))
+    res = run_matrix(matrix(0)[:3], tmp_path / "out", backend=str(fake), python=None, model=models, build="b8000")
+    assert len(res) == 1 and res[0].sent == 0 and len(starts.read_text().splitlines()) == 2
+    assert "knows none of the architectures qwen35, lfm2" in res[0].error and "it needs one of them" in res[0].error
+
+
 def test_a_build_for_other_cpus_is_named(tmp_path):
     """xllamacpp 2026.4.8672 dies of SIGILL here (built for AVX-512): the error says so."""
     from ckptsim.live.server import LiveServer, ServerFlags
@@ -164,20 +225,24 @@ def test_a_build_for_other_cpus_is_named(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.live
-@pytest.mark.parametrize("wheel", ["2026.9.11063", "2026.6.9538"])
-def test_matrix_on_older_builds(tmp_path, wheel):
-    """The matrix on two earlier builds, one on each side of the rule changes the cross table
-    brackets (#28302; the last-user era), each wheel installed into a cached environment of its
-    own (needs the package index). The whole build list: python bench/conformance_all.py."""
+@pytest.mark.parametrize("wheel,build,arch", [("2026.9.11063", "b11063", "qwen35"), ("2026.6.9538", "b9538", "qwen35"),
+                                              ("0.2.11", "b7964", "lfm2"), ("0.2.5", "b7079", "lfm2")])
+def test_matrix_on_older_builds(tmp_path, wheel, build, arch):
+    """The matrix on earlier builds, each wheel installed into a cached environment of its own
+    (needs the package index): one on each side of #28302; the last-user era; b7964, which cannot
+    load qwen35 and runs the lfm2 model (and kept the prompt-cache entry #25070 later evicts);
+    b7079, whose wheel has no HTTP server (serve.py answers for it). The whole build list:
+    python bench/conformance_all.py."""
     pytest.importorskip("gguf")
     out = tmp_path / wheel
     r = runner.invoke(app, ["conformance", "--xllamacpp", wheel, "--out", str(out), "--json"])
     if r.exit_code != 0 and "installing xllamacpp" in r.output:
         pytest.skip(f"xllamacpp=={wheel} could not be installed: {r.output.strip()[-200:]}")
     doc = json.loads(r.stdout)
-    assert doc["build"] == "b" + wheel.rsplit(".", 1)[-1]
+    assert doc["build"] == build       # from the version, or (0.x wheels) the build the log prints
     assert doc["agreement"] == 1.0 and doc["decisions"] >= 400, doc["mismatches"][:3]
     assert doc["unknown"] < 0.05 * (doc["decisions"] + doc["unknown"])
+    assert {w.get("model_arch") for w in doc["workloads"]} == {arch}
 
 
 def test_shrink_drops_requests_while_the_mismatch_stays():

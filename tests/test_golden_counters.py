@@ -1,8 +1,11 @@
 """Golden counters: exact results of the simulator on the bundled traces, per policy and flag set.
 
-The numbers in ``data/golden_counters.json`` were written once by this module from commit
-``faf6352`` (main before the structure work of issue #13: the oracle's registration, the split of
-``simulate``, the rule flags of ``ServerRules``), so any later change that moves a result -- a
+The numbers in ``data/golden_counters.json`` were written by this module from commit ``faf6352``
+(main before the structure work of issue #13: the oracle's registration, the split of
+``simulate``, the rule flags of ``ServerRules``), and rewritten once when issue #11's conformance
+runs on older builds fixed two rules (before b8400 the invalidation pass runs for every request;
+before #25070 a prompt-cache save does not pop the oldest entry), which moved exactly one case
+(multi-session, b8300, -np 4). Any later change that moves a result -- a
 rule, a policy, slot choice, the prompt cache, timing -- shows here as a failing case. They are
 not derived by hand: they pin behaviour, they do not prove it right (the property, restore-rule
 and conformance tests do that).

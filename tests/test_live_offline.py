@@ -61,6 +61,30 @@ def test_written_model_has_every_qwen35_tensor(tmp_path):
         write_model(p, preset("tiny"))
 
 
+def test_written_lfm2_model_names_lfm2_tensors_and_marks_conv_layers(tmp_path):
+    """The lfm2 preset (for builds before qwen35's support) names only tensors of gguf-py's LFM2
+    list, gives the conv layers 0 KV heads (llama.cpp's lfm2 loader: recurrent where
+    head_count_kv == 0) and round-trips its shape. Its checkpoint is 3 conv layers x 2 cached
+    inputs x 256 channels x 4 bytes = 0.006 MiB, what b7964 (xllamacpp 0.2.11) logs for it."""
+    gguf = pytest.importorskip("gguf", reason="the 'live' extra (gguf) is not installed")
+    from ckptsim.live.tinymodel import model_shape_of, write_model
+    s = preset("tiny-lfm2")
+    p = write_model(tmp_path / "l.gguf", s)
+    r = gguf.GGUFReader(str(p))
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2]}
+    for t in r.tensors:
+        base = t.name.rsplit(".", 1)[0]
+        assert ".".join("{bid}" if x.isdigit() else x for x in base.split(".")) in known, t.name
+    f = r.fields["lfm2.attention.head_count_kv"]
+    assert [int(f.parts[i][0]) for i in f.data] == [0, 0, 0, 2]
+    conv = next(t for t in r.tensors if t.name == "blk.0.shortconv.conv.weight")
+    assert list(conv.shape) == [s.l_cache, s.n_embd]           # ggml order {l_cache, n_embd}
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "lfm2"
+    assert model_shape_of(p) == s and round(s.ckpt_mib(), 3) == 0.006
+    with pytest.raises(ValueError, match="fixed|cut"):
+        preset("tiny-lfm2", n_layer=8)
+
+
 # --- a fake server ---------------------------------------------------------------------------------
 
 class _Fake:
@@ -465,3 +489,44 @@ def test_server_settings_read_from_the_log_for_calibrate_url():
     the committed -ub 64 run was served with -b 1024 -ub 64 --cache-ram 8192."""
     slog = parse_server_log(REPO / "docs" / "calibration" / "tiny-ub-sweep-cpu.server-ub64.log.gz")
     assert (slog.n_batch, slog.n_ubatch, slog.cache_ram_mib) == (1024, 64, 8192)
+
+
+def test_python_http_front_for_wheels_without_a_server():
+    """xllamacpp before 0.2.7 (b6751-b7079) serves no HTTP, only Server.handle_*(dict) calls;
+    serve.py then answers /health, /completion and /v1/chat/completions itself. An answer that
+    carries an error code is passed on with that status (the harness treats 5xx as failed)."""
+    from ckptsim.live.serve import python_http
+
+    class FakeServer:                      # the handle_* methods of xllamacpp 0.2.5's Server
+        def __init__(self):
+            self.got = []
+
+        def handle_completions(self, body):
+            self.got.append(("completion", body))
+            if body.get("n_predict") == -7:
+                return {"error": {"code": 500, "message": "boom", "type": "server_error"}}
+            return {"choices": [{"text": "aa"}]}
+
+        def handle_chat_completions(self, body):
+            self.got.append(("chat", body))
+            return {"choices": [{"message": {"content": "aa"}}]}
+
+        def handle_metrics(self):
+            return "llamacpp:prompt_tokens_total 0\n"
+
+    fake = FakeServer()
+    port = free_port()
+    http = python_http(fake, "127.0.0.1", port)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        c = Client(f"http://127.0.0.1:{port}", timeout_s=10)
+        assert c.get("/health")["status"] == "ok"
+        assert c.post("/completion", {"prompt": [97, 98], "n_predict": 2})["choices"][0]["text"] == "aa"
+        assert "message" in c.post("/v1/chat/completions", {"messages": []})["choices"][0]
+        with pytest.raises(ServerError, match="HTTP 500"):
+            c.post("/completion", {"prompt": [97], "n_predict": -7})
+        assert [k for k, _ in fake.got] == ["completion", "chat", "completion"]
+        assert fake.got[0][1]["prompt"] == [97, 98]
+    finally:
+        http.shutdown()
+        http.server_close()

@@ -32,6 +32,14 @@ CASES = [
     ("b6700-strict", ServerRules(6700), 800, 1000, 900, [800], 0, -1, True, []),
     # the current rule accepts k == n_past when the prompt has new tokens
     ("cur-k-eq-npast", CUR, 800, 1000, 900, [800], 800, 800, False, []),
+    # before b8400 the pass also runs without a search, against pos_min > max(0, n_past - 1):
+    # a new session keeps only k <= 1 (b8156 and b8352 logs, tests/data/conformance/b8*-cache-ram-off)
+    ("b8156-nothing-shared", ServerRules(8156), 0, 2004, 2200, [1, 1488], 0, -1, False, [1488]),
+    # ... and after a restore it compares with the n_past found before it, not the restored k:
+    # 796 is restored, 800 (= n_lcp) stays, where b8400+ (k > pos_next + 1) erases it
+    ("b8352-erase-vs-lcp", ServerRules(8352), 800, 1000, 900, [500, 796, 800, 996], 796, 796, False, [996]),
+    ("b8400-erase-vs-pos-next", ServerRules(8400), 800, 1000, 900, [500, 796, 800, 996], 796, 796, False,
+     [800, 996]),
 ]
 
 

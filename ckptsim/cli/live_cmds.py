@@ -50,22 +50,25 @@ def _backend(server: str | None) -> str:
 @app.command("make-model")
 @cli_errors
 def make_model(out: Path = typer.Option(..., "-o", "--out", help="GGUF file to write"),
-               preset_name: str = typer.Option("tiny", "--preset", help="tiny, small, qwen3.5-0.8b, qwen3.5-27b-L4"),
+               preset_name: str = typer.Option("tiny", "--preset", help="tiny, small, qwen3.5-0.8b, qwen3.5-27b-L4 (qwen35); "
+                                                                  "tiny-lfm2 (lfm2, for builds before qwen35)"),
                layers: int = typer.Option(None, "--layers", help="cut to this many layers (multiple of 4)"),
                hf_config: Path = typer.Option(None, "--hf-config", help="shapes from a Hugging Face config.json"),
                like: Path = typer.Option(None, "--like", help="shapes from an existing qwen35 GGUF"),
                seed: int = typer.Option(0, help="random seed for the weights"),
                force: bool = typer.Option(False, "--force", help="overwrite OUT"),
                as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
-    """Write a random-weight qwen35 hybrid GGUF with a preset's (or a real model's) shapes."""
+    """Write a random-weight hybrid GGUF (qwen35, or lfm2) with a preset's (or a real model's) shapes."""
     _need_live()
-    from ..live.tinymodel import preset, shape_from_gguf, shape_from_hf_config, write_model
+    from ..live.tinymodel import Lfm2Shape, preset, shape_from_gguf, shape_from_hf_config, write_model
     if hf_config is not None:
         shape = shape_from_hf_config(json.loads(hf_config.read_text()), hf_config.parent.name or "hf")
     elif like is not None:
         shape = shape_from_gguf(like)
     else:
         shape = preset(preset_name)
+    if layers is not None and isinstance(shape, Lfm2Shape):
+        raise UserError(f"--layers: the {preset_name} preset has a fixed layer pattern; leave --layers out")
     if layers is not None:
         from dataclasses import replace
         if layers < 4 or layers % shape.full_attention_interval:
@@ -427,8 +430,10 @@ def conformance_cmd(xllamacpp: str = typer.Option(None, "--xllamacpp", metavar="
             results = run_on_url(wls, out_dir, url, log, build, on_step=step)
         else:
             _need_live(backend) if python is None else _need_live("binary")
-            model = _tiny_model("tiny", None, cache_dir)
-            results = run_matrix(wls, out_dir, backend=backend, python=python, model=model, build=build,
+            # qwen35 first; builds from before its support (xllamacpp 0.2.7-0.2.11) get lfm2
+            models = [("qwen35", _tiny_model("tiny", None, cache_dir)),
+                      ("lfm2", _tiny_model("tiny-lfm2", None, cache_dir))]
+            results = run_matrix(wls, out_dir, backend=backend, python=python, model=models, build=build,
                                  on_step=step, shrink_mismatches=random_n is not None)
     doc = summary(results, build, label)
     (out_dir / "conformance.json").write_text(json.dumps(doc, indent=2) + "\n")

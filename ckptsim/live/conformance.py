@@ -276,9 +276,15 @@ def xllamacpp_env(version: str, cache_dir: Path) -> str:
 
 
 def build_of_xllamacpp(version: str) -> str | None:
-    """'2026.10.11549' -> 'b11549'; the 0.x series does not say (the log's wording dates it)."""
-    tail = version.rsplit(".", 1)[-1]
-    return f"b{tail}" if tail.isdigit() and int(tail) > 1000 else None
+    """'2026.10.11549' -> 'b11549'; the 0.x series does not say (the log's wording dates it).
+
+    The build is the third part (YEAR.MONTH.BUILD); a fourth is a re-release of the same build,
+    e.g. 2026.4.8672.1, the rebuild of 2026.4.8672 that runs without AVX-512.
+    """
+    parts = version.split(".")
+    if len(parts) in (3, 4) and all(x.isdigit() for x in parts) and int(parts[0]) >= 2000:
+        return f"b{parts[2]}"
+    return None
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -301,6 +307,8 @@ class WorkloadResult:
     repro: str | None = None       # --random: the shrunk reproducer of a mismatch
     nothing_happened: int = 0      # known decisions where both sides did nothing (restored -1, none created ...)
     prompt_time: dict = field(default_factory=dict)
+    arch: str = ""                 # the generated model's architecture ("" when one model was given)
+    log_build: str | None = None   # the build the log prints (0.x wheels: the version does not say)
 
     def to_json(self) -> dict:
         d = {"name": self.name, "rules": self.rules, "flags": self.flags, "tasks": self.tasks,
@@ -312,6 +320,8 @@ class WorkloadResult:
             d["error"] = self.error
         if self.repro:
             d["repro"] = self.repro
+        if self.arch:
+            d["model_arch"] = self.arch
         return d
 
 
@@ -368,21 +378,38 @@ def _score(res: WorkloadResult, decisions: list, n_tasks: int, timings: list[dic
 
 
 def run_matrix(workloads: list[Workload], out_dir: Path, *, backend: str, python: str | None,
-               model: Path, build: str | None, profile: str | None = TINY_PROFILE,
+               model: Path | list[tuple[str, Path]], build: str | None, profile: str | None = TINY_PROFILE,
                on_step=None, base_flags: dict | None = None, shrink_mismatches: bool = False) -> list[WorkloadResult]:
     """Each workload on a fresh server (its own flags and log); validate each log with ``build``.
 
+    ``model``: a GGUF, or ``(architecture, GGUF)`` pairs in order of preference: a build that does
+    not know the first architecture (its log says "unknown model architecture") gets the next
+    one, from that workload on; when it knows none, the run stops there and says which it lacks.
     ``shrink_mismatches``: a workload with a mismatch is cut down to fewer requests that still
     disagree (each try on a fresh server), and the reproducer is written as ``NAME.repro.json``.
     """
     from .server import ServerFlags
     base = ServerFlags(**{"n_ctx": 8192, "n_batch": 512, "n_ubatch": 512, "ctx_checkpoints": 8,
                           "checkpoint_min_step": 256, "cache_ram_mib": 8192, **(base_flags or {})})
-    run = lambda wl, tag, step=None: _run_one(wl, tag, out_dir, base, backend, python, model,  # noqa: E731
-                                              build, profile, step)
+    models = [("", model)] if isinstance(model, Path) else list(model)
+    tried: list[str] = []
+    run = lambda wl, tag, step=None: _run_one(wl, tag, out_dir, base, backend, python,  # noqa: E731
+                                              models[0][1], build, profile, step)
     results: list[WorkloadResult] = []
     for wl in workloads:
         res = run(wl, wl.name, on_step)
+        while res.error and res.sent == 0 and (unknown := unknown_architecture(out_dir / f"{wl.name}.server.log")):
+            tried.append(unknown)
+            models = [m for m in models[1:] if m[0] not in tried]
+            if not models:
+                known = "; ".join(_ARCH_SUPPORT[a] for a in tried if a in _ARCH_SUPPORT)
+                res.error = (f"server failed in workload {wl.name}: this build cannot load the generated models: "
+                             f"it knows none of the architectures {', '.join(tried)} (it needs one of them"
+                             + (f"; {known})" if known else ")"))
+                return results + [res]
+            res = run(wl, wl.name, on_step)
+        if models[0][0]:
+            res.arch = models[0][0]
         if shrink_mismatches and res.mismatches and not res.error:
             small, n_runs = shrink(wl, lambda t: bool(run(t, wl.name + ".shrunk").mismatches))
             final = run(small, wl.name + ".shrunk")
@@ -414,24 +441,35 @@ def _run_one(wl: Workload, tag: str, out_dir: Path, base, backend: str, python: 
         try:
             v = validate_log(log, version=build, profile=profile)
             _score(res, v.decisions, v.n_tasks, v.timings)
+            m = re.search(r"version=(b\d+)", v.policy)
+            if build is None and m and not v.build_range:       # printed, not dated by wording
+                res.log_build = m.group(1)
         except ValueError as e:
             res.error = (res.error + "; " if res.error else "") + f"validation failed: {e}"
     return res
 
 
+# where each generated architecture was seen to load (docs/conformance.md, the 0.x wheels)
+_ARCH_SUPPORT = {"qwen35": "qwen35 loads in b8156 and not in b7964",
+                 "lfm2": "lfm2 loads in b6751, the oldest wheel with hybrid checkpoints (b6685+)"}
+
+
+def unknown_architecture(log: Path) -> str | None:
+    """The architecture a server log says its build does not know, if it says so."""
+    try:
+        m = re.search(r"unknown model architecture: '([^']+)'", log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
 def _why(e: Exception, log: Path) -> str:
     """The error, and what the log says about a model this build cannot load."""
-    msg = str(e)
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return msg
-    m = re.search(r"unknown model architecture: '([^']+)'", text)
-    if m:
+    arch = unknown_architecture(log)
+    if arch:
         return (f"this build cannot load the generated model: it does not know architecture "
-                f"'{m.group(1)}' (the tiny model is qwen35, Qwen3.5's hybrid; builds before its support "
-                f"cannot run it)")
-    return msg
+                f"'{arch}' (builds older than its support in llama.cpp cannot run it)")
+    return str(e)
 
 
 def run_on_url(workloads: list[Workload], out_dir: Path, url: str, log: Path, build: str | None,
@@ -471,6 +509,7 @@ def summary(results: list[WorkloadResult], build: str | None, server: str) -> di
     """The ``--json`` document (issue 11's shape)."""
     dec = sum(r.decisions for r in results)
     agr = sum(r.agreed for r in results)
+    build = build or next((r.log_build for r in results if r.log_build), None)
     return {"build": build or "unknown", "server": server,
             "workloads": [r.to_json() for r in results],
             "tasks": sum(r.tasks for r in results), "decisions": dec, "agreed": agr,
@@ -490,7 +529,7 @@ def cross_validate(out_dir: Path, versions: list[str], profile: str | None = TIN
     logs = sorted(p for p in out_dir.glob("*.server.log") if ".shrunk." not in p.name)
     out: dict[str, dict] = {}
     for v in versions:
-        agreed = known = unknown = 0
+        agreed = known = unknown = nothing = 0
         first: dict | None = None
         timings: list[dict] = []
         for log in logs:
@@ -498,6 +537,7 @@ def cross_validate(out_dir: Path, versions: list[str], profile: str | None = TIN
             timings += val.timings
             known += len(val.known)
             agreed += val.agreed
+            nothing += sum(1 for d in val.known if d.status == "agreed" and _is_nothing(d))
             unknown += len(val.decisions) - len(val.known)
             if first is None:
                 bad = next((d for d in val.decisions if d.status == "mismatch"), None)
@@ -505,7 +545,7 @@ def cross_validate(out_dir: Path, versions: list[str], profile: str | None = TIN
                     first = {"log": log.name, "task": bad.task, "decision": bad.decision, "line": bad.line,
                              "logged": bad.logged, "simulated": bad.simulated}
         out[v] = {"agreed": agreed, "decisions": known, "unknown": unknown, "first_mismatch": first,
-                  "timing": own_timing_fit(timings)}
+                  "nothing_happened": nothing, "timing": own_timing_fit(timings)}
     return out
 
 

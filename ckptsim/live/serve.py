@@ -78,9 +78,61 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = xllamacpp.Server(p)  # noqa: F841  (keeps the server alive until we return)
+    http = None
+    if not hasattr(server, "listening_address"):
+        # xllamacpp before 0.2.7 (llama.cpp b6751-b7079) has no HTTP server, only handle_*()
+        # calls: serve the endpoints the harness uses from here
+        http = python_http(server, a.host, a.port)
+        threading.Thread(target=http.serve_forever, daemon=True).start()
     print(f"ckptsim.live.serve: listening on http://{a.host}:{a.port}", file=sys.stderr, flush=True)
     stop.wait()
+    if http is not None:
+        http.shutdown()
+        http.server_close()
     return 0
+
+
+def python_http(server, host: str, port: int):
+    """An HTTP front for an xllamacpp ``Server`` without one: /health, /metrics, /completion and
+    /v1/chat/completions, answered by its ``handle_*`` methods (one request at a time, as the
+    harness sends them). An answer carrying an error code is sent with that HTTP status."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, doc) -> None:
+            body = (doc if isinstance(doc, (bytes, str)) else json.dumps(doc))
+            body = body.encode() if isinstance(body, str) else body
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/health":
+                self._send(200, {"status": "ok"})
+            elif self.path == "/metrics":
+                self._send(200, server.handle_metrics())
+            else:
+                self._send(404, {"error": {"code": 404, "message": "not found"}})
+
+        def do_POST(self) -> None:  # noqa: N802
+            calls = {"/completion": server.handle_completions, "/completions": server.handle_completions,
+                     "/v1/chat/completions": server.handle_chat_completions}
+            if self.path not in calls:
+                self._send(404, {"error": {"code": 404, "message": "not found"}})
+                return
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            out = calls[self.path](body)
+            err = out.get("error", out) if isinstance(out, dict) else {}
+            code = err.get("code") if isinstance(err, dict) else None
+            self._send(int(code) if isinstance(code, int) and code >= 400 else 200, out)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Random-weight GGUF models of the ``qwen35`` hybrid architecture, for timing without a download.
+"""Random-weight GGUF models of the ``qwen35`` hybrid architecture, for timing without a download
+(and of ``lfm2``, a hybrid that llama.cpp builds older than qwen35's support can load).
 
 Prefill time depends on tensor shapes, not on weight values, so a random model with a real
 model's shapes times like the real one (its output is gibberish, which timing ignores).
@@ -119,10 +120,72 @@ PRESETS: dict[str, Qwen35Shape] = {
 }
 
 
-def preset(name: str, n_layer: int | None = None, dtype: str | None = None) -> Qwen35Shape:
+@dataclass(frozen=True)
+class Lfm2Shape:
+    """Hyperparameters of an ``lfm2`` model (LiquidAI LFM2: gated short-convolution layers and
+    grouped-query attention layers). Its recurrent state, what a checkpoint copies, is each conv
+    layer's last ``l_cache - 1`` inputs. llama.cpp loads lfm2 from b5900-ish on, so builds that
+    predate qwen35 (b8000-ish) but have hybrid checkpoints (b6685+) can run the matrix with it.
+    """
+
+    name: str
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    attn_layers: tuple[int, ...]  # the others are short-conv layers
+    l_cache: int = 3              # shortconv.l_cache: conv kernel width
+    n_ctx_train: int = 128000
+    rope_freq_base: float = 1e6
+    dtype: str = "f32"
+    real_n_layer: int = 0
+    source: str = ""
+    arch: str = "lfm2"
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_recurrent_layers(self) -> int:
+        return self.n_layer - len(self.attn_layers)
+
+    def is_attention(self, layer: int) -> bool:
+        return layer in self.attn_layers
+
+    def ckpt_bytes(self) -> int:
+        """Recurrent state of one sequence: (l_cache - 1) f32 inputs per channel and conv layer."""
+        return 4 * self.n_recurrent_layers * (self.l_cache - 1) * self.n_embd
+
+    def ckpt_mib(self) -> float:
+        return self.ckpt_bytes() / 2**20
+
+    def kv_mib_per_ktok(self, bytes_per_value: int = 2) -> float:
+        return 1000 * len(self.attn_layers) * 2 * self.n_head_kv * self.head_dim * bytes_per_value / 2**20
+
+
+LFM2_PRESETS: dict[str, Lfm2Shape] = {
+    # the qwen35 "tiny" model's sizes (256 wide, 4 layers, one attention layer with 2 KV heads of
+    # 64), so the prompt cache holds about as many tokens per MiB with either architecture
+    "tiny-lfm2": Lfm2Shape("tiny-lfm2", n_embd=256, n_layer=4, n_ff=512, n_head=4, n_head_kv=2,
+                           attn_layers=(3,), source="ckptsim: qwen35 tiny's sizes, lfm2 layers"),
+}
+# the architecture each preset name writes, for error messages and `conformance`'s fallback
+ARCH_OF_PRESET = {**{k: ARCH for k in ("tiny", "small", "qwen3.5-0.8b", "qwen3.5-27b-L4")},
+                  **{k: "lfm2" for k in LFM2_PRESETS}}
+
+
+def preset(name: str, n_layer: int | None = None, dtype: str | None = None) -> Qwen35Shape | Lfm2Shape:
     """A preset shape, optionally cut to ``n_layer`` layers or given another weight type."""
+    if name in LFM2_PRESETS:
+        if n_layer is not None:
+            raise ValueError(f"preset {name!r} cannot be cut to other layer counts")
+        if dtype not in (None, "f32", "f16"):
+            raise ValueError(f"dtype must be f32 or f16, got {dtype!r}")
+        return replace(LFM2_PRESETS[name], dtype=dtype) if dtype else LFM2_PRESETS[name]
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join([*PRESETS, *LFM2_PRESETS])}")
     s = PRESETS[name]
     if n_layer is not None:
         if n_layer < s.full_attention_interval or n_layer % s.full_attention_interval:
@@ -224,14 +287,16 @@ def vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def write_model(path: str | Path, shape: Qwen35Shape, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write a random-weight qwen35 GGUF of ``shape`` to ``path``; returns the path."""
+def write_model(path: str | Path, shape: Qwen35Shape | Lfm2Shape, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a random-weight GGUF of ``shape`` (qwen35, or lfm2 for an Lfm2Shape) to ``path``."""
     import gguf
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(shape, Lfm2Shape):
+        return _write_lfm2(path, shape, seed)
     rng = np.random.default_rng(seed)
     tokens, types, merges = vocab()
     n_vocab = len(tokens)
@@ -320,7 +385,78 @@ def write_model(path: str | Path, shape: Qwen35Shape, seed: int = 0, overwrite: 
     return path
 
 
-def model_shape_of(path: str | Path) -> Qwen35Shape | None:
+def _write_lfm2(path: Path, s: Lfm2Shape, seed: int) -> Path:
+    """An lfm2 GGUF with the tensor names and shapes of llama.cpp's lfm2 loader (and gguf-py's
+    MODEL_TENSORS[LFM2]): the output matrix is tied to the embeddings, as in LFM2's releases."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens, types, merges = vocab()
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(str(tmp), "lfm2")
+    w.add_name(f"ckptsim random {s.name}")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(s.n_ctx_train)
+    w.add_embedding_length(s.n_embd)
+    w.add_block_count(s.n_layer)
+    w.add_feed_forward_length(s.n_ff)
+    w.add_head_count(s.n_head)
+    # per layer: 0 KV heads marks a short-conv (recurrent) layer
+    w.add_head_count_kv([s.n_head_kv if s.is_attention(i) else 0 for i in range(s.n_layer)])
+    w.add_rope_freq_base(s.rope_freq_base)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_shortconv_l_cache(s.l_cache)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_pad_token_id(tokens.index("<|endoftext|>"))
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+    w.add_string("ckptsim.shape", json.dumps(asdict(s)))
+    wtype = np.float16 if s.dtype == "f16" else np.float32
+
+    def mat(name: str, rows: int, cols: int) -> None:
+        w.add_tensor(name, (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(wtype))
+
+    def ones(name: str, n: int) -> None:
+        w.add_tensor(name, np.ones(n, np.float32))
+
+    E, hd = s.n_embd, s.head_dim
+    mat("token_embd.weight", len(tokens), E)
+    ones("token_embd_norm.weight", E)          # lfm2's final norm keeps this legacy name
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        ones(p + "attn_norm.weight", E)
+        ones(p + "ffn_norm.weight", E)
+        mat(p + "ffn_gate.weight", s.n_ff, E)
+        mat(p + "ffn_up.weight", s.n_ff, E)
+        mat(p + "ffn_down.weight", E, s.n_ff)
+        if s.is_attention(i):
+            mat(p + "attn_q.weight", E, E)
+            mat(p + "attn_k.weight", hd * s.n_head_kv, E)
+            mat(p + "attn_v.weight", hd * s.n_head_kv, E)
+            mat(p + "attn_output.weight", E, E)
+            ones(p + "attn_q_norm.weight", hd)
+            ones(p + "attn_k_norm.weight", hd)
+        else:
+            w.add_tensor(p + "shortconv.conv.weight",
+                         rng.standard_normal((E, s.l_cache), dtype=np.float32) * 0.02)
+            mat(p + "shortconv.in_proj.weight", 3 * E, E)
+            mat(p + "shortconv.out_proj.weight", E, E)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    tmp.replace(path)
+    return path
+
+
+def model_shape_of(path: str | Path) -> Qwen35Shape | Lfm2Shape | None:
     """The shape stored by :func:`write_model` in a generated GGUF, else from its metadata; None if neither."""
     try:
         from gguf import GGUFReader
@@ -328,6 +464,9 @@ def model_shape_of(path: str | Path) -> Qwen35Shape | None:
         f = r.fields.get("ckptsim.shape")
         if f is not None:
             d = json.loads(bytes(f.parts[f.data[0]]).decode())
+            if d.get("arch") == "lfm2":
+                d["attn_layers"] = tuple(d["attn_layers"])
+                return Lfm2Shape(**d)
             d["rope_sections"] = tuple(d["rope_sections"])
             return Qwen35Shape(**d)
         return shape_from_gguf(path)
