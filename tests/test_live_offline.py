@@ -530,3 +530,25 @@ def test_python_http_front_for_wheels_without_a_server():
     finally:
         http.shutdown()
         http.server_close()
+
+
+def test_one_slot_asks_for_unified_kv_so_b6931_b7443_keep_one_slot():
+    """llama.cpp b6931-b7443 (#16736) turn n_parallel == 1 with kv_unified off into 4 unified
+    slots (xllamacpp 0.2.7, b7376, logs "setting n_parallel = 4 and kv_unified = true"): the
+    matrix's one-slot workloads then ran on 4 slots. serve.py asks for unified KV with one slot
+    (what -kvu does); with -np 2 it leaves the build's default. Older CommonParams (no
+    kv_unified, hostname instead of hostnames) are filled with the fields they have."""
+    from types import SimpleNamespace
+
+    from ckptsim.live.serve import _parser, params_for
+
+    def fake(**extra):
+        return SimpleNamespace(model=SimpleNamespace(path=""), cpuparams=SimpleNamespace(n_threads=0),
+                               cpuparams_batch=SimpleNamespace(n_threads=0), hostname="", **extra)
+
+    one = params_for(_parser().parse_args(["-m", "m.gguf", "-np", "1"]), fake(kv_unified=False))
+    assert one.n_parallel == 1 and one.kv_unified is True and one.hostname == "127.0.0.1"
+    two = params_for(_parser().parse_args(["-m", "m.gguf", "-np", "2"]), fake(kv_unified=False))
+    assert two.n_parallel == 2 and two.kv_unified is False
+    old = params_for(_parser().parse_args(["-m", "m.gguf", "-np", "1"]), fake())
+    assert not hasattr(old, "kv_unified") and old.model.path == "m.gguf"

@@ -451,7 +451,7 @@ def _run_one(wl: Workload, tag: str, out_dir: Path, base, backend: str, python: 
 
 # where each generated architecture was seen to load (docs/conformance.md, the 0.x wheels)
 _ARCH_SUPPORT = {"qwen35": "qwen35 loads in b8156 and not in b7964",
-                 "lfm2": "lfm2 loads in b6751, the oldest wheel with hybrid checkpoints (b6685+)"}
+                 "lfm2": "lfm2 loads in b6628 and later, and builds before b6685 have no hybrid checkpoints"}
 
 
 def unknown_architecture(log: Path) -> str | None:

@@ -41,15 +41,8 @@ def _set(p, name: str, value, flag: str) -> None:
         print(f"ckptsim.live.serve: this build has no {name}; {flag} ignored", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Start the server and block until a termination signal."""
-    a = _parser().parse_args(argv)
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        print("ckptsim serves on loopback only", file=sys.stderr)
-        return 2
-    import xllamacpp
-
-    p = xllamacpp.CommonParams()
+def params_for(a: argparse.Namespace, p):
+    """Fill xllamacpp's ``CommonParams`` ``p`` from the parsed flags ``a``; returns ``p``."""
     p.model.path = a.model
     # CommonParams follows llama.cpp's common_params, whose fields were renamed over the builds
     # (hostname -> hostnames, checkpoint_every_nt -> checkpoint_min_step): set what this one has.
@@ -60,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.port = a.port
     p.n_ctx = a.ctx_size
     p.n_parallel = a.parallel
+    if a.parallel == 1 and hasattr(p, "kv_unified"):
+        # b6931-b7443 (#16736, seen in xllamacpp 0.2.7, b7376) turn -np 1 into 4 unified slots
+        # unless -kvu is given; with one slot unified KV changes nothing
+        p.kv_unified = True
     p.n_batch = a.batch_size
     p.n_ubatch = a.ubatch_size
     p.cpuparams.n_threads = a.threads
@@ -74,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     p.verbosity = a.verbosity
     if a.n_gpu_layers is not None:
         p.n_gpu_layers = a.n_gpu_layers
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server and block until a termination signal."""
+    a = _parser().parse_args(argv)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print("ckptsim serves on loopback only", file=sys.stderr)
+        return 2
+    import xllamacpp
+
+    p = params_for(a, xllamacpp.CommonParams())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
