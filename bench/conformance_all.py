@@ -38,7 +38,7 @@ CROSS = "b9294,b9538,b9873,b10573,b11549"
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("versions", nargs="*", default=DEFAULT)
+    ap.add_argument("versions", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=Path("reports/conformance"))
     ap.add_argument("--cross", default=CROSS,
                     help="also replay every build's logs under these builds' rules (a boundary check)")
@@ -46,6 +46,16 @@ def main() -> int:
     ap.add_argument("--readme", action="store_true",
                     help="the README's short form: builds with the same result on one row, and the measured changes")
     a = ap.parse_args()
+    if not a.versions:
+        a.versions = list(DEFAULT)
+        if a.no_run:
+            # binaries checked with `conformance --server`, placed among the wheels by build
+            from ckptsim.live.conformance import build_of_xllamacpp
+            for d in sorted(a.out.glob("llama-server-b*")):
+                n = int(d.name.rsplit("-b", 1)[-1])
+                at = next((i for i, v in enumerate(a.versions)
+                           if (b := build_of_xllamacpp(v)) and int(b[1:]) < n), len(a.versions))
+                a.versions.insert(at, d.name)
     if not a.no_run:
         for v in a.versions:
             t0 = time.monotonic()
@@ -125,17 +135,24 @@ def own_rows(versions: list[str], out: Path) -> list[dict]:
         doc = json.loads(f.read_text())
         bench = json.loads((out / v / "bench.json").read_text()) if (out / v / "bench.json").exists() else {}
         own = _own_build(v, doc)
+        dated = None
+        if own is None and doc["decisions"]:
+            # the run's JSON does not name the build: the log prints it, or its wording dates it
+            from ckptsim.validate import validate_log
+            val = validate_log(next(iter(sorted((out / v).glob("*.server.log")))))
+            chosen = re.search(r"version=(b\d+)", val.policy).group(1)
+            if val.build_range:
+                lo = val.build_range[0]["builds"].split("-")[0]
+                hi = val.build_range[-1]["builds"].split("-")[-1]
+                dated = f"build 0; wording: {lo}–{hi}, replayed as {chosen}"
+            else:
+                own = chosen
         archs = sorted({w.get("model_arch", "qwen35") for w in doc["workloads"] if w.get("decisions")})
         row = {"version": v, "doc": doc, "own": own, "wall_s": bench.get("wall_s"), "archs": archs}
+        if dated:
+            row["dated"] = dated
         if doc["decisions"]:
-            cv = cross_validate(out / v, [own])
-            row["own_result"] = cv[own]
-            if own is None:
-                # dated by wording: the range it allows and the rule group the replay chose
-                from ckptsim.validate import validate_log
-                val = validate_log(next(iter(sorted((out / v).glob("*.server.log")))))
-                lo, hi = val.build_range[0]["builds"].split("-")[0], val.build_range[-1]["builds"].split("-")[-1]
-                row["dated"] = f"build 0; wording: {lo}–{hi}, replayed as {val.policy.split('=')[1].split(',')[0]}"
+            row["own_result"] = cross_validate(out / v, [own])[own]
         rows.append(row)
     return rows
 
@@ -218,7 +235,8 @@ def boundary_table(rows: list[dict], out: Path, changes_only: bool = False) -> N
             verdict = "no change, none modelled"
         if changes_only:
             if seen:
-                print(f"- b{lo}–b{hi}: {verdict}; the model's changes there: {names}")
+                print(f"- b{lo + 1}–b{hi}: the matrix sees a change (b{lo} and b{hi} disagree under each "
+                      f"other's rules); the model's rule changes there: {names}")
             continue
         print(f"| b{lo} ({by_build[lo]['version']}) | b{hi} ({by_build[hi]['version']}) | {names} | "
               f"{a['agreed']}/{a['decisions']} | {b['agreed']}/{b['decisions']} | {verdict} |")
