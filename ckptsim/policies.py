@@ -907,3 +907,20 @@ def checkpoint_cap(policy: Policy, config: ServerConfig) -> int:
     pinned = policy.ctx_checkpoints
     return config.ctx_checkpoints if pinned is None else pinned
 
+
+def effective_config(policy: Policy, config: ServerConfig) -> ServerConfig:
+    """``config`` with every value a run of ``policy`` cannot read set to one canonical value, so
+    two configs with the same effective config give the same run (a sweep runs them once).
+
+    The cap is ``checkpoint_cap``'s: a cap the policy pins makes ``--ctx-checkpoints`` unread.
+    With a cap of 0 no checkpoint is ever placed or created (``sim._Replay.prefill``), so the
+    byte budget has nothing to limit and becomes unlimited. ``simulate`` hands this config, not
+    ``config``, to the policy's ``prepare`` and to the replay, which makes the equality hold by
+    construction rather than by each policy's care (a ``prepare`` reading the flag directly).
+    """
+    cap = checkpoint_cap(policy, config)
+    budget_mib = math.inf if cap == 0 else config.ckpt_budget_mib
+    if cap == config.ctx_checkpoints and budget_mib == config.ckpt_budget_mib:
+        return config
+    return dataclasses.replace(config, ctx_checkpoints=cap, ckpt_budget_mib=budget_mib)
+

@@ -173,7 +173,7 @@ def _aggregate(rows: pd.DataFrame) -> dict:
 def recommend(trace_paths: list[str | Path], version: str = "latest", profile: str | None = None,
               ram_mib: float | None = None, vram_mib: float | None = None, n_slots: int = 1,
               objective: str = "prefill", base: ServerConfig | None = None, jobs: int | None = None,
-              on_done=None, ctx_grid: tuple[int, ...] = CTX_CHECKPOINTS,
+              on_done=None, cluster: str | None = None, ctx_grid: tuple[int, ...] = CTX_CHECKPOINTS,
               spacing_grid: tuple[int, ...] | None = None,
               ram_grid: tuple[float, ...] = CACHE_RAM_MIB) -> Recommendation:
     """Search the server's flags on the traces and explain the choice (module docstring)."""
@@ -216,7 +216,7 @@ def recommend(trace_paths: list[str | Path], version: str = "latest", profile: s
                 for p in traces:
                     tasks.append(SweepTask(p, pol or f.policy_spec(version), cfg, profile))
                     keys.append(f)
-        df = run_sweep(tasks, jobs=jobs, on_done=on_done)   # rows carry prompt_s (metrics.with_prompt_s)
+        df = run_sweep(tasks, jobs=jobs, on_done=on_done, cluster=cluster)   # rows carry prompt_s (metrics.with_prompt_s)
         df["flags"] = keys
         return df
 

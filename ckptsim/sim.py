@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostProfile, load_profile
-from .policies import Policy, PrefillView, checkpoint_cap, make_policy
+from .policies import Policy, PrefillView, checkpoint_cap, effective_config, make_policy
 from .records import Checkpoint, Event, EventKind, RequestResult
 from .server import PrefillPlan, RestoreDecision, ServerConfig, batch_counts
 from .trace import Trace
@@ -261,9 +261,12 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     config = config or ServerConfig()
     pol = make_policy(policy)
     prof = profile if isinstance(profile, CostProfile) else load_profile(profile)
-    pol.prepare(trace, config, prof, simulate)     # offline policies see (and may replay) the trace first
-    replay = _Replay(trace, pol, config, prof, record_events, seeding)
-    queue = _TaskQueue(trace, config.arrival_order)
+    # Values the run cannot read are made canonical, so the result cannot depend on them
+    # (policies.effective_config); the Run keeps the flags it was asked for.
+    run_config = effective_config(pol, config)
+    pol.prepare(trace, run_config, prof, simulate)   # offline policies see (and may replay) the trace first
+    replay = _Replay(trace, pol, run_config, prof, record_events, seeding)
+    queue = _TaskQueue(trace, run_config.arrival_order)
     done = 0
     while (task := queue.pop()) is not None:
         r, start_s, now_s = task

@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .policies import Policy, checkpoint_cap, make_policy
+from .policies import Policy, checkpoint_cap, effective_config, make_policy
 from .sim import ServerConfig
 
 DEFAULT_CTX_CHECKPOINTS = (4, 8, 16, 32, 64, 128)
@@ -104,11 +104,18 @@ def _trace(path: str):
     return load_trace(path)
 
 
-@lru_cache(maxsize=32)
-def _bound(path: str, n_batch: int, n_ubatch: int, n_ctx: int, profile: str | None) -> tuple[int, float, float]:
+# (trace path, n_batch, n_ubatch, n_ctx, profile) -> the bound's three figures; per process
+_BOUNDS: dict[tuple, tuple[int, float, float]] = {}
+
+
+def _bound(path: str, trace, config: ServerConfig, profile, profile_key: str | None) -> tuple[int, float, float]:
     from .oracle import lower_bound
-    lb = lower_bound(_trace(path), ServerConfig(n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_ctx), profile)
-    return lb.reprocessed_tokens, lb.prefill_s, lb.ttft_p95_ms
+    key = (path, config.n_batch, config.n_ubatch, config.n_ctx, profile_key)
+    if key not in _BOUNDS:
+        lb = lower_bound(trace, ServerConfig(n_batch=config.n_batch, n_ubatch=config.n_ubatch,
+                                             n_ctx=config.n_ctx), profile)
+        _BOUNDS[key] = (lb.reprocessed_tokens, lb.prefill_s, lb.ttft_p95_ms)
+    return _BOUNDS[key]
 
 
 def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy: Policy | None = None) -> float:
@@ -119,57 +126,111 @@ def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy: Policy | None
     return config.n_slots * per_slot
 
 
-def run_task(task: SweepTask) -> dict:
-    """Simulate one task and return its tidy row (runs in a worker process)."""
+def run_key(task: SweepTask) -> tuple:
+    """Tasks with equal keys give the same run: same trace, spec and profile, and flags that differ
+    only in values the policy cannot read (``policies.effective_config``). The spec is compared
+    as written, not rebuilt, so two spellings of one policy simply run twice."""
+    return (task.trace_path, task.policy, effective_config(make_policy(task.policy), task.config),
+            task.profile)
+
+
+def simulate_task(task: SweepTask, trace=None, profile=None) -> dict:
+    """Simulate one task: the figures that depend on the run alone, not on the row's labels
+    (``label_row`` adds those). ``trace`` and ``profile`` come loaded when the caller has them
+    (a cluster worker gets them from the client); else they are read here, once per process."""
     from .cost import load_profile
     from .metrics import with_prompt_s
     from .sim import simulate
     t0 = time.perf_counter()
-    trace = _trace(task.trace_path)
-    prof = load_profile(task.profile)
+    trace = _trace(task.trace_path) if trace is None else trace
+    prof = load_profile(task.profile) if profile is None else profile
     run = simulate(trace, task.policy, task.config, prof, record_events=False)
-    row = with_prompt_s(run.summary())
+    out = with_prompt_s(run.summary())
+    lb = _bound(task.trace_path, trace, task.config, prof, task.profile)
+    out.update(trace=trace.name or Path(task.trace_path).stem,
+               max_ckpt_mib=prof.ckpt_mib(int(trace.n_prompt.max())) if len(trace) else prof.ckpt_mib(0),
+               bound_reprocessed_tokens=lb[0], bound_prefill_s=lb[1], bound_ttft_p95_ms=lb[2],
+               wall_s=time.perf_counter() - t0)
+    return out
+
+
+def label_row(task: SweepTask, result: dict, reused: bool = False) -> dict:
+    """The tidy row of ``task`` from the run that stands for it: the run's figures plus the flags
+    this task asked for. ``reused``: the figures come from another task's run with the same
+    ``run_key``, so this row cost nothing (wall_s 0)."""
+    row = dict(result)
+    max_ckpt = row.pop("max_ckpt_mib")
+    tail = {k: row.pop(k) for k in _RUN_TAIL}
     cfg = task.config
     pol = make_policy(task.policy)
-    max_ckpt = prof.ckpt_mib(int(trace.n_prompt.max())) if len(trace) else prof.ckpt_mib(0)
-    lb = _bound(task.trace_path, cfg.n_batch, cfg.n_ubatch, cfg.n_ctx, task.profile)
     row.update(
-        trace=trace.name or Path(task.trace_path).stem, trace_path=task.trace_path, policy=task.policy,
+        trace_path=task.trace_path, policy=task.policy,
         policy_name=task.policy.split(":")[0].split("+")[0],
         ctx_checkpoints=cfg.ctx_checkpoints,
         min_step=task.min_step if task.min_step is not None else getattr(pol, "min_step", None),
         cache_ram_mib=cfg.cache_ram_mib, n_slots=cfg.n_slots, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
         queue="arrival" if cfg.arrival_order else "ready",
         ckpt_budget_mib=None if math.isinf(cfg.ckpt_budget_mib) else cfg.ckpt_budget_mib,
-        ckpt_mem_mib=ckpt_memory_mib(cfg, max_ckpt, pol),
-        bound_reprocessed_tokens=lb[0], bound_prefill_s=lb[1], bound_ttft_p95_ms=lb[2],
-        wall_s=time.perf_counter() - t0)
+        ckpt_mem_mib=ckpt_memory_mib(cfg, max_ckpt, pol))
+    row.update(tail, wall_s=0.0 if reused else tail["wall_s"], reused=reused)
     return row
 
 
+_RUN_TAIL = ("bound_reprocessed_tokens", "bound_prefill_s", "bound_ttft_p95_ms", "wall_s")
+
+
+def run_task(task: SweepTask) -> dict:
+    """Simulate one task and return its tidy row."""
+    return label_row(task, simulate_task(task))
+
+
 def run_sweep(tasks: list[SweepTask], jobs: int | None = None,
-              on_done: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Run every task on ``jobs`` processes (default: all cores) and return one tidy DataFrame."""
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
-    rows: list[dict] = []
-    if jobs == 1 or len(tasks) < 2 * jobs:   # starting processes would cost more than it saves
-        for t in tasks:
-            rows.append(run_task(t))
-            if on_done:
-                on_done(rows[-1])
+              on_done: Callable[[dict], None] | None = None, cluster: str | None = None,
+              reuse: bool = True) -> pd.DataFrame:
+    """Run every task and return one tidy DataFrame, one row per task in the tasks' order.
+
+    Tasks with the same ``run_key`` are simulated once and the run is reported in each of their
+    rows (``reuse=False`` runs every task, for benchmarks and the test that proves the equality).
+    The runs go to ``jobs`` local processes (default: all cores), or to the Dask cluster at
+    ``cluster`` (``tcp://host:port``; ``ckptsim.cluster``). ``on_done`` is called once per row.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(run_key(t) if reuse else (i,), []).append(i)
+    members = list(groups.values())
+    runs = [tasks[m[0]] for m in members]
+    rows: list[dict | None] = [None] * len(tasks)
+    if cluster is not None:
+        from .cluster import run_on_cluster
+        results = run_on_cluster(runs, cluster, simulate_task, heaviest_first(runs))
     else:
-        # Big traces first so the last worker is not left with the longest task.
-        order = sorted(range(len(tasks)), key=lambda i: _weight(tasks[i]), reverse=True)
-        with ProcessPoolExecutor(jobs, mp_context=_context(),
-                                 initializer=_warm, initargs=(sorted({t.trace_path for t in tasks}),)) as ex:
-            futs = {ex.submit(run_task, tasks[i]): i for i in order}
-            by_index: dict[int, dict] = {}
-            for f in as_completed(futs):
-                by_index[futs[f]] = f.result()
-                if on_done:
-                    on_done(by_index[futs[f]])
-            rows = [by_index[i] for i in range(len(tasks))]
+        results = _run_local(runs, jobs)
+    for j, result in results:
+        for k, i in enumerate(members[j]):
+            rows[i] = label_row(tasks[i], result, reused=k > 0)
+            if on_done:
+                on_done(rows[i])
     return tidy(rows)
+
+
+def _run_local(runs: list[SweepTask], jobs: int | None) -> Iterator[tuple[int, dict]]:
+    """(index, result) of each run as it finishes, on ``jobs`` processes (default: all cores)."""
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(runs) or 1))
+    if jobs == 1 or len(runs) < 2 * jobs:   # starting processes would cost more than it saves
+        for j, t in enumerate(runs):
+            yield j, simulate_task(t)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=_context(),
+                             initializer=_warm, initargs=(sorted({t.trace_path for t in runs}),)) as ex:
+        futs = {ex.submit(simulate_task, runs[j]): j for j in heaviest_first(runs)}
+        for f in as_completed(futs):
+            yield futs[f], f.result()
+
+
+def heaviest_first(runs: list[SweepTask]) -> list[int]:
+    """Indices, big traces and costly policies first, so the last worker is not left with the
+    longest run."""
+    return sorted(range(len(runs)), key=lambda j: _weight(runs[j]), reverse=True)
 
 
 def _context() -> mp.context.BaseContext:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ckptsim.cli import app
+from ckptsim.policies import effective_config, make_policy, policy_names
 from ckptsim.sim import ServerConfig, simulate
-from ckptsim.sweep import expand, run_sweep, with_min_step, write_table
+from ckptsim.sweep import SweepTask, expand, run_sweep, with_min_step, write_table
 from ckptsim.trace import load_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +99,54 @@ def test_a_cap_pinned_in_the_spec_is_not_swept_under_other_labels(tmp_path: Path
                                  "--ctx-checkpoints", "8,32", "-o", str(tmp_path / "a.csv")])
     assert r.exit_code == 2 and "pins ctx_checkpoints=4" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a.csv").exists()
+
+
+def _figures(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column but the ones that say what a row cost (which differ by design when reused)."""
+    return df.drop(columns=["wall_s", "reused"])
+
+
+def test_runs_that_cannot_depend_on_a_swept_value_run_once_and_equal_each_run() -> None:
+    """A value the policy cannot read (``policies.effective_config``) is simulated once and the
+    run reported in every row it stands for; every row equals the row of running it on its own.
+    Covered: ``none`` (pins 0) under caps and byte budgets; a spec pinning its cap under other
+    caps (tasks built directly: ``expand`` refuses that sweep); a combination whose placement
+    pins 0; any policy under a cap of 0 with several byte budgets. fifo under two live caps is
+    the control: those differ and must both run."""
+    budgets = (math.inf, 150.0)
+    tasks = [SweepTask(str(TRACE), spec, ServerConfig(ctx_checkpoints=cp, ckpt_budget_mib=b))
+             for spec in ("none", "none+fifo") for cp in (2, 8, 32) for b in budgets]
+    tasks += [SweepTask(str(TRACE), "llama-server:ctx_checkpoints=4", ServerConfig(ctx_checkpoints=cp))
+              for cp in (4, 8, 16)]
+    tasks += [SweepTask(str(TRACE), "oracle", ServerConfig(ctx_checkpoints=0, ckpt_budget_mib=b)) for b in budgets]
+    tasks += [SweepTask(str(TRACE), "fifo", ServerConfig(ctx_checkpoints=cp, ckpt_budget_mib=150.0))
+              for cp in (1, 4)]
+    shared = run_sweep(tasks, jobs=1)
+    each = run_sweep(tasks, jobs=1, reuse=False)
+    pd.testing.assert_frame_equal(_figures(shared), _figures(each))
+    # none and none+fifo: 1 run each; the pinned cap: 1; oracle at cap 0: 1; fifo: 2
+    assert (~shared["reused"]).sum() == 6 and not each["reused"].any()
+    assert (shared.loc[shared["reused"], "wall_s"] == 0).all()
+    # each row keeps the flags its task asked for, not the run's
+    assert shared["ctx_checkpoints"].tolist() == [t.config.ctx_checkpoints for t in tasks]
+    fifo = shared[shared["policy"] == "fifo"]
+    assert fifo["reprocessed_tokens"].nunique() == 2       # the control really differs
+
+
+@pytest.mark.parametrize("spec", policy_names() + ["oracle+fifo"])
+def test_a_run_cannot_depend_on_what_its_effective_config_leaves_out(spec: str) -> None:
+    """By construction in ``simulate``, checked on the registry: under a cap of 0 the byte budget
+    changes nothing, and under a pinned cap (``llama-server:ctx_checkpoints=3+B`` for every B that
+    allows it) the swept cap changes nothing."""
+    trace = load_trace(TRACE)
+    pol = make_policy(spec)
+    a = simulate(trace, spec, ServerConfig(ctx_checkpoints=0), record_events=False).summary()
+    b = simulate(trace, spec, ServerConfig(ctx_checkpoints=0, ckpt_budget_mib=1.0), record_events=False).summary()
+    assert a == b
+    if pol.needs_own_placement:
+        return
+    pinned = f"llama-server:ctx_checkpoints=3+{spec}"
+    runs = [simulate(trace, pinned, ServerConfig(ctx_checkpoints=cp), record_events=False).summary()
+            for cp in (1, 64)]
+    assert runs[0] == runs[1]
+    assert effective_config(make_policy(pinned), ServerConfig(ctx_checkpoints=64)).ctx_checkpoints == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,6 +19,26 @@ TracesArg = typer.Argument(..., metavar="TRACE...", help="ckptsim traces (.jsonl
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
 ProfileOpt = typer.Option(None, "--profile", help="Cost profile: a shipped name or a JSON file.")
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes (default: all cores).")
+ClusterOpt = typer.Option(None, "--cluster", metavar="ADDRESS",
+                          help="Run the simulations on the Dask cluster whose scheduler is at ADDRESS "
+                               "(tcp://host:port; needs ckptsim[cluster]); default: local processes.")
+
+
+@contextmanager
+def _cluster_errors():
+    """A cluster that cannot be used is a bad --cluster value: one line, exit 2."""
+    from ..cluster import ClusterError
+    try:
+        yield
+    except ClusterError as e:
+        raise UserError(str(e)) from None
+
+
+def _check_cluster(address: str | None) -> None:
+    if address is not None:
+        from ..cluster import check_address
+        with _cluster_errors():
+            check_address(address)
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -63,13 +84,16 @@ def sweep(traces: List[Path] = TracesArg,
           batch: int = typer.Option(2048, "--batch-size", "-b", "--batch", help="Logical batch size (-b)."),
           ubatch: int = typer.Option(512, "--ubatch-size", "-ub", "--ubatch", help="Physical batch size (-ub)."),
           profile: Optional[str] = ProfileOpt, jobs: Optional[int] = JobsOpt,
+          cluster: Optional[str] = ClusterOpt,
           output: Path = typer.Option(..., "-o", "--output", help="OUT.csv or OUT.parquet."),
           force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
           queue: str = QueueOpt, wide: bool = WideOpt, as_json: bool = JsonOpt) -> None:
-    """Simulate traces x policies x flags on all cores; write one tidy table (one row per run)."""
+    """Simulate traces x policies x flags on all cores (or a Dask cluster); write one tidy table
+    (one row per run)."""
     from ..sim import ServerConfig
     from ..sweep import expand, run_sweep, write_table
     check_jobs(jobs)
+    _check_cluster(cluster)
     check_batches(batch, ubatch)
     grid = int_list(ctx_checkpoints, "--ctx-checkpoints")
     rams = _floats(cache_ram, "--cache-ram")
@@ -87,8 +111,8 @@ def sweep(traces: List[Path] = TracesArg,
     tasks = expand([str(t) for t in traces], specs, grid, steps, rams, int_list(n_slots, "--n-slots"),
                    ServerConfig(n_batch=batch, n_ubatch=ubatch, arrival_order=arrival_order(queue)), profile)
     bar, done = _with_bar(len(tasks), f"sweep ({len(tasks)} runs)", not as_json)
-    with bar:
-        df = run_sweep(tasks, jobs=jobs, on_done=done)
+    with bar, _cluster_errors():
+        df = run_sweep(tasks, jobs=jobs, on_done=done, cluster=cluster)
     write_table(df, output, force=True)
     if as_json:
         print_json({"output": str(output), "rows": len(df), "columns": list(df.columns)})
@@ -133,13 +157,14 @@ def recommend(traces: List[Path] = TracesArg,
                                           "(e.g. 1,2,4) searches them too."),
               objective: str = typer.Option("prefill", "--objective", help="prefill (total prompt time: prefill "
                                             "+ checkpoint restore + creation) or p95 (95th percentile TTFT)."),
-              jobs: Optional[int] = JobsOpt, queue: str = QueueOpt, wide: bool = WideOpt,
-              as_json: bool = JsonOpt) -> None:
+              jobs: Optional[int] = JobsOpt, cluster: Optional[str] = ClusterOpt, queue: str = QueueOpt,
+              wide: bool = WideOpt, as_json: bool = JsonOpt) -> None:
     """The llama-server flags that minimise prompt time (prefill + checkpoint restore + creation)
     under your memory limits, with the evidence."""
     from ..recommend import explain, recommend_over_slots
     from ..sim import ServerConfig
     check_jobs(jobs)
+    _check_cluster(cluster)
     if ram_mib is not None and ram_mib <= 0:
         raise UserError(f"--ram-mib {ram_mib:g}: must be > 0 (host RAM for checkpoints and the "
                         "prompt cache, MiB; leave it out for no limit)")
@@ -149,10 +174,10 @@ def recommend(traces: List[Path] = TracesArg,
     slot_counts = int_list(n_slots, "--n-slots")
     bar = progress(enabled=not as_json)
     task = bar.add_task("searching flags (simulations done)", total=None)
-    with bar:
+    with bar, _cluster_errors():
         rec, by_slots = recommend_over_slots([str(t) for t in traces], slot_counts, version=version,
                                              profile=profile, ram_mib=ram_mib, vram_mib=vram_mib,
-                                             objective=objective, jobs=jobs,
+                                             objective=objective, jobs=jobs, cluster=cluster,
                                              base=ServerConfig(arrival_order=arrival_order(queue)),
                                              on_done=lambda _r: bar.advance(task, 1))
     rerun = rerun_lines(traces, rec)
