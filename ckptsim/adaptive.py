@@ -18,17 +18,21 @@ each request at), classed by where they sit in the slot's previous sequence:
 - ``head i``: a few tokens above the i-th message start (a system prompt shared across sessions);
 - ``tok j``: anywhere else, T_prev - need in [2^j, 2^(j+1)) tokens.
 
-Requests that need nothing (pure extensions, unrelated prompts) count too, so a class's share
-is the chance that the next request needs it. While a prompt is prefilled the policy places a
+A need at a message start both near the head and near the tail of a short sequence counts half
+for each. Requests that need nothing (pure extensions, unrelated prompts) count too, so a class's
+share is the chance that the next request needs it. While a prompt is prefilled the policy places a
 checkpoint at each class's position in *this* prompt whose share and token value are worth a
 checkpoint's bytes, and after the request lets go of every checkpoint that is not at such a
-position (``prune``), keeping at most ``keep`` per slot.
+position (``prune``), keeping at most ``keep`` per slot. A checkpoint's bytes count against
+``--cache-ram`` only while the prompt cache evicts entries: a cache with room (four interleaved
+sessions) loses nothing to them, a full one (hundreds of SWE sessions) loses conversations.
+For the first ``warmup`` requests, with too few needs seen, it places as the current server does.
 
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
 common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
 the restore search), the slot's cache length (``cached_n_tokens``), which earlier task left that cache
-(``cached_task``; the prompt cache's entries would carry it), and the message starts of each
-prompt it prefills.
+(``cached_task``; the prompt cache's entries would carry it), the prompt cache's eviction count
+(``n_cache_evicted``) and the message starts of each prompt it prefills.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .records import Checkpoint
-from .server import PrefillPlan, batch_counts
+from .server import DEFAULT_BUILD, PrefillPlan, ServerRules, batch_counts, server_placement
 
 # A need this many tokens above a message start counts as landing at that message (the role
 # header of a rewritten message is shared: 3 tokens for ChatML's '<|im_start|>user\n').
@@ -48,8 +52,8 @@ _SLACK_TOKENS = 16
 _MEMORY_PROMPTS = 4096     # prompts whose message starts are remembered (the server: per cache entry)
 
 
-_WARMUP_REQUESTS = 8     # until a need is seen, this many requests keep their prompt's end
-_GRID = 2 ** 0.25          # token depths and positions are learned on a geometric grid of this ratio
+_SERVER = ServerRules(DEFAULT_BUILD)   # the rules the warm-up places by
+_GRID = 2 ** (1 / 16)          # token depths and positions are learned on a geometric grid of this ratio
 
 
 def _grid_up(x: int) -> int:
@@ -71,26 +75,29 @@ class AdaptiveRules:
     keep: int = 8             # checkpoints kept per slot after a request
     min_tokens: int = 8       # keep a checkpoint when it saves at least this many tokens per request
     cache_pct: int = 100      # ... plus this share of the tokens its bytes would hold in --cache-ram,
-                              # scaled by how often slots swap sequences through the prompt cache
+                              # scaled by how often a swap through the prompt cache evicts an entry
     half_life: int = 400      # requests: older needs weigh half as much
     tail_max: int = 16        # deepest message depth (from the end) learned as a class of its own
     head_max: int = 2         # message starts counted from the beginning (shared system prompts)
+    warmup: int = 32          # requests placed as the current server does while the needs are few
     _meta: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _weights: dict = field(default_factory=dict, init=False, repr=False)   # class -> weight x scale
     _total: float = field(default=0.0, init=False, repr=False)              # every request x scale
     _scale: float = field(default=1.0, init=False, repr=False)
     _n_seen: int = field(default=0, init=False, repr=False)
-    _want: dict = field(default_factory=dict, init=False, repr=False)       # position -> greedy rank
+    _want: dict | None = field(default=None, init=False, repr=False)  # position -> greedy rank; None: warm-up
     _last_on_slot: dict = field(default_factory=dict, init=False, repr=False)
     _swaps: float = field(default=0.0, init=False, repr=False)              # swapping requests x scale
     _ckpt_tokens: float = field(default=0.0, init=False, repr=False)
+    _evictions: float = field(default=0.0, init=False, repr=False)          # cache evictions x scale
+    _n_evicted_seen: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for k in ("keep", "half_life"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"adaptive: {k} must be > 0")
-        if min(self.min_tokens, self.cache_pct, self.tail_max, self.head_max) < 0:
-            raise ValueError("adaptive: min_tokens, cache_pct, tail_max and head_max must be >= 0")
+        if min(self.min_tokens, self.cache_pct, self.tail_max, self.head_max, self.warmup) < 0:
+            raise ValueError("adaptive: min_tokens, cache_pct, tail_max, head_max and warmup must be >= 0")
         self._growth = 2.0 ** (1.0 / self.half_life)
 
     def prepare(self, trace, config, profile, replay=None) -> None:
@@ -103,22 +110,27 @@ class AdaptiveRules:
             self._ckpt_tokens = profile.ckpt_mib(0) / profile.kv_mib_per_ktok * 1000.0
 
     # --- learning ---------------------------------------------------------------------------
-    def _classify(self, need: int, src_prompt: int, starts: tuple[int, ...]) -> tuple:
-        """Where a need sits in the sequence the slot held (module docstring)."""
+    def _classify(self, need: int, src_prompt: int, starts: tuple[int, ...]) -> tuple[tuple, ...]:
+        """Where a need sits in the sequence the slot held (module docstring): one class, or two
+        sharing the need when a message start near the head is also near the tail (a short
+        sequence: whether the next need is the shared system prompt or an edit a few messages
+        back, only later needs tell)."""
         if need >= src_prompt:
-            return ("end", 0)
+            return (("end", 0),)
         i = bisect.bisect_right(starts, need) - 1
         if i >= 0 and need - starts[i] <= _SLACK_TOKENS:
             d = len(starts) - 1 - i
+            if d <= self.tail_max and i <= self.head_max:
+                return ("tail", d), ("head", i)
             if d <= self.tail_max:
-                return ("tail", d)
+                return (("tail", d),)
             if i <= self.head_max:
-                return ("head", i)
+                return (("head", i),)
         if need * 2 < src_prompt:
-            return ("abs", _grid_down(need))            # deep: a fixed prefix (system prompt, summary)
-        return ("tok", _grid_up(src_prompt - need))
+            return (("abs", _grid_down(need)),)         # deep: a fixed prefix (system prompt, summary)
+        return (("tok", _grid_up(src_prompt - need)),)
 
-    def _observe(self, cls: tuple | None) -> None:
+    def _observe(self, classes: tuple[tuple, ...] = ()) -> None:
         # Decay without touching every weight: new observations weigh more instead (rescaled
         # before the floats grow large).
         self._scale *= self._growth
@@ -126,27 +138,32 @@ class AdaptiveRules:
             self._weights = {c: w / self._scale for c, w in self._weights.items()}
             self._total /= self._scale
             self._swaps /= self._scale
+            self._evictions /= self._scale
             self._scale = 1.0
         self._total += self._scale
         self._n_seen += 1
-        if cls is not None:
-            self._weights[cls] = self._weights.get(cls, 0.0) + self._scale
+        for cls in classes:
+            self._weights[cls] = self._weights.get(cls, 0.0) + self._scale / len(classes)
 
     def _learn(self, v: PrefillView) -> None:
+        n_new_evicted = max(v.n_cache_evicted - self._n_evicted_seen, 0)
+        self._n_evicted_seen = v.n_cache_evicted
         last = self._last_on_slot.get(v.slot)
         self._last_on_slot[v.slot] = v.request_id
         swapped = last is not None and v.cached_task != last
         src = self._meta.get(v.cached_task) if v.cached_task >= 0 else None
         l, L, T = v.lcp_n_tokens, v.cached_n_tokens, v.n_prompt
         if src is None or l <= 0 or (l == L and l < T):
-            self._observe(None)       # nothing to restore: a fresh prompt or a pure extension
+            self._observe()       # nothing to restore: a fresh prompt or a pure extension
             if swapped:
                 self._swaps += self._scale
+            self._evictions += n_new_evicted * self._scale
             return
         need = l if l < T else T - 1  # a fully cached prompt re-evaluates its last token
         self._observe(self._classify(need, src[0], src[1]))
         if swapped:
             self._swaps += self._scale
+        self._evictions += n_new_evicted * self._scale
 
     # --- which positions are worth their bytes -------------------------------------------------
     def _position(self, cls: tuple, T: int, starts: tuple[int, ...]) -> int:
@@ -164,8 +181,6 @@ class AdaptiveRules:
 
     def _select(self, T: int, starts: tuple[int, ...], start: int, have: tuple[int, ...]) -> dict[int, int]:
         """Greedy: up to ``keep`` positions maximising the expected tokens saved per request."""
-        if not self._weights and self._n_seen <= _WARMUP_REQUESTS:
-            return {T: 0}             # nothing learned yet: the prompt's end, as fifo
         mass: dict[int, float] = {}
         for c, w in self._weights.items():
             p = self._position(c, T, starts)
@@ -183,7 +198,9 @@ class AdaptiveRules:
         served = np.zeros(len(need_pos), np.int64)     # position each need resumes at so far
         usable = cands[:, None] <= need_pos[None, :]
         chosen: dict[int, int] = {}
-        floor = self.min_tokens + self.cache_pct / 100.0 * self._ckpt_tokens * self._swaps / self._total
+        # A swap costs the checkpoint's bytes only when it makes the cache evict: the evictions
+        # per request (at most one per swap) price them (docs/policies.md, "adaptive").
+        floor = self.min_tokens + self.cache_pct / 100.0 * self._ckpt_tokens * min(self._swaps, self._evictions) / self._total
         for rank in range(self.keep):
             gain = (np.maximum(cands[:, None] - served[None, :], 0) * usable) @ need_w
             i = int(np.argmax(gain))
@@ -200,6 +217,13 @@ class AdaptiveRules:
         self._meta[v.request_id] = (v.n_prompt, starts)
         if len(self._meta) > _MEMORY_PROMPTS:
             self._meta.popitem(last=False)
+        if self._n_seen <= self.warmup:
+            # Too few needs seen to tell a workload's edits from chance: the server's own
+            # placement, FIFO, nothing let go (what the first requests of a trace cost under it).
+            self._want = None
+            last = v.ckpt_n_tokens[-1] if v.ckpt_n_tokens else None
+            return server_placement(_SERVER, v.start, v.n_prompt, v.user_starts, last, v.n_batch,
+                                    v.n_ubatch, _SERVER.default_min_step, 8192)
         self._want = self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
         have = set(v.ckpt_n_tokens)
         ps = sorted(p for p in self._want if v.start < p <= v.n_prompt and p not in have)
@@ -208,7 +232,11 @@ class AdaptiveRules:
     # --- eviction -----------------------------------------------------------------------------
     def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
         """Not wanted in this prompt first (oldest first), then the one the greedy picked last."""
+        if self._want is None:
+            return 0
         return max(range(len(ckpts)), key=lambda i: (self._want.get(ckpts[i].n_tokens, 1 << 30), -i))
 
     def prune(self, ckpts: list[Checkpoint]) -> list[int]:
+        if self._want is None:
+            return []
         return [i for i, c in enumerate(ckpts) if c.n_tokens not in self._want]

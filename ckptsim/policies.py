@@ -55,6 +55,9 @@ class PrefillView:
     # The slot's cache before the restore step: its length and the request that left it (-1: empty).
     cached_n_tokens: int = 0
     cached_task: int = -1
+    # Prompt-cache entries evicted so far, server-wide (``--cache-ram`` full: the server logs each
+    # one); 0 with the cache off.
+    n_cache_evicted: int = 0
 
 
 class Policy:

@@ -141,6 +141,7 @@ class _PromptCache:
         self.makes_room = makes_room           # b9917+ (#25070): alloc pops the oldest itself
         self.keep = 0 if makes_room else 1     # before, update() always kept one entry
         self.entries: list[_CacheEntry] = []
+        self.n_evicted = 0                # entries evicted so far (the server logs each one)
         self.trace = trace
         self.profile = profile
         self._changed()
@@ -157,6 +158,7 @@ class _PromptCache:
 
     def _evict_oldest(self, emit: Callable[..., None]) -> None:
         old = self.entries.pop(0)
+        self.n_evicted += 1
         self._changed()
         emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
 
@@ -477,7 +479,8 @@ class _Replay:
             trace = self.trace
             view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
                                restored.ckpt_n_tokens, self.nb, self.ub, restored.n_lcp, seen, branch,
-                               slot.n_cache, slot.seq)
+                               slot.n_cache, slot.seq,
+                               self.pcache.n_evicted if self.pcache is not None else 0)
             plan = pol.place(view)
         else:
             plan = PrefillPlan((), *batch_counts(n_past, T, self.nb, self.ub))

@@ -14,9 +14,10 @@ from ckptsim.trace import load_trace
 REAL = Path(__file__).resolve().parents[1] / "traces" / "real"
 
 
-def _view(rid, T, starts, start=0, have=(), n_common=0, n_cached=0, cached_task=-1, slot=0):
+def _view(rid, T, starts, start=0, have=(), n_common=0, n_cached=0, cached_task=-1, slot=0, n_evicted=0):
     return PrefillView(rid, slot, start, T, tuple(starts), (), tuple(have), 2048, 512,
-                       lcp_n_tokens=n_common, cached_n_tokens=n_cached, cached_task=cached_task)
+                       lcp_n_tokens=n_common, cached_n_tokens=n_cached, cached_task=cached_task,
+                       n_cache_evicted=n_evicted)
 
 
 def _elision_session(pol: Adaptive, n_requests: int):
@@ -38,14 +39,20 @@ def _elision_session(pol: Adaptive, n_requests: int):
     return v, plan
 
 
-def test_first_prompt_gets_its_end():
-    pol = Adaptive()
-    plan = pol.place(_view(0, 5000, [100, 2000]))
-    assert plan.positions == (5000,)
+def test_warm_up_places_as_the_server_and_lets_nothing_go():
+    """The first ``warmup`` requests: the current server's placement, FIFO, no pruning; after them
+    the learned positions (here none has been needed yet: nothing)."""
+    pol, server = Adaptive(warmup=2), make_policy("llama-server")
+    views = [_view(rid, 5000 + 3000 * rid, [100, 2000, 4000 + 3000 * rid]) for rid in range(3)]
+    for v in views[:2]:
+        assert pol.place(v) == server.place(v)
+        held = [Checkpoint(k, 62.8, 0) for k in (100, 2000, v.n_prompt)]
+        assert pol.prune(held) == [] and pol.victim(held, 9999) == 0
+    assert pol.place(views[2]).positions == ()
 
 
 def test_learns_the_message_depth_of_edits_and_lets_the_rest_go():
-    pol = Adaptive()
+    pol = Adaptive(warmup=0)
     v, plan = _elision_session(pol, 12)
     starts = v.user_starts
     # the next request rewrites the message 4 starts below this prompt's end: its start serves it
@@ -57,7 +64,7 @@ def test_learns_the_message_depth_of_edits_and_lets_the_rest_go():
 
 
 def test_pure_extensions_keep_nothing():
-    pol = Adaptive()
+    pol = Adaptive(warmup=0)
     T = 1000
     for rid in range(50):
         # the slot held the previous sequence whole (l == L < T): no search, nothing to restore
@@ -70,7 +77,7 @@ def test_pure_extensions_keep_nothing():
 def test_resends_are_served_at_the_prompt_end():
     """A need at or past the previous prompt's end (the new prompt diverges in the generated
     output, as in the Claude Code traces) is served by a checkpoint at the prompt's end."""
-    pol = Adaptive()
+    pol = Adaptive(warmup=0)
     T = 3000
     for rid in range(20):
         v = _view(rid, T + 400, [0], start=T, n_common=T + 10, n_cached=T + 60,
@@ -80,29 +87,51 @@ def test_resends_are_served_at_the_prompt_end():
     assert plan.positions == (T,)
 
 
-def test_cache_pressure_raises_the_bar():
+def test_cache_pressure_raises_the_bar_only_when_the_cache_evicts():
     """With --cache-ram, slots that swap sequences through the prompt cache carry checkpoints into
-    its entries; a rarely needed checkpoint is then not worth its bytes."""
+    its entries. While the cache has room that costs nothing; once it evicts entries, a rarely
+    needed checkpoint's bytes push out conversations, and it is not worth keeping."""
     prof = load_profile()
 
-    def kept_after_rare_needs(cache_ram_mib):
-        pol = Adaptive()
+    def kept_after_rare_needs(cache_ram_mib, evictions_per_swap):
+        pol = Adaptive(warmup=0)
         pol.prepare(None, ServerConfig(cache_ram_mib=cache_ram_mib), prof)
         starts = [100 + 1000 * i for i in range(20)]
         T = starts[-1] + 1000
+        n_evicted = 0
         for rid in range(61):        # the last one needs nothing: what stays is a choice
             if rid % 10 == 9:       # one request in ten rewrites the message 2 starts from the end
                 v = _view(rid, T, starts, start=starts[-3], n_common=starts[-3] + 3, n_cached=T + 50,
-                          cached_task=rid - 1)
+                          cached_task=rid - 1, n_evicted=n_evicted)
             else:                   # the rest arrive on a slot that swapped in another sequence
+                n_evicted += evictions_per_swap
                 v = _view(rid, T, starts, start=T - 1, n_common=T, n_cached=T, cached_task=-1,
-                          have=(starts[-3],))
+                          have=(starts[-3],), n_evicted=n_evicted)
             pol.place(v)
         held = [Checkpoint(starts[-3], prof.ckpt_mib(0), 0)]
         return len(held) - len(pol.prune(held))
 
-    assert kept_after_rare_needs(0) == 1
-    assert kept_after_rare_needs(8192) == 0
+    assert kept_after_rare_needs(0, 1) == 1       # no prompt cache
+    assert kept_after_rare_needs(8192, 0) == 1    # a cache that never fills (multi-session's case)
+    assert kept_after_rare_needs(8192, 1) == 0    # a full one (the 500-session SWE trace's)
+
+
+def test_a_short_sequence_edit_counts_for_the_shared_head_too():
+    """A need at the second message start of a 4-message sequence is as near the head as the tail;
+    when the next sessions keep needing the head (a shared system prompt, chat-edit's session
+    starts), a long prompt gets a checkpoint there, not only 2 messages from its end."""
+    pol = Adaptive(warmup=0)
+    rid = 0
+    for _ in range(20):
+        starts = [0, 2000, 2300, 2600]
+        pol.place(_view(rid, 3000, starts, n_common=0, cached_task=rid - 1 if rid else -1))
+        rid += 1
+        pol.place(_view(rid, 3100, [0, 2000, 2500], start=2000, n_common=2000, n_cached=3050,
+                        cached_task=rid - 1))
+        rid += 1
+    long_starts = [0, 2000] + [3000 + 1000 * i for i in range(30)]
+    plan = pol.place(_view(rid, 40000, long_starts, n_common=0, cached_task=-1))
+    assert 2000 in plan.positions
 
 
 @pytest.mark.parametrize("bad", ["adaptive:keep=0", "adaptive:half_life=0"])
