@@ -36,7 +36,12 @@ sys.path.insert(0, str(REPO))
 from ckptsim.sim import ServerConfig, simulate  # noqa: E402
 from ckptsim.trace import load_trace  # noqa: E402
 
-ONLINE = ["none", "fifo", "per-batch", "every-n:n=4096", "user-turn", "coverage", "llama-server", "adaptive"]
+# The field's policies as bench/real_table.py runs them (engine defaults, vLLM's current retention
+# default and its shared-prefix checkpoint).
+FIELD = ["vllm-all", "vllm-align", "vllm-align:retention=0,shared=1", "vllm-align:retention=0,shared=1,unit=64",
+         "sglang-no-buffer", "sglang-extra-buffer", "marconi", "ik-llama", "pr25592", "pr24035",
+         "pr25472-half-step"]
+ONLINE = ["none", "fifo", "per-batch", "every-n:n=4096", "user-turn", "coverage", "llama-server", *FIELD, "adaptive"]
 REFERENCE = "llama-server"
 FAST = ["swe-agent-marshmallow-1867-elision.jsonl", "mini-swe-agent-gemini3pro-s40-elide5.derived.jsonl",
         "mini-swe-agent-gemini3pro-s40.jsonl", "weka-sample.jsonl", "weka-sample-strict.jsonl",
@@ -115,12 +120,31 @@ def compare_rows(rows: list[dict], target: str, metric: int, n_boot: int, seed: 
     return out
 
 
+def print_brief(rows: list[dict], comps: list[dict], target: str, metric: int, n_slots: int) -> None:
+    """A row per (trace, cap): the reference, the target, the oracle, target vs reference per half."""
+    key = "reprocessed_tokens" if metric == 0 else "prompt_s"
+    print(f"| trace (-np {n_slots}) | -ctxcp | sessions | `{REFERENCE}` | `{target}` | oracle | "
+          f"{target} vs {REFERENCE}, all sessions | tuning half | held-back half |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (trace, cap) in sorted({(r["trace"], r["ctx_checkpoints"]) for r in rows}):
+        grp = {r["policy"]: r for r in rows if r["trace"] == trace and r["ctx_checkpoints"] == cap}
+        c = next((c for c in comps if c["trace"] == trace and c["ctx_checkpoints"] == cap
+                  and c["vs"] == REFERENCE), None)
+        if target not in grp or REFERENCE not in grp or c is None:
+            continue
+        orc = f"{grp['oracle'][key]:,.0f}" if "oracle" in grp else "–"
+        cells = [fmt_ci(*c[s]) if c[f"n_{s}"] else "–" for s in ("all", "tune", "held")]
+        print(f"| {trace} | {cap} | {len(grp[target]['sessions'])} | {grp[REFERENCE][key]:,.0f} | "
+              f"{grp[target][key]:,.0f} | {orc} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("traces", nargs="*")
     ap.add_argument("-np", type=int, default=1)
     ap.add_argument("--ctx-checkpoints", default="32", help="comma-separated caps (the curves)")
-    ap.add_argument("--policies", default=",".join(ONLINE))
+    ap.add_argument("--policies", default=";".join(ONLINE),
+                    help="comma-separated specs (';' when a spec has commas)")
     ap.add_argument("--target", default="adaptive", help="the policy every other one is compared with")
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--metric", choices=["tokens", "prompt_s"], default="tokens")
@@ -130,6 +154,8 @@ def main() -> None:
     ap.add_argument("--csv", help="write one row per (trace, policy, cap) here")
     ap.add_argument("--plot", help="write the cost-vs-memory curves here (ckptsim.plots.policy_curves)")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    ap.add_argument("--brief", action="store_true",
+                    help=f"one table: a row per trace, the target against {REFERENCE} (and the oracle)")
     a = ap.parse_args()
     try:
         caps = [int(x) for x in a.ctx_checkpoints.split(",") if x.strip()]
@@ -143,7 +169,7 @@ def main() -> None:
     for p in paths:
         if not p.exists():
             ap.exit(2, f"{p}: no such trace\n")
-    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    policies = [p.strip() for p in a.policies.split(";" if ";" in a.policies else ",") if p.strip()]
     rows = []
     for p in paths:
         rows += run_trace(p, policies, caps, a.np, not a.no_oracle)
@@ -165,6 +191,9 @@ def main() -> None:
                           "comparisons": comps, "metric": a.metric, "boot": a.boot, "seed": a.seed}))
         return
     name = "re-processed tokens" if metric == 0 else "prompt s"
+    if a.brief:
+        print_brief(rows, comps, a.target, metric, a.np)
+        return
     for (trace, cap) in sorted({(r["trace"], r["ctx_checkpoints"]) for r in rows}):
         grp = [r for r in rows if r["trace"] == trace and r["ctx_checkpoints"] == cap]
         print(f"**{trace}** (-np {a.np} -ctxcp {cap}, {len(grp[0]['sessions'])} sessions)\n")

@@ -2,6 +2,7 @@
 
     python bench/real_table.py > /tmp/real-table.md      # then paste under "Results" in docs/real-traces.md
     python bench/real_table.py --field                   # the field's policies too (README, docs/policies.md)
+    python bench/real_table.py --rows adaptive traces/real/X.jsonl.gz -np 4   # only these rows, for a README table
 
 Runs ``ckptsim compare TRACE --json`` (default policies, profile and server flags) on each
 bundled trace, exactly what a user would run, and formats one table per trace; with ``--field``
@@ -24,9 +25,10 @@ FIELD = ["vllm-all", "vllm-align", "vllm-align:retention=0,shared=1",
          "ik-llama", "pr25592", "pr24035", "pr25472-half-step"]
 
 
-def compare(trace: Path, policies: list[str] | None = None) -> dict:
+def compare(trace: Path, policies: list[str] | None = None, n_slots: int = 1) -> dict:
     """The JSON document ``ckptsim compare --json`` prints for one trace."""
     extra = ["--policies", ";".join(policies)] if policies else []
+    extra += ["-np", str(n_slots)]
     res = subprocess.run([sys.executable, "-c", "from ckptsim.cli import main; main()", "compare", str(trace),
                           "--json", *extra],
                          capture_output=True, text=True, cwd=REPO, check=False)
@@ -52,8 +54,22 @@ def table(doc: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def rows(argv: list[str]) -> None:
+    """``--rows P1;P2 TRACE [-np N]``: only those policies' rows, in the README tables' columns."""
+    specs = [p for p in argv[argv.index("--rows") + 1].split(";") if p]
+    n_slots = int(argv[argv.index("-np") + 1]) if "-np" in argv else 1
+    paths = [a for a in argv if a.endswith((".jsonl", ".jsonl.gz"))]
+    for path in paths:
+        for s in compare(Path(path), specs, n_slots)["policies"]:
+            print(f"| `{s['policy']}` | {s['reprocessed_tokens']:,} | {s['reuse_ratio']:.1%} | "
+                  f"{s['prefill_s']:,.0f} | {s['full_reprocess']:,} |")
+
+
 def main() -> None:
     """Print every table."""
+    if "--rows" in sys.argv[1:]:
+        rows(sys.argv[1:])
+        return
     field = "--field" in sys.argv[1:]
     for name in TRACES:
         path = REPO / "traces" / "real" / name
