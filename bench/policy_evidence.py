@@ -15,9 +15,9 @@ interval's width) with the interval beside it. Sessions share the slots and the 
 so a resample reuses each session's cost from the one replay of the whole trace: the interval
 covers which sessions a workload has, not how they would interact in another mix.
 
-Held-back sessions: ``adaptive``'s defaults were chosen on the sessions whose CRC-32 of the name
-is even (``--split tune``); the rest (``--split held``) were not looked at while tuning. Every
-table prints all sessions, then both halves.
+Held-back sessions: the tuning half is the sessions whose CRC-32 of the name is even; the rest
+are held back. Every table prints all sessions, then both halves. How far ``adaptive``'s defaults
+kept to that split is told in docs/policies.md, "adaptive" (not entirely: read it there).
 """
 from __future__ import annotations
 

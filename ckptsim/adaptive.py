@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .records import Checkpoint
-from .server import DEFAULT_BUILD, PrefillPlan, ServerRules, batch_counts, server_placement
+from .server import (DEFAULT_BUILD, PrefillPlan, ServerRules, batch_counts, server_placement, spacing_pass_runs,
+                     spacing_victims)
 
 # A need this many tokens above a message start counts as landing at that message (the role
 # header of a rewritten message is shared: 3 tokens for ChatML's '<|im_start|>user\n').
@@ -230,6 +231,18 @@ class AdaptiveRules:
         return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
 
     # --- eviction -----------------------------------------------------------------------------
+    def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
+        """The warm-up evicts as the server does (its spacing pass, spec §2.4); then nothing early."""
+        if self._want is not None or not spacing_pass_runs(_SERVER, len(ckpts), cap):
+            return []
+        return sorted(spacing_victims(_SERVER, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
+                                      _SERVER.default_min_step, cap))
+
+    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
+        if self._want is not None or not _SERVER.spacing_eviction_only_when_full:
+            return []
+        return [i for i, c in enumerate(ckpts) if c.n_tokens == new_k]
+
     def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:
         """Not wanted in this prompt first (oldest first), then the one the greedy picked last."""
         if self._want is None:

@@ -208,7 +208,8 @@ def _legend_below(ax) -> None:
 
 
 def policy_curves(runs: pd.DataFrame, metric: str = "reprocessed_tokens",
-                  reference: str = "llama-server") -> plt.Figure:
+                  reference: str = "llama-server", highlight: str = "adaptive",
+                  y_max: float = 2.0) -> plt.Figure:
     """Cost vs --ctx-checkpoints per policy, one panel per trace (small multiples, shared legend).
 
     ``runs``: one row per (trace, policy, ctx_checkpoints) with ``metric``. Each panel is scaled
@@ -220,15 +221,27 @@ def policy_curves(runs: pd.DataFrame, metric: str = "reprocessed_tokens",
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow + 0.8), layout="constrained",
                              squeeze=False)
     policies = list(dict.fromkeys(runs["policy"]))
+    # Twenty policies need twenty colours; the reference, the oracle and ``highlight`` stand out.
+    palette = plt.get_cmap("tab20").colors
     for ax, tr in zip(axes.flat, traces):
         g = runs[runs["trace"] == tr]
         ref = g[g["policy"] == reference]
         base = float(ref.sort_values("ctx_checkpoints")[metric].iloc[-1]) if len(ref) else float(g[metric].max())
+        top = 0.0
         for i, pol in enumerate(policies):
             p = g[g["policy"] == pol].sort_values("ctx_checkpoints")
             if len(p):
-                ax.plot(p["ctx_checkpoints"], p[metric] / (base or 1.0), marker=_MARKERS[i % len(_MARKERS)],
-                        ms=4, label=pol, ls="--" if pol == "oracle" else "-")
+                y = p[metric] / (base or 1.0)
+                top = max(top, float(y.max()))
+                style = {"color": "black", "lw": 2.4, "zorder": 5} if pol == highlight else \
+                    {"color": "dimgray", "lw": 2.0, "ls": "--"} if pol == "oracle" else \
+                    {"color": "tab:red", "lw": 2.0} if pol == reference else \
+                    {"color": palette[i % len(palette)], "lw": 1.0}
+                ax.plot(p["ctx_checkpoints"], y, marker=_MARKERS[i % len(_MARKERS)], ms=4, label=pol, **style)
+        if top > y_max:
+            # a policy far above the rest (no checkpoints at all) would flatten every other line
+            ax.set_ylim(top=y_max)
+            tr = f"{tr} (clipped at {y_max:g})"
         ax.set_xscale("log", base=2)
         ticks = sorted(g["ctx_checkpoints"].unique())
         ax.set_xticks(ticks, [str(t) for t in ticks])

@@ -48,6 +48,8 @@ def test_warm_up_places_as_the_server_and_lets_nothing_go():
         assert pol.place(v) == server.place(v)
         held = [Checkpoint(k, 62.8, 0) for k in (100, 2000, v.n_prompt)]
         assert pol.prune(held) == [] and pol.victim(held, 9999) == 0
+    full = [Checkpoint(1000 * (i + 1), 62.8, i) for i in range(32)]   # 1000 apart: under the min step
+    assert pol.pre_evict(full, 40000, 40, 32) == server.pre_evict(full, 40000, 40, 32) != []
     assert pol.place(views[2]).positions == ()
 
 
@@ -167,3 +169,17 @@ def test_policy_curves_one_panel_per_trace_scaled_to_the_server():
     assert server_at_32 == pytest.approx(1.0)
     fig.canvas.draw()
     _legends_clear_of_axes(fig)
+
+
+def test_policy_curves_clip_a_policy_far_above_the_rest():
+    """`none` at 20x the server would flatten every other line: the panel stops at y_max and says so."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from ckptsim.plots import policy_curves
+    rows = [{"trace": "w", "policy": p, "ctx_checkpoints": c, "reprocessed_tokens": v}
+            for p, v in (("none", 20.0), ("llama-server", 1.0), ("adaptive", 0.9)) for c in (4, 32)]
+    ax = [a for a in policy_curves(pd.DataFrame(rows), y_max=2.0).axes if a.get_visible()][0]
+    assert ax.get_ylim()[1] == pytest.approx(2.0)
+    assert "clipped" in ax.get_title()
