@@ -185,7 +185,7 @@ def main() -> None:
         import pandas as pd
         fig = policy_curves(pd.DataFrame([{k: v for k, v in r.items() if k != "sessions"} for r in rows]),
                             "reprocessed_tokens" if metric == 0 else "prompt_s")
-        fig.savefig(a.plot, dpi=110)
+        fig.savefig(a.plot, dpi=80)
     if a.json:
         print(json.dumps({"runs": [{k: v for k, v in r.items() if k != "sessions"} for r in rows],
                           "comparisons": comps, "metric": a.metric, "boot": a.boot, "seed": a.seed}))
