@@ -203,7 +203,7 @@ def main() -> None:
             c = next((c for c in comps if c["trace"] == trace and c["ctx_checkpoints"] == cap
                       and c["vs"] == r["policy"]), None)
             val = r["reprocessed_tokens"] if metric == 0 else r["prompt_s"]
-            cells = [fmt_ci(*c[s]) for s in ("all", "tune", "held")] if c else ["–"] * 3
+            cells = [fmt_ci(*c[s]) if c[f"n_{s}"] else "–" for s in ("all", "tune", "held")] if c else ["–"] * 3
             print(f"| `{r['policy']}` | {val:,.0f} | " + " | ".join(cells) + " |")
         print()
 
