@@ -287,6 +287,38 @@ def vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
+def _add_vocab(w, tokens: list[str], types: list[int], merges: list[str], shape) -> None:
+    """The byte-level vocabulary and ChatML template both writers store, and the shape record
+    (``model_shape_of`` reads it back)."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_pad_token_id(tokens.index("<|endoftext|>"))
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+    w.add_string("ckptsim.shape", json.dumps(asdict(shape)))
+
+
+def _random_matrix(rng: np.random.Generator, rows: int, cols: int, wtype) -> np.ndarray:
+    # numpy shape (rows, cols) is ggml (cols, rows): a linear map from cols inputs to rows outputs.
+    return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(wtype)
+
+
+def _finish(w, tmp: Path, path: Path) -> Path:
+    """Write the GGUF to ``tmp`` and move it into place: a half-written model never has the name."""
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    tmp.replace(path)
+    return path
+
+
 def write_model(path: str | Path, shape: Qwen35Shape | Lfm2Shape, seed: int = 0, overwrite: bool = False) -> Path:
     """Write a random-weight GGUF of ``shape`` (qwen35, or lfm2 for an Lfm2Shape) to ``path``."""
     import gguf
@@ -323,22 +355,12 @@ def write_model(path: str | Path, shape: Qwen35Shape | Lfm2Shape, seed: int = 0,
     w.add_ssm_time_step_rank(s.ssm_v_heads)
     w.add_ssm_inner_size(s.ssm_inner)
     w.add_full_attention_interval(s.full_attention_interval)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_pad_token_id(tokens.index("<|endoftext|>"))
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
-    w.add_string("ckptsim.shape", json.dumps(asdict(s)))
+    _add_vocab(w, tokens, types, merges, s)
 
     wtype = np.float16 if s.dtype == "f16" else np.float32
 
     def mat(name: str, rows: int, cols: int) -> None:
-        # numpy shape (rows, cols) is ggml (cols, rows): a linear map from cols inputs to rows outputs.
-        w.add_tensor(name, (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(wtype))
+        w.add_tensor(name, _random_matrix(rng, rows, cols, wtype))
 
     def vec(name: str, n: int, value: float | None = None) -> None:
         v = np.full(n, value, np.float32) if value is not None \
@@ -375,14 +397,7 @@ def write_model(path: str | Path, shape: Qwen35Shape | Lfm2Shape, seed: int = 0,
             mat(p + "ssm_alpha.weight", s.ssm_v_heads, E)
             vec(p + "ssm_norm.weight", s.ssm_state, 1.0)
             mat(p + "ssm_out.weight", E, s.ssm_inner)
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
-    tmp.replace(path)
-    return path
+    return _finish(w, tmp, path)
 
 
 def _write_lfm2(path: Path, s: Lfm2Shape, seed: int) -> Path:
@@ -406,20 +421,11 @@ def _write_lfm2(path: Path, s: Lfm2Shape, seed: int) -> Path:
     w.add_rope_freq_base(s.rope_freq_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_shortconv_l_cache(s.l_cache)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_pad_token_id(tokens.index("<|endoftext|>"))
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
-    w.add_string("ckptsim.shape", json.dumps(asdict(s)))
+    _add_vocab(w, tokens, types, merges, s)
     wtype = np.float16 if s.dtype == "f16" else np.float32
 
     def mat(name: str, rows: int, cols: int) -> None:
-        w.add_tensor(name, (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(wtype))
+        w.add_tensor(name, _random_matrix(rng, rows, cols, wtype))
 
     def ones(name: str, n: int) -> None:
         w.add_tensor(name, np.ones(n, np.float32))
@@ -446,14 +452,7 @@ def _write_lfm2(path: Path, s: Lfm2Shape, seed: int) -> Path:
                          rng.standard_normal((E, s.l_cache), dtype=np.float32) * 0.02)
             mat(p + "shortconv.in_proj.weight", 3 * E, E)
             mat(p + "shortconv.out_proj.weight", E, E)
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
-    tmp.replace(path)
-    return path
+    return _finish(w, tmp, path)
 
 
 def model_shape_of(path: str | Path) -> Qwen35Shape | Lfm2Shape | None:
