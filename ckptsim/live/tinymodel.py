@@ -287,6 +287,22 @@ def vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
+def _start(path: Path, arch: str, s):
+    """A GGUF writer on ``path``'s temporary name with the header fields both architectures share."""
+    import gguf
+
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    w.add_name(f"ckptsim random {s.name}")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(s.n_ctx_train)
+    w.add_embedding_length(s.n_embd)
+    w.add_block_count(s.n_layer)
+    w.add_feed_forward_length(s.n_ff)
+    w.add_head_count(s.n_head)
+    return w, tmp
+
+
 def _add_vocab(w, tokens: list[str], types: list[int], merges: list[str], shape) -> None:
     """The byte-level vocabulary and ChatML template both writers store, and the shape record
     (``model_shape_of`` reads it back)."""
@@ -333,15 +349,7 @@ def write_model(path: str | Path, shape: Qwen35Shape | Lfm2Shape, seed: int = 0,
     tokens, types, merges = vocab()
     n_vocab = len(tokens)
     s = shape
-    tmp = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(str(tmp), ARCH)
-    w.add_name(f"ckptsim random {s.name}")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(s.n_ctx_train)
-    w.add_embedding_length(s.n_embd)
-    w.add_block_count(s.n_layer)
-    w.add_feed_forward_length(s.n_ff)
-    w.add_head_count(s.n_head)
+    w, tmp = _start(path, ARCH, s)
     w.add_head_count_kv(s.n_head_kv)
     w.add_key_length(s.head_dim)
     w.add_value_length(s.head_dim)
@@ -407,15 +415,7 @@ def _write_lfm2(path: Path, s: Lfm2Shape, seed: int) -> Path:
 
     rng = np.random.default_rng(seed)
     tokens, types, merges = vocab()
-    tmp = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(str(tmp), "lfm2")
-    w.add_name(f"ckptsim random {s.name}")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(s.n_ctx_train)
-    w.add_embedding_length(s.n_embd)
-    w.add_block_count(s.n_layer)
-    w.add_feed_forward_length(s.n_ff)
-    w.add_head_count(s.n_head)
+    w, tmp = _start(path, "lfm2", s)
     # per layer: 0 KV heads marks a short-conv (recurrent) layer
     w.add_head_count_kv([s.n_head_kv if s.is_attention(i) else 0 for i in range(s.n_layer)])
     w.add_rope_freq_base(s.rope_freq_base)
