@@ -15,7 +15,7 @@ from pathlib import Path
 from .validate import Validation, validate_log
 
 # "a checkpoint every N tokens would have kept ...": the spacing the suggestion is made with when
-# the log shows no min step (the server's default before b9775, spec §8)
+# the log shows no min step (the server's default before b9765, spec §8)
 _SUGGEST_STEP = 256
 
 

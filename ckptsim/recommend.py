@@ -46,8 +46,8 @@ class Flags:
 
     ctx_checkpoints: int
     cache_ram_mib: float
-    min_step: int | None = None      # --checkpoint-min-step (b9315+)
-    every_n: int | None = None       # --checkpoint-every-n-tokens (b8232-b9314)
+    min_step: int | None = None      # --checkpoint-min-step (b9310+)
+    every_n: int | None = None       # --checkpoint-every-n-tokens (b8218-b9309)
     n_batch: int = 2048              # -b
     n_ubatch: int = 512              # -ub
 

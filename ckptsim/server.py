@@ -75,26 +75,30 @@ class ServerConfig:
 
 
 # Every build at which a modelled rule changes, with the PR that changed it (spec §3, §8): the one
-# table of build boundaries. ServerRules' flags read their thresholds here and nowhere else, and
+# table of build boundaries. Each build is the merge commit's own build number, its commit count on
+# master (`git rev-list --count COMMIT` in llama.cpp's history; `rev-list --count b9542` is 9542),
+# which is what a server built from that commit prints. The spec's §3 table gives the first
+# release tag after each merge instead, 0-33 builds later (#24110: merged as b9509, tag b9542;
+# xllamacpp 2026.6.9538 already has it, docs/conformance.md). #28302 is not in the history read. ServerRules' flags read their thresholds here and nowhere else, and
 # validate replays a log's open build range once per group between them (RULE_BOUNDARIES).
 RULE_CHANGES: dict[str, tuple[int, str]] = {
-    "end_minus_64": (6713, "#16440"),          # checkpoint at T-64; >= 64 tokens, > 64 after the last
-    "cache_ram": (6724, "#16391"),             # host prompt cache (--cache-ram 8192); -ctxcp 3 -> 8
-    "end_minus_batch": (7973, "#19408"),       # checkpoint at T - min(n_batch, 512)
-    "every_n_tokens": (8232, "#20087"),        # --checkpoint-every-n-tokens; -ctxcp 8 -> 32
-    "near_end_pair": (8286, "#20288"),         # breaks and checkpoints at T-(4+ub) and T-4
-    "erase_vs_pos_next": (8400, "#20671"),     # invalidation against pos_next (before: the n_past found)
-    "n_swa_zero": (8461, "#20726"),            # n_swa = 0: thold = n_past, search iff pos_min >= thold
-    "pick_pos_min_zero": (8703, "#21510"),     # a checkpoint with pos_min == 0 is always acceptable
-    "search_every_request": (9232, "#23280"),  # thold = n_past - 1; n_past == T no longer resets
-    "user_turns": (9315, "#22929"),            # last user message, --checkpoint-min-step 256; every-N
+    "end_minus_64": (6711, "#16440"),          # checkpoint at T-64; >= 64 tokens, > 64 after the last
+    "cache_ram": (6723, "#16391"),             # host prompt cache (--cache-ram 8192); -ctxcp 3 -> 8
+    "end_minus_batch": (7970, "#19408"),       # checkpoint at T - min(n_batch, 512)
+    "every_n_tokens": (8218, "#20087"),        # --checkpoint-every-n-tokens; -ctxcp 8 -> 32
+    "near_end_pair": (8271, "#20288"),         # breaks and checkpoints at T-(4+ub) and T-4
+    "erase_vs_pos_next": (8393, "#20671"),     # invalidation against pos_next (before: the n_past found)
+    "n_swa_zero": (8450, "#20726"),            # n_swa = 0: thold = n_past, search iff pos_min >= thold
+    "pick_pos_min_zero": (8693, "#21510"),     # a checkpoint with pos_min == 0 is always acceptable
+    "search_every_request": (9231, "#23280"),  # thold = n_past - 1; n_past == T no longer resets
+    "user_turns": (9310, "#22929"),            # last user message, --checkpoint-min-step 256; every-N
                                                # and the 64-token rules removed
-    "has_new": (9542, "#24110"),               # thold = n_past - (0 if has_new else 1)
-    "skip_past_pos_next": (9602, "#24411"),    # skip checkpoints with pos_max > pos_next
-    "every_user_start": (9775, "#24176"),      # break at every user start; min step 256 -> 8192
-    "cache_alloc_makes_room": (9917, "#25070"),  # a prompt-cache save pops the oldest entries itself
+    "has_new": (9509, "#24110"),               # thold = n_past - (0 if has_new else 1)
+    "skip_past_pos_next": (9593, "#24411"),    # skip checkpoints with pos_max > pos_next
+    "every_user_start": (9765, "#24176"),      # break at every user start; min step 256 -> 8192
+    "cache_alloc_makes_room": (9908, "#25070"),  # a prompt-cache save pops the oldest entries itself
     "user_break_conditional": (9936, "#25420"),  # user-start break only if a checkpoint is due there
-    "spacing_eviction": (9985, "#25472"),      # spacing eviction (a); near-end exempt from spacing
+    "spacing_eviction": (9978, "#25472"),      # spacing eviction (a); near-end exempt from spacing
     "spacing_when_full": (PR28302_BUILD, "#28302"),  # (a) only when full; supersede the same n_tokens
 }
 
@@ -116,39 +120,39 @@ class ServerRules:
     # --- restore (spec §2.2, §3 "Search / Pick / Erase") ---
     @cached_property
     def searches_every_request(self) -> bool:
-        """b9232-b9541 (#23280, until #24110): thold = n_past - 1, so even pure extensions search."""
+        """b9231-b9508 (#23280, until #24110): thold = n_past - 1, so even pure extensions search."""
         return _since("search_every_request") <= self.build < _since("has_new")
 
     @cached_property
     def has_new_rule(self) -> bool:
-        """b9542+ (#24110): thold = n_past - (0 if has_new else 1)."""
+        """b9509+ (#24110): thold = n_past - (0 if has_new else 1)."""
         return self.build >= _since("has_new")
 
     @cached_property
     def n_swa_zero(self) -> bool:
-        """b8461+ (#20726): n_swa = 0, so thold = n_past and a search runs iff pos_min >= thold
+        """b8450+ (#20726): n_swa = 0, so thold = n_past and a search runs iff pos_min >= thold
         (before: n_swa := 1, thold = n_past - 1, search iff 0 < n_past < L)."""
         return self.build >= _since("n_swa_zero")
 
     @cached_property
     def skip_past_pos_next(self) -> bool:
-        """b9602+ (#24411): the search skips checkpoints with pos_max > pos_next."""
+        """b9593+ (#24411): the search skips checkpoints with pos_max > pos_next."""
         return self.build >= _since("skip_past_pos_next")
 
     @cached_property
     def pick_pos_min_zero(self) -> bool:
-        """b8703+ (#21510): a checkpoint with pos_min == 0 (k == 1) is always acceptable."""
+        """b8693+ (#21510): a checkpoint with pos_min == 0 (k == 1) is always acceptable."""
         return self.build >= _since("pick_pos_min_zero")
 
     @cached_property
     def erase_vs_pos_next(self) -> bool:
-        """b8400+ (#20671): the invalidation pass erases against pos_next (after the restore);
+        """b8393+ (#20671): the invalidation pass erases against pos_next (after the restore);
         before, against the n_past found before it (it ran for every request in both)."""
         return self.build >= _since("erase_vs_pos_next")
 
     @cached_property
     def full_on_resend(self) -> bool:
-        """Before b9232 (#23280): n_past == T hits a failed seq_rm on recurrent memory => full
+        """Before b9231 (#23280): n_past == T hits a failed seq_rm on recurrent memory => full
         re-processing."""
         return self.build < _since("search_every_request")
 
@@ -160,29 +164,29 @@ class ServerRules:
         if b < _since("end_minus_64"):
             return "end"            # b6685: one checkpoint after the prompt, k = T
         if b < _since("end_minus_batch"):
-            return "end-64"         # b6713 #16440: k = T - 64
+            return "end-64"         # b6711 #16440: k = T - 64
         if b < _since("near_end_pair"):
-            return "end-batch"      # b7973 #19408: k = T - min(n_batch, 512)
+            return "end-batch"      # b7970 #19408: k = T - min(n_batch, 512)
         if b < _since("user_turns"):
-            return "near-end"       # b8286 #20288: k in {T-(4+ub), T-4} (+ every-N from b8232)
+            return "near-end"       # b8271 #20288: k in {T-(4+ub), T-4} (+ every-N from b8218)
         if b < _since("every_user_start"):
-            return "last-user"      # b9315 #22929: + last user message, min_step spacing
-        return "user"               # b9775 #24176: every user start
+            return "last-user"      # b9310 #22929: + last user message, min_step spacing
+        return "user"               # b9765 #24176: every user start
 
     @cached_property
     def user_turn_checkpoints(self) -> bool:
-        """b9315+ (#22929): checkpoints at user-message starts, spaced by ``--checkpoint-min-step``
+        """b9310+ (#22929): checkpoints at user-message starts, spaced by ``--checkpoint-min-step``
         (the flag exists from this build on)."""
         return self.build >= _since("user_turns")
 
     @cached_property
     def every_n(self) -> bool:
-        """b8232-b9314 (#20087, until #22929): ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
+        """b8218-b9309 (#20087, until #22929): ``--checkpoint-every-n-tokens`` mid-prompt checkpoints."""
         return _since("every_n_tokens") <= self.build < _since("user_turns")
 
     @cached_property
     def min64(self) -> bool:
-        """b6713-b9314 (#16440, until #22929): checkpoints need >= 64 tokens and > 64 tokens after
+        """b6711-b9309 (#16440, until #22929): checkpoints need >= 64 tokens and > 64 tokens after
         the previous one."""
         return _since("end_minus_64") <= self.build < _since("user_turns")
 
@@ -193,12 +197,12 @@ class ServerRules:
 
     @cached_property
     def near_end_exempt(self) -> bool:
-        """b9985+ (#25472): near-end checkpoints ignore the min_step spacing."""
+        """b9978+ (#25472): near-end checkpoints ignore the min_step spacing."""
         return self.build >= _since("spacing_eviction")
 
     @cached_property
     def spacing_eviction(self) -> bool:
-        """b9985+ (#25472): creating a checkpoint first erases older tasks' too-close ones."""
+        """b9978+ (#25472): creating a checkpoint first erases older tasks' too-close ones."""
         return self.build >= _since("spacing_eviction")
 
     @cached_property
@@ -209,7 +213,7 @@ class ServerRules:
     # --- flag defaults (spec §8) ---
     @cached_property
     def cache_alloc_makes_room(self) -> bool:
-        """b9917+ (#25070): saving to the prompt cache first pops the oldest entries until the new
+        """b9908+ (#25070): saving to the prompt cache first pops the oldest entries until the new
         one fits (and skips one bigger than the whole cache). Before, only ``update()`` trimmed,
         after the slot's load, keeping at least one entry: an entry the save would have pushed out
         could still be loaded (seen on b7964, docs/conformance.md)."""
@@ -217,18 +221,18 @@ class ServerRules:
 
     @cached_property
     def default_ctx_checkpoints(self) -> int:
-        """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6724 #16391), 32 (b8232 #20087) (spec §8)."""
+        """``--ctx-checkpoints`` default: 3 (b6685), 8 (b6723 #16391), 32 (b8218 #20087) (spec §8)."""
         return 3 if self.build < _since("cache_ram") else 8 if self.build < _since("every_n_tokens") else 32
 
     @cached_property
     def default_cache_ram_mib(self) -> float:
-        """``--cache-ram`` default: 8192 MiB from b6724 (#16391), which added the host prompt cache;
+        """``--cache-ram`` default: 8192 MiB from b6723 (#16391), which added the host prompt cache;
         0 (no cache) before."""
         return 8192.0 if self.build >= _since("cache_ram") else 0.0
 
     @cached_property
     def default_min_step(self) -> int:
-        """``--checkpoint-min-step`` default: 256 (b9315 #22929), 8192 (b9775 #24176) (spec §8)."""
+        """``--checkpoint-min-step`` default: 256 (b9310 #22929), 8192 (b9765 #24176) (spec §8)."""
         return 256 if self.build < _since("every_user_start") else 8192
 
 
@@ -272,7 +276,7 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
     restored, full, searched = -1, False, False
     pos_next = n_past
     if rules.has_new_rule or rules.searches_every_request:
-        # b9232+: search if 0 < n_past <= L and pos_min (L-1) >= thold
+        # b9231+: search if 0 < n_past <= L and pos_min (L-1) >= thold
         has_new = n_past < T
         if rules.searches_every_request:
             thold = max(0, n_past - 1)
@@ -280,7 +284,7 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
             thold = max(0, n_past - (0 if has_new else 1))
         do_search = 0 < n_past <= L and (L - 1) >= thold
     elif rules.n_swa_zero:
-        # b8461 #20726: n_swa = 0, thold = n_past; search if pos_min >= thold, i.e. n_past < L
+        # b8450 #20726: n_swa = 0, thold = n_past; search if pos_min >= thold, i.e. n_past < L
         thold = n_past
         do_search = 0 < n_past <= L and (L - 1) >= thold
     else:
@@ -304,16 +308,16 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
         else:
             full = True
             pos_next = n_past = 0
-    # Invalidation runs for every request, searched or not. b8400+: k - 1 > pos_next. Before:
+    # Invalidation runs for every request, searched or not. b8393+: k - 1 > pos_next. Before:
     # pos_min > max(0, n_past - n_swa) with n_swa := 1 and the n_past found before the restore, so
-    # a prompt with no common prefix keeps only k <= 1. Measured on b8156 and b8352 (xllamacpp
+    # a prompt with no common prefix keeps only k <= 1. Measured on b8151 and b8352 (xllamacpp
     # 0.2.12, 0.2.13): a new session on the slot erased every checkpoint (docs/conformance.md).
     if rules.erase_vs_pos_next:
         keep_upto = pos_next + 1
     else:
         keep_upto = max(n_lcp, 1)
     if n_past == T and n_past > 0:
-        # "need to evaluate at least 1 token": before b9232 the seq_rm of the last token fails on
+        # "need to evaluate at least 1 token": before b9231 the seq_rm of the last token fails on
         # recurrent memory, the memory is cleared and the prompt re-processed (spec §3, last note).
         if rules.full_on_resend:
             n_past, full = 0, True
@@ -365,7 +369,7 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
 
     ``last_k`` is the newest existing checkpoint (None if the slot has none). The loop walks
     batches, not tokens: a batch ends at ``n_batch`` tokens or at the first break point.
-    ``last_user_min_step``: from b9775 the last user message is exempt from the min step; a
+    ``last_user_min_step``: from b9765 the last user message is exempt from the min step; a
     number makes it need that many tokens after the newest checkpoint instead (a proposal in a
     comment on #25472, policy ``pr25472-half-step``).
     """
@@ -444,13 +448,13 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         # Decide whether this batch gets a checkpoint at its start (state before the batch).
         near_end = T < pos + ub
         if era == "last-user" and n_start < last_user:
-            # b9315-b9774: a near-end batch gets a checkpoint only after the last user message
+            # b9310-b9764: a near-end batch gets a checkpoint only after the last user message
             # (spec §3, #22929 row); seen in b9538's log: T=1467, -b 512, last user at 987 -> the
             # batch at T-512 = 955 is near the end but gets none, 987 and 1463 do
             near_end = False
         do = pos == T or is_user or near_end
         if every_n_on and not do and pos != T:
-            # b8232 #20087: a mid batch far enough from the last checkpoint gets one.
+            # b8218 #20087: a mid batch far enough from the last checkpoint gets one.
             do = n_start - (last_k if last_k is not None else 0) >= every_n
         if n_start == 0:
             do = False          # memory empty: pos_min < 0 (spec §2.3)
@@ -459,7 +463,7 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
                 if min64:
                     do = n_start >= 64 and (last_k is None or n_start > last_k + 64)
             elif era == "last-user":
-                do = spaced(n_start)       # last_user became exempt only in b9775
+                do = spaced(n_start)       # last_user became exempt only in b9765
             else:
                 do = (last_k is None
                       or (n_start == last_user
@@ -473,7 +477,7 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
 
 def _placement_single_end(rules: ServerRules, start: int, T: int, last_k: int | None, nb: int,
                           ub: int, era: str) -> PrefillPlan:
-    """b6685-b8285: at most one checkpoint per request, at the end of the prompt."""
+    """b6685-b8270: at most one checkpoint per request, at the end of the prompt."""
     if era == "end":
         # b6685: taken after the last batch is decoded, so it covers the whole prompt.
         counts = batch_counts(start, T, nb, ub)

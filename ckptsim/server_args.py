@@ -27,8 +27,8 @@ class ServerArgs:
 
     n_slots: int | None = None                 # -np
     ctx_checkpoints: int | None = None         # --ctx-checkpoints
-    min_step: int | None = None                # --checkpoint-min-step (b9315+)
-    every_n: int | None = None                 # --checkpoint-every-n-tokens (b8232-b9314)
+    min_step: int | None = None                # --checkpoint-min-step (b9310+)
+    every_n: int | None = None                 # --checkpoint-every-n-tokens (b8218-b9309)
     cache_ram_mib: float | None = None         # --cache-ram
     n_batch: int | None = None                 # -b
     n_ubatch: int | None = None                # -ub

@@ -138,7 +138,7 @@ class _PromptCache:
                  makes_room: bool = True):
         self.limit_mib = math.inf if limit_mib < 0 else limit_mib
         self.limit_tokens = limit_tokens
-        self.makes_room = makes_room           # b9917+ (#25070): alloc pops the oldest itself
+        self.makes_room = makes_room           # b9908+ (#25070): alloc pops the oldest itself
         self.keep = 0 if makes_room else 1     # before, update() always kept one entry
         self.entries: list[_CacheEntry] = []
         self.n_evicted = 0                # entries evicted so far (the server logs each one)

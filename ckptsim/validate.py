@@ -370,7 +370,7 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
     rows = groups([lo] + [b for b in RULE_BOUNDARIES if lo < b <= hi], hi)
     if all(r["agreed"] < r["decisions"] for r in rows):
         # no group of the wording's range replays the log: try the neighbouring groups too
-        # (xllamacpp 0.2.14 words its erasures as before b8400 but erases as #20671 does)
+        # (xllamacpp 0.2.14 words its erasures as before b8393 but erases as #20671 does)
         below = [b for b in RULE_BOUNDARIES if b <= lo][-1:]
         above = [b for b in RULE_BOUNDARIES if b > hi][:2]
         extra = (groups(below, lo - 1) if below else []) + \

@@ -139,14 +139,14 @@ def test_invalidation_runs_for_every_request_before_b8400(name, build, erased):
     assert f"version={build}" in doc["policy"] and doc["agreement"] == 1.0 and doc["decisions"] == 10
 
 
-def test_prompt_cache_before_b9917_trims_only_after_the_load():
+def test_prompt_cache_before_b9908_trims_only_after_the_load():
     """Found by the matrix on xllamacpp 0.2.11 (b7964, the lfm2 model), `slots-np4-cache-evict`
     (-np 4 --cache-ram 2), its first 8 requests (tests/data/conformance/b7964-xllamacpp-0.2.11-lfm2-
     slots-np4-cache-evict.server.log.gz; the request/response echo lines are left out). Request 6
     (session 0 + 200 tokens) gets slot 1 by LRU: line 1041 saves its 1501 tokens (0.756 MiB) next to
     1201 (0.612) and 1351 (0.687), 2.055 MiB against a 2 MiB limit, yet line 1043 loads the
     1201-token entry and restores 1136; only then does `update` trim. The model popped the oldest
-    entry while saving (#25070, b9917) and so re-processed the prompt: 18 mismatches."""
+    entry while saving (#25070, b9908) and so re-processed the prompt: 18 mismatches."""
     from ckptsim.ingest.log_trace import trace_from_log
     from ckptsim.server import ServerRules
     from ckptsim.validate import validate_log
@@ -155,7 +155,7 @@ def test_prompt_cache_before_b9917_trims_only_after_the_load():
     assert (obs["cache_n"], obs["restored"]) == (1136, 1136)
     doc = validate_log(log).to_json()
     assert "version=b7964" in doc["policy"] and doc["agreement"] == 1.0 and doc["decisions"] == 40
-    assert not ServerRules(9916).cache_alloc_makes_room and ServerRules(9917).cache_alloc_makes_room
+    assert not ServerRules(9907).cache_alloc_makes_room and ServerRules(9908).cache_alloc_makes_room
 
 
 @pytest.mark.live
@@ -269,3 +269,43 @@ def test_url_mode_checks_a_server_the_user_started(tmp_path):
     doc = json.loads(r.stdout)
     assert [w["name"] for w in doc["workloads"]] == ["truncate", "extend"]    # min-step needs its own flags
     assert doc["tasks"] == 6 + 7 and doc["decisions"] == 5 * 13 and doc["agreement"] == 1.0, doc["mismatches"]
+
+
+@pytest.mark.parametrize("build,searched_on_extension", [("b9294", True), ("b9538", False)])
+def test_pure_extension_with_the_answer_kept(build, searched_on_extension):
+    """The matrix's `extend-answer` workload on xllamacpp 2026.5.9294 and 2026.6.9538
+    (tests/data/conformance/BUILD-extend-answer.server.log.gz, request echo lines left out). Each
+    prompt repeats the one answer token the slot kept ("stop processing: n_tokens = 1501" after a
+    1500-token prompt), so n_past == L with new tokens (spec §2.2). b9294 searches anyway (line 209
+    "Checking checkpoint with [1495, 1495] against 1500", line 210 restores 1496: #23280's
+    thold = n_past - 1); b9538 does not (line 212 "cached n_tokens = 1501"): #24110, merged as
+    b9509, is in that wheel though the spec dates it by its release tag, b9542. Replayed with the
+    old boundary, b9538 mismatched on 10 of 40 decisions."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.server import ServerRules
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / f"{build}-extend-answer.server.log.gz"
+    obs = trace_from_log(log).requests[1].observed
+    assert (obs["cache_n"], obs["restored"]) == ((1496, 1496) if searched_on_extension else (1501, -1))
+    doc = validate_log(log, version=build).to_json()
+    assert doc["agreement"] == 1.0 and doc["decisions"] == 40 and doc["unknown"] == 0
+    assert ServerRules(int(build[1:])).searches_every_request == searched_on_extension
+    assert ServerRules(9508).searches_every_request and not ServerRules(9509).searches_every_request
+
+
+def test_a_failed_truncate_is_a_full_reprocess():
+    """xllamacpp 2026.5.9093 (prints build 0), `extend-answer`'s fourth prompt is exactly what the
+    slot holds (n_past == T == L, tests/data/conformance/b9093-extend-answer.server.log.gz): "need
+    to evaluate at least 1 token", "n_past was set to 2302", "n_tokens = 2302, memory_seq_rm [2302,
+    end)", then "failed to truncate tokens with position >= 2302 - clearing the memory" and the
+    whole prompt is processed again (spec §3, before #23280). The parser took the seq_rm line as
+    2302 tokens kept; the simulator (full re-processing) was right."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b9093-extend-answer.server.log.gz"
+    obs = [r.observed for r in trace_from_log(log).requests]
+    resend = next(o for o in obs if o.get("full_reprocess"))
+    assert resend["cache_n"] == 0 and resend["restored"] == -1
+    assert sum(bool(o.get("full_reprocess")) for o in obs) == 1
+    doc = validate_log(log, version="b9093").to_json()
+    assert doc["agreement"] == 1.0 and doc["decisions"] == 40

@@ -20,13 +20,13 @@ CASES = [
     ("resend-at-T", CUR, 1000, 1000, 1000, [1000], 0, -1, True, [1000]),
     # no checkpoint at or before the prefix => full re-processing, all erased
     ("no-usable", CUR, 800, 1000, 900, [900, 996], 0, -1, True, [900, 996]),
-    # a k == 1 checkpoint is always acceptable since b8703 (#21510)
+    # a k == 1 checkpoint is always acceptable since b8693 (#21510)
     ("k1", CUR, 5, 1000, 900, [1], 1, 1, False, []),
-    # n_past == 0: no search, but the invalidation pass still runs (#20671, b8400)
+    # n_past == 0: no search, but the invalidation pass still runs (#20671, b8393)
     ("nothing-shared", CUR, 0, 1000, 900, [500], 0, -1, False, [500]),
-    # b9232-b9541 (#23280) searched even on pure extensions: restores an older checkpoint
+    # b9231-b9508 (#23280) searched even on pure extensions: restores an older checkpoint
     ("b9300-extension", ServerRules(9300), 1000, 1000, 1200, [500, 996], 996, 996, False, []),
-    # before b9232 an identical resend hit the failed seq_rm => full re-processing (spec §3)
+    # before b9231 an identical resend hit the failed seq_rm => full re-processing (spec §3)
     ("b8300-resend", ServerRules(8300), 1000, 1000, 1000, [500], 0, -1, True, []),
     # b6685 picked k < n_past strictly
     ("b6700-strict", ServerRules(6700), 800, 1000, 900, [800], 0, -1, True, []),

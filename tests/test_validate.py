@@ -46,7 +46,7 @@ def test_wrong_build_is_caught_with_line_numbers(shared_dir: Path) -> None:
     first = next(d for d in mm if d.task == 0 and d.decision == "created")
     assert first.line == 64 and first.logged[:3] == [8192, 16384, 24576]
     assert v.agreement < 0.8
-    # b9232-b9541 searched even on pure extensions: 008's extensions (task 596, ...) would restore
+    # b9231-b9508 searched even on pure extensions: 008's extensions (task 596, ...) would restore
     v = validate_log(_log(shared_dir, "008"), version="b9300")
     assert any(d.task == 596 and d.decision == "restored" and d.status == "mismatch" for d in v.decisions)
 
@@ -155,22 +155,24 @@ def test_gpu_calibration_logs_replay_every_decision(name: str, ub: int) -> None:
 
 
 def test_a_dated_build_range_is_replayed_per_rule_group() -> None:
-    """xllamacpp 0.2.14 reports build 0; its wording dates it to b8265-b8399 (its erasure lines
-    have no pos_next, spec §6: before #20671, b8400). tests/data/conformance/xllamacpp-0.2.14-
-    slots-np2.server.log.gz was written by `conformance`. Replayed per rule group: b8265-b8285 (one
-    near-end checkpoint) is contradicted at line 610 -- the log creates two, T-512 and T-4 (#20288,
-    b8286) -- and b8286-b8399 agrees on all 40, including the idle slot's checkpoints erased by
-    the invalidation pass (it runs for every request before b8400 too; 0.2.13 vendors the same
-    llama.cpp commit and prints b8352). So the log is replayed as b8286, inside its wording."""
+    """xllamacpp 0.2.14 reports build 0; its wording dates it to b8260-b8392 (its erasure lines
+    have no pos_next, spec §6: before #20671, merged as b8393; restore lines with n_past: #20287,
+    b8260). tests/data/conformance/xllamacpp-0.2.14-slots-np2.server.log.gz was written by
+    `conformance`. Replayed per rule group: b8260-b8270 (one near-end checkpoint) is contradicted
+    at line 610 -- the log creates two, T-512 and T-4 (#20288, b8271) -- and b8271-b8392 agrees on
+    all 40, including the idle slot's checkpoints erased by the invalidation pass (it runs for
+    every request before b8393 too; 0.2.13 vendors the same llama.cpp commit and prints b8352).
+    So the log is replayed as b8271, inside its wording. (Builds are the merge commits' own build
+    numbers, server.RULE_CHANGES.)"""
     from ckptsim.validate import validate_log
     repo = Path(__file__).resolve().parents[1]
     v = validate_log(repo / "tests" / "data" / "conformance" / "xllamacpp-0.2.14-slots-np2.server.log.gz")
     rows = {r["builds"]: r for r in v.build_range}
-    assert set(rows) == {"b8265-b8285", "b8286-b8399"}
-    # b8265's single near-end checkpoint is contradicted at the first task (line 610 creates two)
-    assert rows["b8265-b8285"]["first_mismatch_line"] == 610
-    assert rows["b8286-b8399"]["agreed"] == rows["b8286-b8399"]["decisions"] == 40
+    assert set(rows) == {"b8260-b8270", "b8271-b8392"}
+    # b8260's single near-end checkpoint is contradicted at the first task (line 610 creates two)
+    assert rows["b8260-b8270"]["first_mismatch_line"] == 610
+    assert rows["b8271-b8392"]["agreed"] == rows["b8271-b8392"]["decisions"] == 40
     assert not any(r.get("outside_wording") for r in v.build_range)
-    assert "version=b8286" in v.policy and v.agreement == 1.0 and v.to_json()["build_range"] == v.build_range
+    assert "version=b8271" in v.policy and v.agreement == 1.0 and v.to_json()["build_range"] == v.build_range
     # a printed build is not second-guessed
     assert validate_log(repo / "docs" / "calibration" / "tiny-qwen35-h200.server-ub512.log.gz").build_range == []

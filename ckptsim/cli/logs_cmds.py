@@ -141,7 +141,7 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
                           if k in evd else "")
             for k, v in sorted(s["settings"].items())) or "none"))
         if not s["checkpoint_lines_visible"]:
-            rows.append(("note", "no checkpoint lines: since b9838 they need -lv 4"))
+            rows.append(("note", "no checkpoint lines: since b9829 they need -lv 4"))
         show_table(f"{s['log']}", [Col("what", "what", "what", text=True), Col("value", "value", "value", text=True)],
                    [{"what": w, "value": v} for w, v in rows], wide=wide, show_header=False)
     if output is not None:

@@ -26,10 +26,10 @@ SlotsOpt = typer.Option(None, "--n-slots", "-np", "--parallel", help="Server slo
 CkptOpt = typer.Option(None, "--ctx-checkpoints", "-ctxcp", "--swa-checkpoints",
                        help="Checkpoints kept per slot (default 32).")
 MinStepOpt = typer.Option(None, "--checkpoint-min-step", "-cms",
-                          help="Minimum tokens between checkpoints (b9315+), for the llama-server and "
+                          help="Minimum tokens between checkpoints (b9310+), for the llama-server and "
                                "coverage policies (default: the build's).")
 EveryNOpt = typer.Option(None, "--checkpoint-every-n-tokens", "-cpent",
-                         help="A checkpoint every N tokens (b8232-b9314 builds; -1 off).")
+                         help="A checkpoint every N tokens (b8218-b9309 builds; -1 off).")
 BatchOpt = typer.Option(None, "--batch-size", "-b", "--batch", help="Logical batch size (-b; default 2048).")
 UbatchOpt = typer.Option(None, "--ubatch-size", "-ub", "--ubatch", help="Physical batch size (-ub; default 512).")
 RamOpt = typer.Option(None, "--cache-ram", "-cram",

