@@ -159,7 +159,7 @@ class NoCheckpoints(Policy):
 
 @dataclass
 class Fifo(Policy):
-    """One checkpoint at the end of each prompt, oldest evicted (b6685-b8231; PRs #17428, #19970)."""
+    """One checkpoint at the end of each prompt, oldest evicted (b6685-b8217; PRs #17428, #19970)."""
 
     name: ClassVar[str] = "fifo"
     source: ClassVar[str] = "llama-server b6685 #16382; complaints in #17428 and #19970"
@@ -187,7 +187,7 @@ class EveryN(Policy):
     """A checkpoint at every multiple of ``n`` tokens and at the end of the prompt (#20087)."""
 
     name: ClassVar[str] = "every-n"
-    source: ClassVar[str] = "llama-server b8232 #20087 --checkpoint-every-n-tokens"
+    source: ClassVar[str] = "llama-server b8218 #20087 --checkpoint-every-n-tokens"
     n: int = 8192
     end: int = 1      # 1: also checkpoint the end of the prompt
 
@@ -229,7 +229,7 @@ class LlamaServer(Policy):
     version: str = f"b{DEFAULT_BUILD}"
     ctx_checkpoints_flag: int = -1   # -ctxcp; -1: the server config's value
     min_step: int = -1               # --checkpoint-min-step; -1: the build's default
-    every_n: int = 8192              # --checkpoint-every-n-tokens (b8232-b9314); -1 off
+    every_n: int = 8192              # --checkpoint-every-n-tokens (b8218-b9309); -1 off
     _rules: ServerRules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
