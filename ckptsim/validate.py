@@ -32,7 +32,7 @@ from .trace import Trace
 
 DECISIONS = ("cache_n", "restored", "full", "created", "erased")
 # sources of cache_n that are read off the log, not inferred from the absence of a line
-_DIRECT_CACHE_N = {"restored", "full", "seq_rm", "need_one", "prompt_n", "empty"}
+_DIRECT_CACHE_N = {"restored", "full", "seq_rm", "need_one", "prompt_n", "empty", "no_search"}
 _ERASE_KINDS = {EventKind.ERASED_INVALIDATED, EventKind.ERASED_OLD, EventKind.ERASED_SPACING,
                 EventKind.SUPERSEDED}
 
@@ -294,7 +294,7 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
         obs = req.observed or {}
         root = obs.get("seed_root", -1)
         if root in seeds:
-            obs = {**obs, "history_known": True}
+            obs = {**obs, "history_known": True, "seeded": True}
         elif root in why_not and not obs.get("history_known", False):
             obs = {**obs, "history_why": why_not[root]}
         per_run = [compare_task(req.id, obs, res[req.id], ev.get(req.id, [])) for res, ev in runs]
@@ -391,8 +391,13 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
     for k, _, ln in obs.get("events", []):
         lines.setdefault(k, ln)          # the first line of each kind
     why = ""
+    restore_why = ""
     if not obs.get("visible", False):
         why = "checkpoint lines not visible (use -lv 4)"
+        if obs.get("slot_empty"):
+            # an empty slot has nothing to restore or reset (n_past = 0, spec §2.2): that much the
+            # log settles without a checkpoint line; what the prefill created it does not show
+            why, restore_why = "", why
     elif not obs.get("history_known", False):
         why = "the slot's earlier history is not in the log"
         if obs.get("history_why"):
@@ -412,20 +417,30 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
     complete = bool(obs.get("complete"))
     # anything logged after the decision point shows the decision was taken
     decided = complete or obs.get("restored", -1) >= 0 or obs.get("full_reprocess") \
-        or bool(obs.get("created"))
+        or bool(obs.get("created")) or src in ("seq_rm", "prompt_n", "need_one")   # printed after it
     add("restored", obs.get("restored", -1), res.restored_n_tokens,
         "" if decided else "the log ends before the restore decision", lines.get("restored", line))
     add("full", bool(obs.get("full_reprocess")), bool(res.full_reprocess),
         "" if decided else "the log ends before the restore decision", lines.get("full_reprocess", line))
+    why = why or restore_why
     sim_created = [e.n_tokens for e in events if e.kind is EventKind.CREATED]
     created_why = "" if complete else "the prompt was not finished inside the log"
     if not created_why and obs.get("n_prompt_source") == "inferred":
         created_why = "prompt length only inferred"
+    # An excerpt that begins inside this task shows the checkpoints it created (and FIFO-erased)
+    # from its first line on: all of them only if that line is the prefill's first batch. (A
+    # seeded task is replayed from that batch on, so it compares what the excerpt shows.)
+    inside = not obs.get("started_in_log", True) and not obs.get("seeded") and \
+        (obs.get("first_batch") is None or obs.get("first_batch") != obs.get("cache_n"))
+    if inside and not created_why:
+        created_why = ("the excerpt starts inside this task's prefill: checkpoints created before its "
+                       "first line are not in it")
     add("created", list(obs.get("created", [])), sim_created, created_why,
         lines.get("created", line))
     sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)
     erased_line = min((ln for k, _, ln in obs.get("events", []) if k.startswith("erased")
                        or k == "superseded"), default=line)
     add("erased", sorted(obs.get("erased", [])), sim_erased,
-        "" if complete else "the prompt was not finished inside the log", erased_line)
+        "" if complete and not inside else created_why or "the prompt was not finished inside the log",
+        erased_line)
     return out

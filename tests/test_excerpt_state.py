@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ def _cuts(lines: list[str]) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("name,version", [
+    ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751"),
     ("b11549-supersede-after-fifo.server.log.gz", "b11549"),
     ("b9538-chat-user-turns.server.log.gz", "b9538"),
     ("b9713-slots-np2.server.log.gz", "b9713"),
@@ -183,3 +185,142 @@ def test_a_line_cut_mid_way_gives_the_fields_before_the_cut(tmp_path: Path) -> N
     parsed = parse_log(p)
     assert parsed.of(FactKind.CREATED)[-1].v["n_tokens"] == 1258     # from pos_max, not "12"
     assert not parsed.of(FactKind.CREATED)[-1].v["n_tokens_logged"]
+
+
+def test_the_cache_listing_counts_the_checkpoints_a_slot_kept() -> None:
+    # 008 from task 2571's slot selection (corpus lines 317-455): the slot's 46,225-token prompt
+    # is saved and kept (no "found better prompt"), and the listing's last entry is that copy,
+    # "- prompt 0x63d3af0f95b0:   46225 tokens, checkpoints: 25" (excerpt line 8, spec §5: an
+    # entry holds a copy of the slot's checkpoints). The scan names 24 of them (23 erased past
+    # n_past 8525, 8324 restored): exactly one older one lies below 8324, unnamed.
+    lt = read_tasks(_log("008x"))
+    t = lt.tasks[0]
+    assert (t.task, t.n_ckpt_held, t.n_ckpt_held_line, t.n_cache_held) == (2571, 25, 8, 46225)
+    seeds, why_not = excerpt_seeds(lt)
+    seed = seeds[2571]
+    assert (len(seed.listed), seed.n_older, seed.n_cache, seed.bound) == (24, (1, 1), 46225, 8323)
+    assert "listing (line 8)" in seed.evidence and not why_not
+    # 'created context checkpoint 3 of 32' counts the same; without it the listing alone does,
+    # and without either the count is open up to the cap
+    no_created = dataclasses.replace(t, created_index=())
+    seeds, _ = excerpt_seeds(dataclasses.replace(lt, tasks=[no_created] + lt.tasks[1:]))
+    assert seeds[2571].n_older == (1, 1)
+    neither = dataclasses.replace(no_created, n_ckpt_held=None)
+    seeds, _ = excerpt_seeds(dataclasses.replace(lt, tasks=[neither] + lt.tasks[1:]))
+    assert seeds[2571].n_older == (0, 31)
+    # a count below what the task's own lines name is a contradiction, said with its line
+    wrong = dataclasses.replace(t, n_ckpt_held=23)
+    seeds, why_not = excerpt_seeds(dataclasses.replace(lt, tasks=[wrong] + lt.tasks[1:]))
+    assert 2571 not in seeds and "listing (line 8) counts 23" in why_not[2571]
+    v = validate_log(_log("008x"))
+    assert all(d.status == "agreed" for d in v.decisions if d.task == 2571)
+
+
+def test_a_listed_entry_gives_the_count_of_a_slot_seen_only_in_the_cache(tmp_path: Path) -> None:
+    # b9713 with 2 slots, cut at task 22's selection: when task 22 starts on slot 1, idle slot 0
+    # is saved ("- prompt 0x7f0596a219b0:    1901 tokens, checkpoints:  3", listed last) and not
+    # cleared (not unified, #24190), so it still holds those 3 when task 28 takes it; task 28
+    # restores 1896 and creates nothing. The whole log shows the other two, 1088 and 1596, both
+    # below 1896, as the seed has them.
+    lines = _lines("b9713-slots-np2.server.log.gz")
+    whole = tmp_path / "whole.log"
+    whole.write_text("".join(lines))
+    (text,) = [x for _, x in _cuts(lines) if re.search(r"\| task (\d+) \| processing task", x).group(1) == "22"]
+    p = tmp_path / "cut.log"
+    p.write_text(text)
+    lt = read_tasks(p)
+    t = next(t for t in lt.tasks if t.task == 28)
+    assert (t.n_ckpt_held, t.n_cache_held) == (3, 1901) and not t.created_index
+    seeds, _ = excerpt_seeds(lt)
+    assert seeds[28].listed == (1896,) and seeds[28].n_older == (2, 2) and seeds[28].bound == 1895
+    settings = read_tasks(whole).settings
+    v = validate_log(p, version="b9713", overrides=dataclasses.asdict(config_from_log(settings)))
+    assert all(d.status == "agreed" for d in v.decisions if d.task == 28)
+
+
+def test_an_excerpt_that_starts_inside_a_prefill_does_not_take_a_later_batch_as_its_start(tmp_path: Path) -> None:
+    # b6751 (xllamacpp 0.2.3, -v): the queue's "start_loop: processing task, id = 1" is no task
+    # start, and an excerpt from there begins inside task 0's prefill at "n_past = 512,
+    # memory_seq_rm [512, end)": 512 is a later batch, not where the prefill began (0). The
+    # length comes from "progress = 0.964444" after 1736 tokens (1736 / 0.964444 = 1800.0, the
+    # "new prompt ... n_prompt_tokens = 1800" the whole log prints), and cache_n = 1800 - 1800.
+    lines = _lines("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz")
+    i = next(i for i, ln in enumerate(lines) if "start_loop: processing task, id = 1" in ln)
+    p = tmp_path / "cut.log"
+    p.write_text("".join(lines[i:]))
+    lt = read_tasks(p)
+    assert [t.task for t in lt.tasks][:2] == [0, 7]
+    t0 = lt.tasks[0]
+    assert (t0.n_prompt, t0.n_prompt_source, t0.cache_n, t0.cache_n_source, t0.first_batch) == \
+        (1800, "progress", 0, "prompt_n", 512)
+    whole = tmp_path / "whole.log"
+    whole.write_text("".join(lines))
+    cfg = dataclasses.asdict(config_from_log(read_tasks(whole).settings))
+    v = validate_log(p, version="b6751", overrides=cfg)
+    assert v.known and not [d for d in v.decisions if d.status == "mismatch"]
+
+
+def test_the_prompt_length_from_a_six_decimal_progress_line() -> None:
+    # 033 (late-cli issue 12): "prompt processing progress, n_tokens = 65200, ..., progress =
+    # 0.999939" gives 65204, the length its init_sampler line prints ("tokens: text = 65204")
+    from ckptsim.ingest.log_trace import _length_from_progress
+    assert _length_from_progress((65200, 0.999939, 6)) == 65204
+    assert _length_from_progress((64688, 0.992086, 6)) == 65204
+    # two decimals (b9161+, corpus 025: "n_tokens = 36864, progress = 0.51") leave a range
+    assert _length_from_progress((36864, 0.51, 2)) is None
+    t = read_tasks(_log("033")).tasks[0]
+    assert t.n_prompt == 65204
+
+
+def test_task_0_and_a_never_used_slot_start_empty(tmp_path: Path) -> None:
+    # 006 begins inside task 0's prefill (PR #13194, a paste): task 0 is the first task the server
+    # numbered, so its slot held nothing; nothing could be restored or reset (spec §2.2), which
+    # needs no checkpoint line. Whether the prefill created any (none is printed) the log cannot
+    # say: no line shows the model takes checkpoints at all.
+    v = validate_log(_log("006"))
+    st = {d.decision: (d.status, d.logged) for d in v.decisions}
+    assert st["cache_n"] == ("agreed", 0) and st["restored"] == ("agreed", -1) and st["full"] == ("agreed", False)
+    assert st["created"][0] == st["erased"][0] == "unknown"
+    # b9713 cut at task 7: "selected slot by LRU, t_last = -1" on slot 0 with the prompt cache
+    # looked up and nothing loaded ("cache state: 0 prompts"): the slot was never used
+    lines = _lines("b9713-slots-np2.server.log.gz")
+    i = next(i for i, ln in enumerate(lines) if "selected slot by LRU, t_last = -1" in ln and "id  0" in ln)
+    text = "".join(lines[i:])
+    p = tmp_path / "cut.log"
+    p.write_text(text)
+    t7 = next(t for t in read_tasks(p).tasks if t.task == 7)
+    assert t7.history_known and t7.seed_root == -1 and (t7.parent_task, t7.parent_n_cache) == (-1, 0)
+    # ... which a load from the cache would undo: the same selection with "found better prompt"
+    loaded = text.replace("looking for better prompt, base f_keep = -1.000, sim = 0.000",
+                          "found better prompt with f_keep = 0.500, sim = 0.500", 1)
+    p.write_text(loaded)
+    assert not next(t for t in read_tasks(p).tasks if t.task == 7).history_known
+
+
+def test_a_checkpoint_line_cut_before_its_numbers_still_shows_they_are_printed() -> None:
+    # 015 ends inside "created context checkpoint 1 of 32 (": the model takes checkpoints and the
+    # log prints them, so what is unknown about task 0's checkpoints is only that the paste ends
+    # before the prompt is done; its restore decision (slot never used, task 0) is settled
+    v = validate_log(_log("015"))
+    st = {d.decision: d for d in v.decisions}
+    assert all(st[k].status == "agreed" for k in ("cache_n", "restored", "full"))
+    assert st["created"].why == st["erased"].why == "the prompt was not finished inside the log"
+
+
+def test_a_pure_extension_is_read_from_the_absence_of_a_search(tmp_path: Path) -> None:
+    # 008x task 4701 (line 121: "selected slot by LCP similarity, sim_best = 1.000, f_keep =
+    # 1.000"): no probe, scan, restore or reset line, which this build prints (W/I, spec §6), and
+    # whole-state checkpoints (pos_min = pos_max): no search, so n_past = all 50,522 tokens task
+    # 2571 left ("stop processing: n_tokens = 50522"), and cache_n with it
+    lt = read_tasks(_log("008x"))
+    t = next(t for t in lt.tasks if t.task == 4701)
+    assert (t.cache_n, t.cache_n_source) == (50522, "no_search")
+    v = validate_log(_log("008x"))
+    assert all(d.status == "agreed" for d in v.decisions if d.task == 4701)
+    # with the selection's f_keep below 1.000 the two readings part: n_past < L would have searched
+    text = _log("008x").read_text().replace("sim_best = 1.000 (> 0.100 thold), f_keep = 1.000",
+                                            "sim_best = 1.000 (> 0.100 thold), f_keep = 0.990")
+    q = tmp_path / "f_keep.log"
+    q.write_text(text)
+    t = next(t for t in read_tasks(q).tasks if t.task == 4701)
+    assert t.cache_n_source == "inferred"

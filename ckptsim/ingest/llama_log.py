@@ -112,6 +112,7 @@ class LogStats:
     issues: list[Issue] = field(default_factory=list)
     truncated_last_line: bool = False   # the file ends without a newline inside a known line
     cut_line_used: bool = False         # ... and the fields before the cut were read
+    cut_line_kind: str = ""             # the kind of that last line (FactKind value), read or not
     settings: dict[str, Any] = field(default_factory=dict)
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
@@ -346,9 +347,11 @@ _RULES: list[_Rule] = [
         r"- cache state: (\d+) prompts, ([\d.]+) MiB \(limits: (-?[\d.]+) MiB, (\d+) tokens"),
         lambda m, s: {"n_prompts": int(m.group(1)), "size_mib": float(m.group(2)),
                       "limit_mib": float(m.group(3)), "limit_tokens": int(m.group(4))}),
+    # %p of the entry's list node: stable while the entry lives, so it names an entry across listings
     _Rule(FactKind.CACHE_ENTRY, "tokens, checkpoints:", re.compile(
-        r"- prompt (?:0x)?[0-9A-Fa-f]+: +(\d+) tokens, checkpoints: +(\d+), +([\d.]+) MiB"),
-        lambda m, s: {"n_tokens": int(m.group(1)), "n_ckpt": int(m.group(2)), "size_mib": float(m.group(3))}),
+        r"- prompt (?:0x)?([0-9A-Fa-f]+): +(\d+) tokens, checkpoints: +(\d+), +([\d.]+) MiB"),
+        lambda m, s: {"ptr": m.group(1).lower().lstrip("0"), "n_tokens": int(m.group(2)),
+                      "n_ckpt": int(m.group(3)), "size_mib": float(m.group(4))}),
     _Rule(FactKind.IDLE_SAVE, "saving idle slot to prompt cache", re.compile(r"saving idle slot"), lambda m, s: {}),
     _Rule(FactKind.PROMPT_CLEAR, "clearing prompt with", re.compile(r"clearing prompt with (\d+) tokens"),
           _ints("n_tokens")),
@@ -643,6 +646,7 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
         close()
     if pending is not None:
         stats.truncated_last_line = True
+        stats.cut_line_kind = pending.kind
         # a pasted excerpt cut mid-line still holds every field before the cut
         fact = _match_cut(*pending_at)
         if fact is not None:

@@ -98,6 +98,14 @@ class TaskObs:
     n_cache_probe: int | None = None # slot.prompt.tokens.size() from the probe line (b6766-b9309)
     seed_root: int = -1              # first task of this slot's unseen history (-1: none or unseedable)
     started_in_log: bool = True      # the task's start (selection, 'processing task', new prompt) is in the log
+    # The slot's checkpoint count and length at the restore decision as the prompt-cache listing
+    # shows them (spec §5: an entry holds a copy of the slot's checkpoints; loading one replaces
+    # the slot's tokens and checkpoints): the entry this task's slot was saved to (and kept), or
+    # the entry it loaded. None where the log lists no such entry.
+    n_ckpt_held: int | None = None
+    n_ckpt_held_line: int = -1       # the listing line that gives it
+    n_cache_held: int | None = None  # the slot's length then (that entry's tokens)
+    first_batch: int | None = None   # the first seq_rm line's position: where the excerpt's view of the prefill begins
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -119,7 +127,10 @@ class TaskObs:
                 "created": [n for n, _, _ in self.created],
                 "erased": [n for _, n, _ in self.erased],
                 "prompt_ms": self.prompt_ms, "prompt_n": self.prompt_n, "gen_n": self.gen_n,
-                "n_cache_after": self.n_cache_after, "events": ev}
+                "n_cache_after": self.n_cache_after, "started_in_log": self.started_in_log,
+                "first_batch": self.first_batch,
+                "slot_empty": self.history_known and self.parent_task == -1 and self.parent_n_cache == 0,
+                "events": ev}
 
 
 @dataclass
@@ -136,7 +147,7 @@ class _Acc:
     n_prompt_logged: int | None = None
     n_prompt_src: str = ""
     probe: tuple[int, int] | None = None              # (n_past, n_cache)
-    progress: tuple[int, float] | None = None          # (tokens, fraction) of the furthest progress line
+    progress: tuple[int, float, int] | None = None     # (tokens, fraction, its decimals) of the furthest progress line
     against: int | None = None
     restored: int = -1
     restored_n_past: int | None = None
@@ -165,6 +176,18 @@ class _Acc:
     created_index: list[int] = field(default_factory=list)
     seed_root: int = -1
     started: bool = True
+    held: tuple[int | None, int, int] | None = None   # (checkpoints, tokens, listing line) at the restore decision
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One prompt-cache entry as the builder knows it (identity matters: two can look alike)."""
+
+    task: int                        # task whose sequence it holds (-1 empty, -3 history not in the log)
+    n_tokens: int
+    n_ckpt: int | None = None        # checkpoints it holds, once a listing showed it
+    ptr: str = ""                    # the listing's %p: names the entry across listings
+    line: int = -1                   # the listing line that showed it last
 
 
 @dataclass
@@ -201,9 +224,9 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
     for f in iter_facts(path, stats, on_bytes):
         builder.add(f)
     check_is_log(stats)
-    tasks = builder.finish()
+    tasks = builder.finish(stats.cut_line_kind)
     lo, hi = _build_range(stats.formats)
-    visible = builder.n_ckpt_lines > 0 or int(stats.settings.get("verbosity", 3)) >= 4
+    visible = builder.visible(stats.cut_line_kind)
     settings = dict(stats.settings)
     evidence = {k: {"value": settings[k], "line": ln, "how": "printed at start-up"}
                 for k, ln in stats.setting_lines.items() if k in settings and not k.startswith("_")}
@@ -235,6 +258,12 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
                     evidence)
 
 
+# lines that only a slot taking checkpoints prints (FactKind values)
+_CKPT_KINDS = {FactKind.CREATED.value, FactKind.RESTORED.value, FactKind.ERASED_INVALIDATED.value,
+               FactKind.CHECKING.value, FactKind.FULL_REPROCESS.value, FactKind.PROBE.value,
+               FactKind.ERASED_SPACING.value, FactKind.SUPERSEDED.value}
+
+
 def _build_range(features: set[str]) -> tuple[int, int]:
     lo, hi = 6685, _LATEST
     for ft in features:
@@ -256,7 +285,16 @@ class _Builder:
         self.order: list[int] = []
         self.slot_state: dict[int, tuple[int, int]] = {}       # slot -> (task id, n_cache)
         self.load_match: dict[int, tuple[float, float]] = {}    # slot -> (f_keep, sim) of a load to name
-        self.entries: list[tuple[int, int]] = []                # prompt cache: (task id, n_tokens)
+        self.entries: list[_Entry] = []                         # prompt cache, oldest first (spec §5)
+        # The listing " - cache state: N prompts" + one line per entry (spec §5, `update`), printed
+        # after the round's save, load and evictions: it names what the cache holds and how many
+        # checkpoints each entry has.
+        self.listing: tuple[int, list[Fact]] | None = None     # (N, entry lines so far)
+        self.pending_save: tuple[int, _Entry] | None = None      # (slot, entry) saved this round
+        self.round_gone: list[_Entry] | None = None            # entries the round's listing no longer shows
+        self.round_evictions = 0                                # 'removing oldest entry' lines this round
+        self.slot_held: dict[int, tuple[int | None, int, int]] = {}   # slot -> (checkpoints, tokens, line)
+        self.load_pool: dict[int, list[_Entry]] = {}            # slot -> entries its pending load took one of
         self.pending: dict[int, list[Fact]] = {}                # slot -> facts before its task starts
         self.pending_srv: list[Fact] = []                       # srv lines before the next start
         self.idle_saving: int = -1                              # slot being saved as idle
@@ -267,6 +305,7 @@ class _Builder:
         self.batch_sizes: dict[int, int] = {}                   # batch.n_tokens -> how often
         self.batch_lines: dict[int, int] = {}
         self.last_task_on_slot: dict[int, int] = {}
+        self.pos_equal = self.pos_differ = 0                    # checkpoint lines with pos_min == / != pos_max
         self.synthetic_id = -2
 
     # -- helpers --
@@ -292,8 +331,10 @@ class _Builder:
             acc.state_known = self._known(st)
             acc.seed_root = self._root(st, acc.task)
         else:
-            # every slot starts empty: known when the log shows the server starting up
-            acc.state_known = "n_slots" in self.settings or "n_ctx_slot" in self.settings
+            # Every slot starts empty: known when the log shows the server starting up, or when
+            # this is task 0, the first task the server numbered (server_queue::get_new_id
+            # counts from 0 as requests arrive): no task ran before it on any slot.
+            acc.state_known = "n_slots" in self.settings or "n_ctx_slot" in self.settings or task == 0
             acc.parent_task, acc.parent_n_cache = -1, 0
             if not acc.state_known:
                 acc.seed_root = task   # the slot's history before this task is not in the log
@@ -304,12 +345,18 @@ class _Builder:
 
     def add(self, f: Fact) -> None:
         k = f.kind
-        if k in (FactKind.CREATED, FactKind.RESTORED, FactKind.ERASED_INVALIDATED, FactKind.CHECKING,
-                 FactKind.FULL_REPROCESS, FactKind.PROBE, FactKind.ERASED_SPACING, FactKind.SUPERSEDED):
+        if k.value in _CKPT_KINDS:
             self.n_ckpt_lines += 1
+        if k in (FactKind.CREATED, FactKind.RESTORED, FactKind.ERASED_INVALIDATED, FactKind.ERASED_OLD,
+                 FactKind.CHECKING) and "pos_min" in f.v:
+            if f.v["pos_min"] == f.v.get("pos_max", f.v["pos_min"]):
+                self.pos_equal += 1
+            else:
+                self.pos_differ += 1
         if k is FactKind.SLOT_SELECTED or k is FactKind.CHECK_SIM:
             if k is FactKind.SLOT_SELECTED:
                 self.sel_slot = f.slot
+                self.idle_saving = -1     # this round's save is the selected slot's (spec §2.1)
             self.pending.setdefault(f.slot, []).append(f)
             return
         if k in (FactKind.CACHE_UPDATE, FactKind.CACHE_SAVE, FactKind.CACHE_LOOK, FactKind.CACHE_LOAD,
@@ -322,13 +369,18 @@ class _Builder:
             return
         if k is FactKind.IDLE_SAVE:
             self.idle_saving = f.slot
+            self._new_round()
             return
         if k is FactKind.PROMPT_CLEAR:
             self.slot_state[f.slot] = (-1, 0)
+            self.slot_held.pop(f.slot, None)
             self.idle_saving = -1
             return
         if k is FactKind.TASK_START:
-            self._on_start(f)
+            # the queue's own "start_loop: processing task, id = N" (old builds, -v) names no slot:
+            # an internal step of a running task, not a task starting
+            if f.task >= 0:
+                self._on_start(f)
             return
         if k is FactKind.EVERY_N:
             # "%d tokens since last checkpoint": the value printed is the --checkpoint-every-n flag
@@ -388,7 +440,8 @@ class _Builder:
             self.batch_lines.setdefault(nb, f.line)
         if k is FactKind.PROGRESS and v.get("progress"):
             if acc.progress is None or v["progress"] >= acc.progress[1]:
-                acc.progress = (v.get("n_cache", v.get("n_done", 0)), v["progress"])
+                # b9160 and older print the fraction with %f (6 decimals), later builds with %.2f
+                acc.progress = (v.get("n_cache", v.get("n_done", 0)), v["progress"], 6 if "n_cache" in v else 2)
         elif k is FactKind.NEED_ONE:
             acc.need_one = (v["n_past"], v["n_prompt"])
         elif k is FactKind.N_PAST_SET:
@@ -408,7 +461,9 @@ class _Builder:
 
     def _cache_fact(self, f: Fact) -> None:
         k, v = f.kind, f.v
-        if k is FactKind.CACHE_SAVE:
+        if k is FactKind.CACHE_UPDATE:
+            self._new_round()
+        elif k is FactKind.CACHE_SAVE:
             self.state_sizes.append((v["n_tokens"], v["size_mib"]))
             src = self.idle_saving if self.idle_saving >= 0 else self.sel_slot
             st = self.slot_state.get(src)
@@ -416,39 +471,138 @@ class _Builder:
                 # a slot the log never showed: empty only if the log shows the server starting
                 started = "n_slots" in self.settings or "n_ctx_slot" in self.settings
                 st = (-1, 0) if started else (-3, v["n_tokens"])
-            self.entries.append((st[0], v["n_tokens"]))
+            e = _Entry(st[0], v["n_tokens"])
+            self.entries.append(e)
+            self.pending_save = (src, e)
+        elif k is FactKind.CACHE_SKIP:
+            # "already in the cache" / "exceeds the cache size limit": the save added nothing
+            if self.pending_save is not None and self.entries and self.entries[-1] is self.pending_save[1]:
+                self.entries.pop()
+            self.pending_save = None
         elif k is FactKind.CACHE_LOAD:
             # Which entry? The candidate listing (newer builds) says; else match the probe later.
             slot = self.sel_slot
             self.slot_state[slot] = (-2, -1)      # unknown until resolved
+            self.slot_held.pop(slot, None)
         elif k is FactKind.CACHE_CANDIDATE:
             self.pending_srv.append(f)
         elif k is FactKind.CACHE_EVICT and v.get("why") == "obsolete":
             n = v["n_tokens"]
-            self.entries = [e for e in self.entries if e[1] != n]
+            self.entries = [e for e in self.entries if e.n_tokens != n]
+        elif k is FactKind.CACHE_EVICT:
+            self.round_evictions += 1
+        elif k is FactKind.CACHE_STATE:
+            self.listing = (int(v["n_prompts"]), [])
+            if v["n_prompts"] == 0:
+                self._apply_listing([])
+        elif k is FactKind.CACHE_ENTRY and self.listing is not None:
+            # an entry line without its 'cache state' line (an excerpt that starts mid-listing)
+            # may not be the whole cache: only a complete listing is used
+            self.listing[1].append(f)
+            if len(self.listing[1]) == self.listing[0]:
+                self._apply_listing(self.listing[1])
         self.pending_srv.append(f)
+
+    def _new_round(self) -> None:
+        self.listing, self.pending_save, self.round_gone, self.round_evictions = None, None, None, 0
+
+    def _apply_listing(self, lines: list[Fact]) -> None:
+        """Take a complete listing as what the cache holds, oldest first (spec §5 `update`).
+
+        The builder knows the entries saved inside the log, which are the newest; an entry it does
+        not know was saved before the log began, so it is older than all of them. Pairing from the
+        newest end, an entry of the builder that the listing skips has left the cache (loaded or
+        evicted). Where two entries of the same length could be swapped, neither history is taken
+        as known."""
+        self.listing = None
+        old, new = self.entries, [(f.v["n_tokens"], f.v["n_ckpt"], f.v.get("ptr", ""), f.line) for f in lines]
+        pair: dict[int, _Entry] = {}
+        gone: list[_Entry] = []
+        i, j = len(new) - 1, len(old) - 1
+        while i >= 0 and j >= 0:
+            o, (n, _, ptr, _) = old[j], new[i]
+            if o.n_tokens == n and (not o.ptr or not ptr or o.ptr == ptr):
+                pair[i] = o
+                i -= 1
+            else:
+                gone.append(o)
+            j -= 1
+        gone += old[:j + 1]
+        out: list[_Entry] = []
+        for i, (n, c, ptr, ln) in enumerate(new):
+            o = pair.get(i)
+            if o is None:
+                o = _Entry(-3, n)                # saved before the log: its history is not in it
+            elif not o.ptr and any(g.n_tokens == n for g in gone):
+                o.task = -3                      # it or a gone one of the same length: not known which
+                for g in gone:
+                    if g.n_tokens == n:
+                        g.task = -3
+            o.n_ckpt, o.ptr, o.line = c, ptr, ln
+            out.append(o)
+        self.entries = out
+        self.round_gone = gone
+        if self.pending_save is not None:
+            src, e = self.pending_save
+            # the save appends its entry (newest, listed last); the slot keeps that state unless
+            # a load replaced it this round (then its state is the loaded entry's)
+            if out and out[-1] is e and self.slot_state.get(src, (0, 0))[0] != -2:
+                self.slot_held[src] = (int(e.n_ckpt), e.n_tokens, e.line)
+            self.pending_save = None
 
     def _on_start(self, f: Fact) -> None:
         slot = f.slot
         pend = self.pending.pop(slot, [])
+        fresh = any(p.kind is FactKind.SLOT_SELECTED and p.v.get("t_last") == -1 for p in pend)
+        no_load = f.task == 0 or self.settings.get("cache_ram_mib") == 0 or \
+            any(p.kind is FactKind.CACHE_LOOK for p in self.pending_srv)
+        if slot not in self.slot_state and fresh and no_load:
+            # "selected slot by LRU, t_last = -1": the slot was never used since the server
+            # started (t_last_used starts at -1, spec §2.1), so it is empty -- unless the prompt
+            # cache filled it, which this selection's cache lines (or task 0's empty cache, or a
+            # disabled one) rule out (a load replaces the state (-2) before this point)
+            self.slot_state[slot] = (-1, 0)
         # a CACHE_LOAD earlier marked the slot unknown: resolve with the best-listed candidate
         if self.slot_state.get(slot, (0, 0))[0] == -2:
             cands = [p for p in self.pending_srv if p.kind is FactKind.CACHE_CANDIDATE]
-            resolved = False
+            # the loaded entry left the cache before the round's listing (spec §5): when one was
+            # printed, it is one of the entries the listing no longer shows
+            pool = self.round_gone if self.round_gone is not None else self.entries
+            taken: _Entry | None = None
+            loads = [p for p in self.pending_srv if p.kind is FactKind.CACHE_LOAD]
             if cands:
-                best = max(cands, key=lambda p: (p.v["f_keep"], p.v["sim"]))
-                for i in range(len(self.entries) - 1, -1, -1):
-                    if self.entries[i][1] == best.v["n_tokens"]:
-                        self.slot_state[slot] = self.entries.pop(i)
-                        resolved = True
-                        break
-            if not resolved:
+                # the load line prints the chosen entry's f_keep and f_sim as its candidate line did
+                want = loads[-1].v if loads else None
+                chosen = [p for p in cands if want is not None and p.v["f_keep"] == want["f_keep"]
+                          and p.v["sim"] == want["sim"]] or \
+                    [max(cands, key=lambda p: (p.v["f_keep"], p.v["sim"]))]
+                lengths = {p.v["n_tokens"] for p in chosen}
+                if len(lengths) == 1:
+                    n = lengths.pop()
+                    same = [i for i, e in enumerate(pool) if e.n_tokens == n]
+                    if len(same) == 1:
+                        taken = pool.pop(same[0])
+                    else:
+                        # saved before the log (its length is all that is known), or one of
+                        # several entries of that length: which one's history is not known
+                        counts = {pool[i].n_ckpt for i in same}
+                        for i in reversed(same):
+                            pool[i].task = -3
+                        taken = _Entry(-3, n, counts.pop() if len(counts) == 1 else None,
+                                       line=max((pool[i].line for i in same), default=-1))
+                        if same:
+                            pool.pop(same[-1])
+            elif self.round_gone is not None and len(pool) == 1 and not self.round_evictions:
+                taken = pool.pop()               # nothing evicted: the one entry gone was loaded
+            if taken is not None:
+                self._load(slot, taken)
+            else:
                 self.slot_state[slot] = (-3, 0)    # holds an entry we cannot name
-                loads = [p for p in self.pending_srv if p.kind is FactKind.CACHE_LOAD]
                 if not cands and loads:
                     # builds that list no candidates (b9873 and older): name the entry from the
                     # load line's f_keep and sim once the task's length is known (NEW_PROMPT)
                     self.load_match[slot] = (loads[-1].v["f_keep"], loads[-1].v["sim"])
+                    self.load_pool[slot] = pool
 
         acc = self.tasks.get(f.task) or self._start(f.task, slot, f.line, f.t_s, started=True)
         sel = [p for p in pend if p.kind is FactKind.SLOT_SELECTED]
@@ -474,20 +628,30 @@ class _Builder:
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
             acc.seed_root = self._root(st, acc.task)
+        # what the slot holds now as the cache listing showed it; its own task changes it from here
+        acc.held = self.slot_held.pop(slot, None)
+
+    def _load(self, slot: int, e: _Entry) -> None:
+        """The slot took entry ``e``: its tokens and checkpoints are the entry's (spec §5 `load`)."""
+        self.slot_state[slot] = (e.task, e.n_tokens)
+        self.slot_held[slot] = (e.n_ckpt, e.n_tokens, e.line)
 
     def _resolve_load(self, acc: _Acc, f_keep: float, sim: float) -> None:
         """The prompt-cache entry a load took, from f_keep = lcp/len(entry) and sim = lcp/T as
         printed (3 decimals): the one entry whose length admits a common lcp, else still unknown."""
         T = acc.n_prompt_logged
         lo_l, hi_l = (sim - 5e-4) * T, (sim + 5e-4) * T
+        pool = self.load_pool.pop(acc.slot, self.entries)
         fits = []
-        for i, (_, n) in enumerate(self.entries):
+        for i, e in enumerate(pool):
+            n = e.n_tokens
             lo, hi = max(lo_l, (f_keep - 5e-4) * n), min(hi_l, (f_keep + 5e-4) * n, n, T)
             if math.ceil(lo) <= math.floor(hi):
                 fits.append(i)
         if len(fits) == 1:
-            st = self.entries.pop(fits[0])
-            self.slot_state[acc.slot] = st
+            self._load(acc.slot, pool.pop(fits[0]))
+            acc.held = self.slot_held.pop(acc.slot, None)
+            st = self.slot_state[acc.slot]
             acc.parent_task, acc.parent_n_cache = max(st[0], -1), st[1]
             acc.state_known = self._known(st)
             acc.seed_root = self._root(st, acc.task)
@@ -512,14 +676,37 @@ class _Builder:
         parent = self.tasks.get(st[0])
         return parent.seed_root if parent is not None else -1
 
-    def finish(self) -> list[TaskObs]:
-        out = []
-        for tid in self.order:
-            out.append(_finalize(self.tasks[tid]))
-        return out
+    def visible(self, cut_kind: str = "") -> bool:
+        """Whether the log shows checkpoint lines at all (a line cut before its numbers counts)."""
+        return self.n_ckpt_lines > 0 or cut_kind in _CKPT_KINDS or int(self.settings.get("verbosity", 3)) >= 4
+
+    def finish(self, cut_kind: str = "") -> list[TaskObs]:
+        # A search always ends in a restore or a reset line (spec §2.2, §6). Where those lines are
+        # shown and the checkpoints are whole recurrent states (pos_min = pos_max: a hybrid or
+        # recurrent model, spec §0, where a slot holding more than n_past > 0 tokens always
+        # searches), a task without them kept n_past = 0 or all L tokens of its slot.
+        no_search_shows = self.visible(cut_kind) and self.pos_equal > 0 and not self.pos_differ
+        return [_finalize(self.tasks[tid], no_search_shows) for tid in self.order]
 
 
-def _finalize(a: _Acc) -> TaskObs:
+def _length_from_progress(pr: tuple[int, float, int] | None) -> int | None:
+    """The prompt length from "progress = p" when the printed digits leave one integer.
+
+    Up to b9160 the line prints the cache length n after the batch and p = n / T with %f (spec
+    §6; corpus 033: 64688 / 0.992086 = 65204.0, the length its init_sampler line prints): T lies
+    in [n / (p + 5e-7), n / (p - 5e-7)], a single integer for prompts up to about a million
+    tokens. The 2 decimals of later builds leave a range (an estimate, not used here)."""
+    if pr is None or pr[2] < 6 or pr[1] <= 0:
+        return None
+    n, p, dec = pr
+    half = 0.5 * 10.0 ** -dec
+    lo = n / (p + half)
+    hi = n / (p - half) if p > half else math.inf
+    a, b = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    return a if a == b and a >= n else None
+
+
+def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
     searched = a.probe is not None or a.against is not None or a.restored >= 0 or \
         (a.full_line >= 0 and not a.truncate_failed)
     # --- the common prefix before the restore decision ---
@@ -546,12 +733,20 @@ def _finalize(a: _Acc) -> TaskObs:
         cache_n = a.restored_n_past if a.restored_n_past is not None else a.restored
         cn_src = "restored"
     elif a.seq_rm is not None and cache_n is None:
-        cache_n, cn_src = a.seq_rm, "seq_rm"
+        # The first seq_rm line of a task is at cache_n, later ones at each batch start (spec §6).
+        # An excerpt that begins inside the prefill shows a later one first: it counts only if
+        # the prompt length less the tokens processed ('prompt eval time') lands on it.
+        t0 = a.n_prompt_logged if a.n_prompt_logged is not None else (a.check_sim[1] if a.check_sim else None)
+        t0 = t0 if t0 is not None else _length_from_progress(a.progress)
+        if a.started or (t0 is not None and a.prompt_n is not None and t0 - a.prompt_n == a.seq_rm):
+            cache_n, cn_src = a.seq_rm, "seq_rm"
     # --- the prompt length ---
     T: int | None = a.n_prompt_logged
     t_src = a.n_prompt_src if T is not None else ""
     if T is None and a.check_sim is not None:
         T, t_src = a.check_sim[1], "check_sim"
+    if T is None and _length_from_progress(a.progress) is not None:
+        T, t_src = _length_from_progress(a.progress), "progress"
     if T is not None and cache_n is None and a.prompt_n is not None:
         cache_n, cn_src = T - a.prompt_n, "prompt_n"
     if cache_n is None and not searched:
@@ -562,7 +757,10 @@ def _finalize(a: _Acc) -> TaskObs:
             # No search was printed: either a pure extension (n_past = L) or nothing shared.
             # A choice by LCP similarity means something was shared (spec §2.1, §2.2).
             if a.selected == "lcp" or (a.sel_f_keep or 0) > 0:
-                cache_n, cn_src = a.parent_n_cache, "inferred"
+                # n_past > 0, and no search means n_past = L where the log would show a search
+                # (finish()); the selection's "f_keep = 1.000" (lcp / L) must say the same
+                sure = no_search_shows and a.sel_f_keep is not None and a.sel_f_keep >= 0.9995
+                cache_n, cn_src = a.parent_n_cache, "no_search" if sure else "inferred"
             elif a.selected == "lru":
                 cache_n, cn_src = 0, "inferred"
     if cache_n is not None and n_lcp is None and not searched and a.need_one is None:
@@ -590,7 +788,9 @@ def _finalize(a: _Acc) -> TaskObs:
         user_starts=tuple(sorted(a.user)), parent_task=a.parent_task, parent_n_cache=a.parent_n_cache,
         history_known=a.state_known, checked=tuple(a.checked), created_index=tuple(a.created_index),
         n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
-        started_in_log=a.started)
+        started_in_log=a.started, n_ckpt_held=a.held[0] if a.held else None,
+        n_ckpt_held_line=a.held[2] if a.held else -1, n_cache_held=a.held[1] if a.held else None,
+        first_batch=a.seq_rm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -775,9 +975,11 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
         before = not t.started_in_log
         blind = before and t.restored < 0 and not t.full_reprocess
         if blind:
-            # only cache_n is shown (seq_rm / prompt eval): stand the history in as a pure extension
-            # of cache_n, which places and evicts from the same start as whatever happened
-            n_past = int(t.cache_n)
+            # only the prefill is shown (seq_rm / prompt eval): stand the history in as a pure
+            # extension up to the first batch the excerpt shows, which places and evicts from the
+            # same start as whatever happened (an excerpt that begins inside the prefill does not
+            # show the checkpoints created before that batch)
+            n_past = int(t.first_batch if t.first_batch is not None else t.cache_n)
         elif before:
             n_past = t.restored if t.restored >= 0 else 0
         else:
@@ -798,6 +1000,8 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
         listed = set(named)
         if t.n_cache_probe is not None:
             L = t.n_cache_probe
+        elif t.n_cache_held is not None and not blind:
+            L = t.n_cache_held               # the prompt-cache entry the slot was saved to or loaded
         elif searched:
             # a search runs only when the cache holds more than the common prefix, or the prompt is
             # fully cached (spec §2.2): the least length that fits
@@ -830,6 +1034,18 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
                                     f"(line {first_create}) counts them")
         else:
             n_older, how = (0, max(0, cap - len(kept))), "not in the log"
+        if t.n_ckpt_held is not None and not blind:
+            # The prompt-cache listing counts the checkpoints the slot held at this restore
+            # decision (spec §5: a saved entry copies them, a loaded one brings its own): every
+            # named one is among them, the rest are older and unnamed.
+            n = t.n_ckpt_held - sum(named.values())
+            if not n_older[0] <= n <= n_older[1]:
+                why_not[t.task] = (f"the prompt-cache listing (line {t.n_ckpt_held_line}) counts "
+                                   f"{t.n_ckpt_held} checkpoints, which the task's own lines contradict "
+                                   f"({sum(named.values())} named; {how}: {n_older[0]}-{n_older[1]} more)")
+                continue
+            n_older, how = (n, n), (f"the prompt-cache listing (line {t.n_ckpt_held_line}) counts "
+                                    f"{t.n_ckpt_held} checkpoints in the slot")
         # FIFO erases the oldest first, so unnamed older checkpoints lie above the ones it named
         fifo = [n for k, n, _ in t.erased if k == EventKind.ERASED_OLD.value and n in evicted_pre]
         above = max(fifo, default=0)
@@ -856,7 +1072,7 @@ def _seed_blocker(t: TaskObs, visible: bool) -> str:
     if not visible:
         return "checkpoint lines not visible (use -lv 4)"
     if not t.started_in_log and t.restored < 0 and not t.full_reprocess \
-            and t.cache_n_source not in ("seq_rm", "prompt_n"):
+            and t.cache_n_source not in ("seq_rm", "prompt_n") and t.first_batch is None:
         return "the excerpt starts inside the task, after its restore decision"
     if t.n_prompt is None:
         return "the prompt length is not in the log"
