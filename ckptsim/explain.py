@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .validate import Validation, validate_log
+from .validate import Validation, restore_decided, validate_log
 
 # "a checkpoint every N tokens would have kept ...": the spacing the suggestion is made with when
 # the log shows no min step (the server's default before b9765, spec §8)
@@ -41,6 +41,7 @@ class TaskStory:
     held_unnamed: str = ""           # first task of an excerpt: how many older ones its lines leave unnamed
     simulator: dict[str, str] = field(default_factory=dict)   # decision -> agreed | mismatch | unknown
     why_unknown: str = ""
+    decided: bool = True             # the restore decision is in the log (it does not end before it)
     text: str = ""
 
     def to_json(self) -> dict:
@@ -78,16 +79,25 @@ def _secs(ms: float | None) -> str:
     return f" ({ms / 1000:.1f} s)" if ms >= 1000 else f" ({ms:.0f} ms)"
 
 
+def _name(task: int, slot: int | None, line: int) -> str:
+    """'task 921 (line 40, slot 3)'; a task the log shows without an id (a hand-edited paste, a
+    selection cut before its task started) is 'task ?'."""
+    where = f"line {line}" + ("" if slot is None or slot < 0 else f", slot {slot}")
+    return f"task {task if task >= 0 else '?'} ({where})"
+
+
 def _story(t: TaskStory, step: int) -> str:
-    head = f"task {t.task} (line {t.line}{'' if t.slot is None else f', slot {t.slot}'}): " \
-           f"prompt {'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens"
+    head = f"{_name(t.task, t.slot, t.line)}: prompt {'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens"
     held = (f"; the slot held checkpoints at {', '.join(_n(k) for k in t.held_before)}"
             if t.held_before else "")
     if t.held_unnamed:
         held += f" ({t.held_unnamed})" if held else f"; the slot held {t.held_unnamed}"
     rep = t.prompt_n if t.prompt_n is not None else (t.n_prompt - t.cache_n if t.cache_n is not None else None)
     rep_s = f"{_n(rep)} tokens re-processed{_secs(t.prompt_ms)}" if rep is not None else "re-processed"
-    if t.n_past is None and t.restored < 0 and not t.full:
+    if not t.decided:
+        past = f"; n_past {_n(t.n_past)} (its common prefix with what the slot held)" if t.n_past is not None else ""
+        body = f"{past}. The log ends before the server decided what to restore"
+    elif t.n_past is None and t.restored < 0 and not t.full:
         body = f". What the slot held before is not in the log; {rep_s}"
     elif t.full:
         past = f"n_past {_n(t.n_past)}" if t.n_past is not None else "the common prefix"
@@ -152,6 +162,7 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
         lost = (n_past - cache_n) if (n_past is not None and cache_n is not None and n_past > cache_n) else 0
         p = per.get(r.id, {})
         why = "; ".join(sorted(set(p.get("why_unknown", {}).values())))
+        decided = restore_decided(o)
         st = TaskStory(task=o.get("task", r.id), line=o.get("line", 0), slot=slot, n_prompt=r.n_prompt,
                        n_past=n_past, cache_n=cache_n, restored=int(o.get("restored", -1)),
                        full=bool(o.get("full_reprocess")), created=list(o.get("created", [])),
@@ -159,7 +170,7 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
                        prompt_ms=o.get("prompt_ms"),
                        prompt_n=o.get("prompt_n"), lost=lost,
                        length_inferred=o.get("n_prompt_source") == "inferred",
-                       simulator=dict(p.get("status", {})), why_unknown=why)
+                       simulator=dict(p.get("status", {})), why_unknown=why, decided=decided)
         st.text = _story(st, step)
         stories.append(st)
         now = [k for k in before if k not in st.erased] + st.created
@@ -169,7 +180,7 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
     left = []
     for lo in lt.left_out:
         t = by_task.get(lo["task"])
-        bits = [f"task {lo['task']} (line {lo['line']}{'' if t is None else f', slot {t.slot}'}): the prompt "
+        bits = [f"{_name(lo['task'], None if t is None else t.slot, lo['line'])}: the prompt "
                 f"length is not in this excerpt"]
         if t is not None:
             if t.full_reprocess:
@@ -191,7 +202,9 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
 def _verdict(ex: Explanation, step: int) -> None:
     ts = ex.tasks
     prompt = sum(t.n_prompt for t in ts)
-    rep = sum((t.prompt_n if t.prompt_n is not None else t.n_prompt - (t.cache_n or 0)) for t in ts)
+    # re-processed tokens: only where the log shows them (timings, or the restore decision's cache_n)
+    rep = sum((t.prompt_n if t.prompt_n is not None else t.n_prompt - t.cache_n) for t in ts
+              if t.decided and (t.prompt_n is not None or t.cache_n is not None))
     lost = sum(t.lost or 0 for t in ts)
     full = sum(1 for t in ts if t.full)
     ms = [(t.prompt_ms, t.prompt_n) for t in ts if t.prompt_ms and t.prompt_n]
@@ -206,7 +219,7 @@ def _verdict(ex: Explanation, step: int) -> None:
                       "(from the task's 'new prompt' line) settles more." if ex.left_out else
                       "No llama-server task is in this log, so there is nothing to explain.")
         return
-    blind = sum(1 for t in ts if t.n_past is None)
+    blind = sum(1 for t in ts if t.n_past is None or not t.decided)
     parts = [f"{len(ts)} task{'s' if len(ts) != 1 else ''}, {_n(prompt)} prompt tokens"
              + (f", {_n(rep)} re-processed" if blind < len(ts) else "")]
     if blind == len(ts):

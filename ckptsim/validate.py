@@ -121,10 +121,13 @@ class Validation:
     def per_task(self) -> list[dict]:
         """Each task's five decisions as the log has them, as the simulator has them, their status
         and, for an unknown one, why (``validate --json``'s ``per_task``)."""
-        out: dict[int, dict] = {}
+        out: dict[tuple[int, int], dict] = {}
         for d in self.decisions:
-            t = out.setdefault(d.request, {"task": d.task, "request": d.request, "line": d.line,
-                                           "slot": self.slots.get(d.request), "logged": {},
+            # a task left out of the trace (no prompt length) has request -1: keyed by its task too
+            t = out.setdefault((d.request, d.task), {"task": d.task, "request": d.request, "line": d.line,
+                                           "slot": self.slots.get(d.request) if d.request >= 0 else
+                                           next((x.get("slot") for x in self.left_out if x["task"] == d.task), None),
+                                           "logged": {},
                                            "simulated": {}, "status": {}, "why_unknown": {}})
             t["line"] = min(t["line"], d.line)
             t["logged"][d.decision] = d.logged
@@ -132,7 +135,7 @@ class Validation:
             t["status"][d.decision] = d.status
             if d.status == "unknown":
                 t["why_unknown"][d.decision] = d.why
-        return [out[k] for k in sorted(out)]
+        return sorted(out.values(), key=lambda t: (t["line"], t["request"]))
 
 
 def _d_json(d: Decision) -> dict:
@@ -237,6 +240,7 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                 timings.append({"task": obs.get("task"), "line": obs.get("line"), "prompt_n": obs["prompt_n"],
                                 "logged_ms": logged, "predicted_ms": round(pred, 2),
                                 "error_pct": round(100.0 * (pred - logged) / logged, 1) if logged > 0 else None})
+    decisions += _left_out_decisions(lt)
     fork = {}
     if lt.log.stats.fork:
         # not mainline: its rules are not modelled, so no decision is settled by a mainline replay
@@ -250,6 +254,27 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                       decisions=decisions, timings=timings, left_out=lt.left_out,
                       slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check,
                       settings_evidence=lt.log.evidence, fork=fork)
+
+
+def _left_out_decisions(lt: LogTrace) -> list[Decision]:
+    """A task without a prompt length is no request of the trace, but it is a task of the log:
+    its five decisions are listed as what the log shows, each unknown (request -1)."""
+    by_task = {t.task: t for t in lt.log.tasks}
+    out: list[Decision] = []
+    for lo in lt.left_out:
+        t = by_task.get(lo["task"])
+        if t is None:
+            continue
+        why = "the prompt length is not in the log (it starts or ends too close to the task to show it)"
+        first = {k: ln for k, _, ln in reversed(t.erased)}
+        logged = {"cache_n": (t.cache_n, t.line), "restored": (t.restored, t.restored_line),
+                  "full": (t.full_reprocess, t.full_line),
+                  "created": ([n for n, _, _ in t.created], min((ln for _, _, ln in t.created), default=-1)),
+                  "erased": (sorted(n for _, n, _ in t.erased), min(first.values(), default=-1))}
+        for name in DECISIONS:
+            val, ln = logged[name]
+            out.append(Decision(t.task, -1, name, "unknown", val, None, ln if ln >= 0 else t.line, why))
+    return out
 
 
 def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
@@ -378,10 +403,29 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
         for r in extra:
             r["outside_wording"] = True
         rows = sorted(rows + extra, key=lambda r: int(r["as"][1:]))
-    # ties keep the earliest group: without evidence the dating stays what the wording says
+    # ties keep the group of the build the wording dates the log to (LogTasks.build: the newest of
+    # an open range, the start of a closed one), so parse, validate and explain name the same
+    # build when the log settles nothing between them; else the earliest
+    dated = lt.log.build
     best = max(rows, key=lambda r: (r["agreed"] - (r["decisions"] - r["agreed"]), not r.get("outside_wording"),
-                                    -int(r["as"][1:])))
+                                    _in_group(r, dated), -int(r["as"][1:])))
+    if _in_group(best, dated) and best["as"] != f"b{dated}":
+        # same rules inside a group: name the build as parse dates it (the replay is the same)
+        replays[policy_for_log(lt, f"b{dated}", min_step)] = replays[policy_for_log(lt, best["as"], min_step)]
+        return f"b{dated}", rows
     return best["as"], rows
+
+
+def restore_decided(obs: dict) -> bool:
+    """Whether the log shows the task past its restore decision: anything logged after that point
+    (a restore or reset line, a create, cache_n as seq_rm / timings print it, the finished prompt)."""
+    return bool(obs.get("complete")) or obs.get("restored", -1) >= 0 or bool(obs.get("full_reprocess")) \
+        or bool(obs.get("created")) or obs.get("cache_n_source", "") in ("seq_rm", "prompt_n", "need_one")
+
+
+def _in_group(row: dict, build: int) -> bool:
+    lo, _, hi = row["builds"].partition("-")
+    return int(lo[1:]) <= build <= int((hi or lo)[1:])
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
@@ -391,13 +435,13 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
     for k, _, ln in obs.get("events", []):
         lines.setdefault(k, ln)          # the first line of each kind
     why = ""
-    restore_why = ""
+    unseen_why = ""
     if not obs.get("visible", False):
         why = "checkpoint lines not visible (use -lv 4)"
         if obs.get("slot_empty"):
             # an empty slot has nothing to restore or reset (n_past = 0, spec §2.2): that much the
             # log settles without a checkpoint line; what the prefill created it does not show
-            why, restore_why = "", why
+            why, unseen_why = "", why
     elif not obs.get("history_known", False):
         why = "the slot's earlier history is not in the log"
         if obs.get("history_why"):
@@ -415,14 +459,18 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
     add("cache_n", obs.get("cache_n"), res.n_cached,
         "" if src in _DIRECT_CACHE_N else "cache_n not printed (inferred only)", line)
     complete = bool(obs.get("complete"))
-    # anything logged after the decision point shows the decision was taken
-    decided = complete or obs.get("restored", -1) >= 0 or obs.get("full_reprocess") \
-        or bool(obs.get("created")) or src in ("seq_rm", "prompt_n", "need_one")   # printed after it
-    add("restored", obs.get("restored", -1), res.restored_n_tokens,
-        "" if decided else "the log ends before the restore decision", lines.get("restored", line))
-    add("full", bool(obs.get("full_reprocess")), bool(res.full_reprocess),
-        "" if decided else "the log ends before the restore decision", lines.get("full_reprocess", line))
-    why = why or restore_why
+    decided = restore_decided(obs)
+    # A hand-edited paste (lines without their "id N | task M |" prefix) shows what it kept: a
+    # restore or reset line is evidence, a line it lacks may have been left out
+    pasted = "the lines lost their slot/task prefix (a hand-edited paste): a line left out cannot be " \
+        "told from one never printed" if obs.get("abbreviated") else ""
+    shown = obs.get("restored", -1) >= 0 or bool(obs.get("full_reprocess"))
+    restore_why = "" if decided else "the log ends before the restore decision"
+    restore_why = restore_why or ("" if shown else pasted)
+    add("restored", obs.get("restored", -1), res.restored_n_tokens, restore_why, lines.get("restored", line))
+    add("full", bool(obs.get("full_reprocess")), bool(res.full_reprocess), restore_why,
+        lines.get("full_reprocess", line))
+    why = why or unseen_why
     sim_created = [e.n_tokens for e in events if e.kind is EventKind.CREATED]
     created_why = "" if complete else "the prompt was not finished inside the log"
     if not created_why and obs.get("n_prompt_source") == "inferred":
@@ -435,12 +483,13 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
     if inside and not created_why:
         created_why = ("the excerpt starts inside this task's prefill: checkpoints created before its "
                        "first line are not in it")
+    created_why = created_why or pasted
     add("created", list(obs.get("created", [])), sim_created, created_why,
         lines.get("created", line))
     sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)
     erased_line = min((ln for k, _, ln in obs.get("events", []) if k.startswith("erased")
                        or k == "superseded"), default=line)
     add("erased", sorted(obs.get("erased", [])), sim_erased,
-        "" if complete and not inside else created_why or "the prompt was not finished inside the log",
+        "" if complete and not inside and not pasted else created_why or "the prompt was not finished inside the log",
         erased_line)
     return out

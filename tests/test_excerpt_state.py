@@ -278,7 +278,7 @@ def test_task_0_and_a_never_used_slot_start_empty(tmp_path: Path) -> None:
     # needs no checkpoint line. Whether the prefill created any (none is printed) the log cannot
     # say: no line shows the model takes checkpoints at all.
     v = validate_log(_log("006"))
-    st = {d.decision: (d.status, d.logged) for d in v.decisions}
+    st = {d.decision: (d.status, d.logged) for d in v.decisions if d.task == 0}
     assert st["cache_n"] == ("agreed", 0) and st["restored"] == ("agreed", -1) and st["full"] == ("agreed", False)
     assert st["created"][0] == st["erased"][0] == "unknown"
     # b9713 cut at task 7: "selected slot by LRU, t_last = -1" on slot 0 with the prompt cache

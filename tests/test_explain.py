@@ -80,12 +80,22 @@ def test_validate_json_has_per_task():
 
 @pytest.mark.shared
 def test_explain_runs_on_every_corpus_log(shared_dir):
-    """Every log users posted: explain never fails; a log with tasks gets a verdict."""
+    """Every log users posted: explain never fails, tells every task the log shows (a task without
+    an id as 'task ?'), and its numbers are validate's; only the logs that hold no task line at
+    all (start-up only: 017, 037, 045) have none."""
+    taskless = []
     for log in sorted((shared_dir / "corpus" / "logs").glob("*.log")):
         ex = explain_log(log)
+        v = validate_log(log)
         assert ex.verdict
+        assert len(ex.tasks) + len(ex.left_out) == v.n_tasks
+        assert (len(ex.validation.known), ex.validation.agreed) == (len(v.known), v.agreed)
+        assert {p["task"] for p in v.per_task()} == {t.task for t in ex.tasks} | {x["task"] for x in ex.left_out}
         for t in ex.tasks:
-            assert t.text.startswith(f"task {t.task} ")
+            assert t.text.startswith(f"task {t.task} " if t.task >= 0 else "task ? ")
+        if not v.n_tasks:
+            taskless.append(log.name[:3])
+    assert taskless == ["017", "037", "045"]
 
 
 def test_a_fork_is_named_not_replayed_as_mainline():

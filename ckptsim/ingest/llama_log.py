@@ -117,7 +117,7 @@ class LogStats:
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
     setting_lines: dict[str, int] = field(default_factory=dict)   # setting -> line that printed it
-    fork: str = ""                    # "ik_llama.cpp" / "ollama" when their wording is seen
+    fork: str = ""                    # "ik_llama.cpp" / "ollama" / "llama-cpp-python" when their wording is seen
     fork_line: int = 0
 
     def add_issue(self, line: int, kind: str, message: str) -> None:
@@ -664,7 +664,10 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
 # differ from mainline's and are not in the spec, so they must not be replayed as mainline.
 _FORK_MARKS = (("ik_llama.cpp", re.compile(r"slot apply_checkp:|created context checkpoint .*, took [\d.]+ ms|"
                                           r"INFO \[ *\w+\] .*\btid=\"")),
-               ("ollama", re.compile(r"\bsource=\w+\.go:\d+|llama runner started|\bollama\b", re.I)))
+               ("ollama", re.compile(r"\bsource=\w+\.go:\d+|llama runner started|\bollama\b", re.I)),
+               # llama-cpp-python's own checkpoint cache (corpus 043): no server, no slots or tasks,
+               # its own rules (a checkpoint every 4096 tokens, its own eviction)
+               ("llama-cpp-python", re.compile(r"HybridCheckpointCache:|Llama\.eval: \[Periodic Checkpoint\]")))
 
 
 def _fork_of(body: str) -> str:

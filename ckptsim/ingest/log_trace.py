@@ -106,6 +106,7 @@ class TaskObs:
     n_ckpt_held_line: int = -1       # the listing line that gives it
     n_cache_held: int | None = None  # the slot's length then (that entry's tokens)
     first_batch: int | None = None   # the first seq_rm line's position: where the excerpt's view of the prefill begins
+    abbreviated: bool = False        # lines without their "id N | task M |" prefix: what is absent may be left out
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -130,6 +131,7 @@ class TaskObs:
                 "n_cache_after": self.n_cache_after, "started_in_log": self.started_in_log,
                 "first_batch": self.first_batch,
                 "slot_empty": self.history_known and self.parent_task == -1 and self.parent_n_cache == 0,
+                "abbreviated": self.abbreviated,
                 "events": ev}
 
 
@@ -177,6 +179,7 @@ class _Acc:
     seed_root: int = -1
     started: bool = True
     held: tuple[int | None, int, int] | None = None   # (checkpoints, tokens, listing line) at the restore decision
+    abbreviated: bool = False          # its lines have no "id N | task M |" prefix (a hand-edited paste)
 
 
 @dataclass(eq=False)
@@ -258,6 +261,17 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
                     evidence)
 
 
+# Task ids of tasks the log shows without one: UNNAMED_TASK, UNNAMED_TASK - 1, ... (printed "?")
+UNNAMED_TASK = -1000
+
+# lines of a task's restore decision, and lines any task prints
+_DECISION_KINDS = {FactKind.CHECKING, FactKind.RESTORED, FactKind.FULL_REPROCESS, FactKind.PROBE}
+_TASK_KINDS = _DECISION_KINDS | {
+    FactKind.CREATED, FactKind.ERASED_INVALIDATED, FactKind.ERASED_OLD, FactKind.ERASED_SPACING,
+    FactKind.SUPERSEDED, FactKind.SEQ_RM, FactKind.PROGRESS, FactKind.PROMPT_DONE, FactKind.NEW_PROMPT,
+    FactKind.INIT_SAMPLER, FactKind.TIMING_PROMPT, FactKind.TIMING_EVAL, FactKind.STOP, FactKind.EVERY_N,
+    FactKind.NEED_ONE, FactKind.N_PAST_SET}
+
 # lines that only a slot taking checkpoints prints (FactKind values)
 _CKPT_KINDS = {FactKind.CREATED.value, FactKind.RESTORED.value, FactKind.ERASED_INVALIDATED.value,
                FactKind.CHECKING.value, FactKind.FULL_REPROCESS.value, FactKind.PROBE.value,
@@ -306,7 +320,9 @@ class _Builder:
         self.batch_lines: dict[int, int] = {}
         self.last_task_on_slot: dict[int, int] = {}
         self.pos_equal = self.pos_differ = 0                    # checkpoint lines with pos_min == / != pos_max
-        self.synthetic_id = -2
+        # tasks the log shows without an id (a hand-edited paste whose lines lost their "id N |
+        # task M |" prefix, or a selection cut before its task started) are numbered from here down
+        self.synthetic_id = UNNAMED_TASK
 
     # -- helpers --
     def _task(self, f: Fact) -> _Acc | None:
@@ -319,9 +335,25 @@ class _Builder:
             return acc
         if f.slot >= 0 and f.slot in self.last_task_on_slot:
             return self.tasks[self.last_task_on_slot[f.slot]]
-        if f.slot < 0 and self.order:   # poster-abbreviated lines without id/task
-            return self.tasks[self.order[-1]]
+        if f.slot < 0:
+            # poster-abbreviated lines without id/task: the last task's, unless it has passed the
+            # point this line belongs before (a restore decision after its creates is the next task's)
+            last = self.tasks[self.order[-1]] if self.order else None
+            passed = last is not None and last.abbreviated and f.kind in _DECISION_KINDS and \
+                (last.restored >= 0 or last.full_line >= 0 or bool(last.created) or last.prompt_ms is not None)
+            if last is not None and not passed:
+                return last
+            if f.kind not in _TASK_KINDS:
+                return None
+            acc = self._start(self._new_id(), -1, f.line, f.t_s,
+                              started=f.kind in _DECISION_KINDS or f.kind is FactKind.NEW_PROMPT)
+            acc.abbreviated = True
+            return acc
         return None
+
+    def _new_id(self) -> int:
+        self.synthetic_id -= 1
+        return self.synthetic_id + 1
 
     def _start(self, task: int, slot: int, line: int, t_s: float | None, started: bool) -> _Acc:
         acc = _Acc(task, slot, line, t_s, started=started)
@@ -681,6 +713,10 @@ class _Builder:
         return self.n_ckpt_lines > 0 or cut_kind in _CKPT_KINDS or int(self.settings.get("verbosity", 3)) >= 4
 
     def finish(self, cut_kind: str = "") -> list[TaskObs]:
+        # a slot selection the log ends after, before its task started: a task all the same
+        for slot in [s for s, pend in self.pending.items() if any(p.kind is FactKind.SLOT_SELECTED for p in pend)]:
+            sel = [p for p in self.pending[slot] if p.kind is FactKind.SLOT_SELECTED][-1]
+            self._on_start(Fact(FactKind.TASK_START, sel.line, slot, self._new_id(), sel.t_s))
         # A search always ends in a restore or a reset line (spec §2.2, §6). Where those lines are
         # shown and the checkpoints are whole recurrent states (pos_min = pos_max: a hybrid or
         # recurrent model, spec §0, where a slot holding more than n_past > 0 tokens always
@@ -790,7 +826,7 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
         n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
         started_in_log=a.started, n_ckpt_held=a.held[0] if a.held else None,
         n_ckpt_held_line=a.held[2] if a.held else -1, n_cache_held=a.held[1] if a.held else None,
-        first_batch=a.seq_rm)
+        first_batch=a.seq_rm, abbreviated=a.abbreviated)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -820,7 +856,7 @@ def trace_from_log(path: str | Path, name: str | None = None,
     user_turns = ServerRules(lt.build).user_turn_checkpoints
     for t in lt.tasks:
         if t.n_prompt is None or t.n_prompt < 1:
-            left_out.append({"task": t.task, "line": t.line,
+            left_out.append({"task": t.task, "line": t.line, "slot": t.slot,
                              "why": "prompt length not in the log (excerpt cut or started mid-task)"})
             continue
         T = t.n_prompt
