@@ -63,6 +63,8 @@ class Explanation:
 
     def to_json(self) -> dict:
         return {"log": self.log, "build": self.build, "settings": self.settings,
+                "settings_evidence": self.validation.settings_evidence,
+                "build_range": self.validation.build_range,
                 "tasks": [t.to_json() for t in self.tasks], "left_out": self.left_out,
                 "totals": self.totals, "verdict": self.verdict,
                 "validation": {"decisions": len(self.validation.known), "agreed": self.validation.agreed,

@@ -418,9 +418,11 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
 
 def restore_decided(obs: dict) -> bool:
     """Whether the log shows the task past its restore decision: anything logged after that point
-    (a restore or reset line, a create, cache_n as seq_rm / timings print it, the finished prompt)."""
+    (a restore or reset line, a create, a prefill line, cache_n as timings print it, the finished
+    prompt)."""
     return bool(obs.get("complete")) or obs.get("restored", -1) >= 0 or bool(obs.get("full_reprocess")) \
-        or bool(obs.get("created")) or obs.get("cache_n_source", "") in ("seq_rm", "prompt_n", "need_one")
+        or bool(obs.get("created")) or bool(obs.get("prefilling")) \
+        or obs.get("cache_n_source", "") in ("seq_rm", "prompt_n", "need_one")
 
 
 def _in_group(row: dict, build: int) -> bool:
@@ -436,40 +438,48 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
         lines.setdefault(k, ln)          # the first line of each kind
     why = ""
     unseen_why = ""
-    if not obs.get("visible", False):
-        why = "checkpoint lines not visible (use -lv 4)"
+    hist_why = ""
+    if not obs.get("history_known", False):
+        hist_why = "the slot's earlier history is not in the log"
+        if obs.get("history_why"):
+            hist_why += f" ({obs['history_why']})"
+    if hist_why and not obs.get("started_in_log", True) and "after its restore decision" in hist_why:
+        why = hist_why          # the excerpt begins past this task's start: the first thing it lacks
+    elif not obs.get("visible", False):
+        why = obs.get("visible_why") or "checkpoint lines not visible (use -lv 4)"
         if obs.get("slot_empty"):
             # an empty slot has nothing to restore or reset (n_past = 0, spec §2.2): that much the
             # log settles without a checkpoint line; what the prefill created it does not show
             why, unseen_why = "", why
-    elif not obs.get("history_known", False):
-        why = "the slot's earlier history is not in the log"
-        if obs.get("history_why"):
-            why += f" ({obs['history_why']})"
+    else:
+        why = hist_why
     out: list[Decision] = []
 
-    def add(name: str, logged: Any, sim: Any, known_why: str, ln: int) -> None:
-        w = why or known_why
+    def add(name: str, logged: Any, sim: Any, known_why: str, ln: int, first: str = "") -> None:
+        w = first or why or known_why
         if w:
             out.append(Decision(task, rid, name, "unknown", logged, sim, ln, w))
         else:
             out.append(Decision(task, rid, name, "agreed" if logged == sim else "mismatch", logged, sim, ln))
 
     src = obs.get("cache_n_source", "")
-    add("cache_n", obs.get("cache_n"), res.n_cached,
-        "" if src in _DIRECT_CACHE_N else "cache_n not printed (inferred only)", line)
     complete = bool(obs.get("complete"))
     decided = restore_decided(obs)
+    ends = "" if decided else "the log ends before the restore decision"
+    cn_why = "" if src in _DIRECT_CACHE_N else "cache_n not printed (inferred only)"
+    if obs.get("cache_n") is None:
+        cn_why = ends or ("the log starts after this restore decision (the slot's state before it is not shown)"
+                          if not obs.get("started_in_log", True) else "cache_n is not in the log")
+    add("cache_n", obs.get("cache_n"), res.n_cached, cn_why, line, ends)
     # A hand-edited paste (lines without their "id N | task M |" prefix) shows what it kept: a
     # restore or reset line is evidence, a line it lacks may have been left out
     pasted = "the lines lost their slot/task prefix (a hand-edited paste): a line left out cannot be " \
         "told from one never printed" if obs.get("abbreviated") else ""
     shown = obs.get("restored", -1) >= 0 or bool(obs.get("full_reprocess"))
-    restore_why = "" if decided else "the log ends before the restore decision"
-    restore_why = restore_why or ("" if shown else pasted)
-    add("restored", obs.get("restored", -1), res.restored_n_tokens, restore_why, lines.get("restored", line))
+    restore_why = ends or ("" if shown else pasted)
+    add("restored", obs.get("restored", -1), res.restored_n_tokens, restore_why, lines.get("restored", line), ends)
     add("full", bool(obs.get("full_reprocess")), bool(res.full_reprocess), restore_why,
-        lines.get("full_reprocess", line))
+        lines.get("full_reprocess", line), ends)
     why = why or unseen_why
     sim_created = [e.n_tokens for e in events if e.kind is EventKind.CREATED]
     created_why = "" if complete else "the prompt was not finished inside the log"

@@ -255,3 +255,25 @@ def test_llama_cpp_python_is_named_as_a_relative() -> None:
     assert _fork_of("HybridCheckpointCache: Saved checkpoint at pos 28320 (186.33 MiB)  total=31  "
                     "used=5776.20 MiB") == "llama-cpp-python"
     assert _fork_of("Llama.eval: [Periodic Checkpoint] Saving hybrid state at pos 28320.") == "llama-cpp-python"
+
+
+def test_inferred_settings_and_the_build_range_are_printed_with_their_lines() -> None:
+    # 033 (late-cli #12): "created context checkpoint 11 of 32" (line 5) gives --ctx-checkpoints,
+    # slot 3 (line 1) -np >= 4; its wording dates it to b8152-b9150 (merge-commit builds,
+    # server.RULE_CHANGES). parse, validate and explain print the same settings, each with its
+    # line, and the build range (validate and explain: per rule group; b8152-b8270 would have
+    # placed a checkpoint the log does not show, line 5).
+    log = str(_shipped("033"))
+    want = "ctx_checkpoints=32 (line 5, inferred), n_slots=4 (line 1, inferred)"
+    outs = {cmd: runner.invoke(app, [cmd, log]) for cmd in ("parse", "validate", "explain")}
+    for cmd, r in outs.items():
+        assert r.exit_code == 0, (cmd, r.output)
+        assert want in " ".join(r.output.split()), (cmd, r.output)
+    assert "build dated from the log's wording: b8152-b8217: 0/1 agree, first mismatch at line 5" \
+        in outs["validate"].output
+    assert "b8271-b8392: 0/0 agree (replayed as this)" in outs["validate"].output
+    assert "rule groups tried: b8152-b8217 0/1" in " ".join(outs["explain"].output.split())
+    assert "replayed as b8271" in outs["explain"].output
+    assert "wording fits b8152–b9150" in outs["parse"].output
+    doc = json.loads(runner.invoke(app, ["explain", log, "--json"]).stdout)
+    assert doc["settings_evidence"]["ctx_checkpoints"]["line"] == 5 and doc["build_range"]

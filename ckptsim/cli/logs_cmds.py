@@ -135,17 +135,22 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
                                                   f"–b{s['build_range'][1]})")))
         rows.append(("tasks", f"{s['tasks']} ({s['requests']} usable as requests)"))
         rows.append(("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"))
-        evd = s["settings_evidence"]
-        rows.append(("settings", ", ".join(
-            f"{k}={v}" + (f" (line {evd[k]['line']}{', inferred' if 'inferred' in evd[k]['how'] else ''})"
-                          if k in evd else "")
-            for k, v in sorted(s["settings"].items())) or "none"))
+        rows.append(("settings", _settings_text(s["settings"], s["settings_evidence"]) or "none"))
         if not s["checkpoint_lines_visible"]:
             rows.append(("note", "no checkpoint lines: since b9829 they need -lv 4"))
         show_table(f"{s['log']}", [Col("what", "what", "what", text=True), Col("value", "value", "value", text=True)],
                    [{"what": w, "value": v} for w, v in rows], wide=wide, show_header=False)
     if output is not None:
         out.print(f"wrote {n} requests to {output}")
+
+
+def _settings_text(settings: dict, evidence: dict) -> str:
+    """'ctx_checkpoints=64 (line 12, inferred), n_slots=2 (line 10, inferred)': each setting read
+    off the log with the line that shows it (parse, validate and explain print the same)."""
+    return ", ".join(
+        f"{k}={v}" + (f" (line {evidence[k]['line']}{', inferred' if 'inferred' in evidence[k]['how'] else ''})"
+                      if k in evidence else "")
+        for k, v in sorted(settings.items()) if not k.startswith("_"))
 
 
 @app.command("validate")
@@ -198,6 +203,9 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
             bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
             out.print(f"build dated from the log's wording: {r['builds']}: {r['agreed']}/{r['decisions']} "
                       f"agree{bad}{' (' + mark + ')' if mark else ''}", highlight=False)
+        if v.settings_evidence:
+            out.print("settings read from the log: " + _settings_text(
+                {k: e["value"] for k, e in v.settings_evidence.items()}, v.settings_evidence), highlight=False)
         out.print(f"{doc['tasks']} tasks, {doc['decisions']} known decisions, agreement "
                   + (f"{ag:.1%}" if ag is not None else "n/a (nothing the log could settle)"))
         for m in doc["mismatches"]:
@@ -236,6 +244,10 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
     dated = ("; build dated from wording, rule groups tried: " + ", ".join(
         f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)) if rng else ""
     out.print(f"[bold]{escape(log)}[/] — replayed as {ex.build}{dated}", highlight=False)
+    evd = ex.validation.settings_evidence
+    if evd:
+        out.print("settings read from the log: " + _settings_text({k: e["value"] for k, e in evd.items()}, evd),
+                  highlight=False, markup=False)
     if ex.validation.fork:
         out.print(f"This is an {ex.validation.fork['name']} log (line {ex.validation.fork['line']}), not "
                   "mainline llama-server: the stories below are what its log says; ckptsim does not model "

@@ -107,6 +107,7 @@ class TaskObs:
     n_cache_held: int | None = None  # the slot's length then (that entry's tokens)
     first_batch: int | None = None   # the first seq_rm line's position: where the excerpt's view of the prefill begins
     abbreviated: bool = False        # lines without their "id N | task M |" prefix: what is absent may be left out
+    prefilling: bool = False         # a seq_rm or progress line shows the prompt being processed
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -131,7 +132,7 @@ class TaskObs:
                 "n_cache_after": self.n_cache_after, "started_in_log": self.started_in_log,
                 "first_batch": self.first_batch,
                 "slot_empty": self.history_known and self.parent_task == -1 and self.parent_n_cache == 0,
-                "abbreviated": self.abbreviated,
+                "abbreviated": self.abbreviated, "prefilling": self.prefilling,
                 "events": ev}
 
 
@@ -799,7 +800,8 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
                 cache_n, cn_src = a.parent_n_cache, "no_search" if sure else "inferred"
             elif a.selected == "lru":
                 cache_n, cn_src = 0, "inferred"
-    if cache_n is not None and n_lcp is None and not searched and a.need_one is None:
+    if cache_n is not None and n_lcp is None and not searched and a.need_one is None and a.started:
+        # no search line: n_past was kept whole -- where the task's start is in the log to show it
         n_lcp, lcp_src = cache_n, cn_src
     if T is None and cache_n is not None and a.prompt_n is not None:
         T, t_src = cache_n + a.prompt_n, "timings"
@@ -826,7 +828,7 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
         n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
         started_in_log=a.started, n_ckpt_held=a.held[0] if a.held else None,
         n_ckpt_held_line=a.held[2] if a.held else -1, n_cache_held=a.held[1] if a.held else None,
-        first_batch=a.seq_rm, abbreviated=a.abbreviated)
+        first_batch=a.seq_rm, abbreviated=a.abbreviated, prefilling=a.seq_rm is not None or a.progress is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -900,6 +902,11 @@ def trace_from_log(path: str | Path, name: str | None = None,
             ts = t_prev + 1.0 if reqs else 0.0
         t_prev = ts
         obs = t.observed(lt.visible)
+        if not lt.visible and lt.build_hi < 9838:
+            # up to b9837 every checkpoint line prints at the default level (spec §6)
+            obs["visible_why"] = ("no checkpoint line in the log: this build prints them at the default "
+                                  "level, so the model may take none (only hybrid, recurrent and SWA models "
+                                  "do) or the paste left them out")
         if t.t_stop_s is not None and t0 is not None:
             obs["t_done_s"] = round(max(ts, t.t_stop_s - t0), 6)
         reqs.append(Request(id=rid, session=session, t_s=ts, n_prompt=T, n_output=n_out, parent=parent,
@@ -1105,11 +1112,11 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
 
 def _seed_blocker(t: TaskObs, visible: bool) -> str:
     """Why the slot state before ``t`` cannot be read off its lines ('' when it can)."""
-    if not visible:
-        return "checkpoint lines not visible (use -lv 4)"
     if not t.started_in_log and t.restored < 0 and not t.full_reprocess \
             and t.cache_n_source not in ("seq_rm", "prompt_n") and t.first_batch is None:
         return "the excerpt starts inside the task, after its restore decision"
+    if not visible:
+        return "checkpoint lines not visible (use -lv 4)"
     if t.n_prompt is None:
         return "the prompt length is not in the log"
     if t.n_prompt_source == "inferred":
