@@ -243,6 +243,13 @@ def test_matrix_on_older_builds(tmp_path, wheel, build, arch):
     assert doc["agreement"] == 1.0 and doc["decisions"] >= 400, doc["mismatches"][:3]
     assert doc["unknown"] < 0.05 * (doc["decisions"] + doc["unknown"])
     assert {w.get("model_arch") for w in doc["workloads"]} == {arch}
+    # b7079 aborts when the whole cache is resent (GGML_ASSERT(!slot.is_processing()), server.cpp:2875
+    # in 0.2.6's log): the run names it, in that workload only; the other builds run everything
+    died = {w["name"]: w["error"] for w in doc["workloads"] if w.get("error")}
+    if build == "b7079":
+        assert list(died) == ["extend-answer"] and "GGML_ASSERT(!slot.is_processing()) failed" in died["extend-answer"]
+    else:
+        assert not died
 
 
 def test_shrink_drops_requests_while_the_mismatch_stays():
@@ -309,3 +316,22 @@ def test_a_failed_truncate_is_a_full_reprocess():
     assert sum(bool(o.get("full_reprocess")) for o in obs) == 1
     doc = validate_log(log, version="b9093").to_json()
     assert doc["agreement"] == 1.0 and doc["decisions"] == 40
+
+
+def test_a_server_abort_is_named_from_its_log():
+    """xllamacpp 0.2.7 (b7376, lfm2), `extend-answer`'s fourth prompt resends the whole cache
+    (tests/data/conformance/b7376-xllamacpp-0.2.7-lfm2-extend-answer.server.log.gz): after "failed
+    to truncate tokens with position >= 2302 - clearing the memory" the server dies on
+    "server-context.cpp:943: GGML_ASSERT(!slot.is_processing()) failed" (0.2.5/0.2.6, b7079, the
+    same in server.cpp; 0.2.8, b7551, re-processes instead). The run names the assertion, and the
+    tasks before it still count."""
+    from ckptsim.live.conformance import _why, server_abort
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b7376-xllamacpp-0.2.7-lfm2-extend-answer.server.log.gz"
+    assert server_abort(log).startswith("server-context.cpp:943: GGML_ASSERT(!slot.is_processing()) failed")
+    why = _why(OSError("Remote end closed connection without response"), log)
+    assert why.startswith("the server aborted: server-context.cpp:943") and "Remote end closed" in why
+    doc = validate_log(log, version="b7376").to_json()
+    assert doc["agreement"] == 1.0 and doc["decisions"] >= 15
+    ok = Path(__file__).parent / "data" / "conformance" / "b9093-extend-answer.server.log.gz"
+    assert server_abort(ok) is None

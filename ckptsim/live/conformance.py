@@ -482,12 +482,34 @@ def unknown_architecture(log: Path) -> str | None:
     return m.group(1) if m else None
 
 
+# llama.cpp's own fatal checks: GGML_ASSERT / GGML_ABORT print "FILE:LINE: message" and abort
+_ABORT = re.compile(r"([\w./-]+\.(?:cpp|c|h):\d+): ((?:GGML_ASSERT\(.*\) failed|.*GGML_ABORT.*|[^\n]*abort[^\n]*))")
+
+
+def server_abort(log: Path) -> str | None:
+    """The assertion or abort a server log ends with, as "file.cpp:LINE: message (log line N)"."""
+    import gzip
+    try:
+        raw = gzip.decompress(log.read_bytes()) if log.suffix == ".gz" else log.read_bytes()
+    except (OSError, EOFError):
+        return None
+    for i, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
+        m = _ABORT.search(line)
+        if m and "set_abort_callback" not in line:
+            return f"{Path(m.group(1)).name}: {m.group(2).strip()} (log line {i})"
+    return None
+
+
 def _why(e: Exception, log: Path) -> str:
-    """The error, and what the log says about a model this build cannot load."""
+    """The error, and what the log says: a model this build cannot load, or the server's own
+    assertion (b7079 and b7376 abort on a resend of the whole cache, docs/conformance.md)."""
     arch = unknown_architecture(log)
     if arch:
         return (f"this build cannot load the generated model: it does not know architecture "
                 f"'{arch}' (builds older than its support in llama.cpp cannot run it)")
+    abort = server_abort(log)
+    if abort:
+        return f"the server aborted: {abort}; the request then failed: {e}"
     return str(e)
 
 
