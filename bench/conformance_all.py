@@ -148,7 +148,8 @@ def own_rows(versions: list[str], out: Path) -> list[dict]:
             else:
                 own = chosen
         archs = sorted({w.get("model_arch", "qwen35") for w in doc["workloads"] if w.get("decisions")})
-        row = {"version": v, "doc": doc, "own": own, "wall_s": bench.get("wall_s"), "archs": archs}
+        row = {"version": v, "doc": doc, "own": own, "wall_s": bench.get("wall_s"), "archs": archs,
+               "dir": str(out / v)}
         if dated:
             row["dated"] = dated
         if doc["decisions"]:
@@ -179,8 +180,14 @@ def results_table(rows: list[dict]) -> None:
         build = r["own"] or r.get("dated", "build 0")
         nothing = o["nothing_happened"]
         notes = []
-        if doc.get("errors"):
-            notes.append(f"{len(doc['errors'])} workload(s) failed")
+        for w in doc["workloads"]:
+            if w.get("error"):
+                # the server's own assertion, read from the log kept beside the run
+                from ckptsim.live.conformance import server_abort
+                log = Path(r["dir"]) / f"{w['name']}.server.log"
+                why = server_abort(log)
+                notes.append(f"`{w['name']}` stopped: the server aborted ({why})" if why
+                             else f"`{w['name']}` stopped: {w['error'][:120]}")
         print(f"| {r['version']} | {build} | {'+'.join(r['archs'])} | {doc['tasks']} | {o['decisions']} | "
               f"{o['agreed'] / o['decisions']:.0%} | {o['unknown']} | "
               f"{o['decisions'] - nothing} | {t} | {'; '.join(notes)} |")

@@ -60,7 +60,7 @@ def build_of(p: Path, whole: Path) -> str:
     if head.startswith("b") and head[1:].isdigit():
         return head           # tests/data/conformance/bNNNN-*.server.log.gz
     if "0.2.14" in str(p):
-        return "b8400"        # docs/conformance.md: xllamacpp 0.2.14 behaves as b8400
+        return "b8352"        # docs/conformance.md: xllamacpp 0.2.14 pins 0.2.13's llama.cpp commit (b8352)
     return f"b{read_tasks(whole).build}"
 
 

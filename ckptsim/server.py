@@ -84,6 +84,7 @@ class ServerConfig:
 RULE_CHANGES: dict[str, tuple[int, str]] = {
     "end_minus_64": (6711, "#16440"),          # checkpoint at T-64; >= 64 tokens, > 64 after the last
     "cache_ram": (6723, "#16391"),             # host prompt cache (--cache-ram 8192); -ctxcp 3 -> 8
+    "truncate_last_fails": (7011, "#17009"),   # seq_rm of the recurrent state's last position fails
     "end_minus_batch": (7970, "#19408"),       # checkpoint at T - min(n_batch, 512)
     "every_n_tokens": (8218, "#20087"),        # --checkpoint-every-n-tokens; -ctxcp 8 -> 32
     "near_end_pair": (8271, "#20288"),         # breaks and checkpoints at T-(4+ub) and T-4
@@ -152,9 +153,12 @@ class ServerRules:
 
     @cached_property
     def full_on_resend(self) -> bool:
-        """Before b9231 (#23280): n_past == T hits a failed seq_rm on recurrent memory => full
-        re-processing."""
-        return self.build < _since("search_every_request")
+        """b7011-b9230 (#17009, until #23280): n_past == T hits a failed seq_rm on recurrent
+        memory => full re-processing. Before #17009 a seq_rm that starts at the state's own last
+        position succeeds (the old test, ``p0 < cell.pos``, is false there), so the server keeps
+        n_past = T - 1 and decodes that token again (measured on b6751 and b6900; the spec dates
+        the failure from b6685)."""
+        return _since("truncate_last_fails") <= self.build < _since("search_every_request")
 
     # --- placement (spec §2.3, §3 "Place") ---
     @cached_property
@@ -317,7 +321,7 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
     else:
         keep_upto = max(n_lcp, 1)
     if n_past == T and n_past > 0:
-        # "need to evaluate at least 1 token": before b9231 the seq_rm of the last token fails on
+        # "need to evaluate at least 1 token": in b7011-b9230 the seq_rm of the last token fails on
         # recurrent memory, the memory is cleared and the prompt re-processed (spec §3, last note).
         if rules.full_on_resend:
             n_past, full = 0, True

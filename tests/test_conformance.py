@@ -335,3 +335,23 @@ def test_a_server_abort_is_named_from_its_log():
     assert doc["agreement"] == 1.0 and doc["decisions"] >= 15
     ok = Path(__file__).parent / "data" / "conformance" / "b9093-extend-answer.server.log.gz"
     assert server_abort(ok) is None
+
+
+def test_before_17009_the_last_position_truncates():
+    """xllamacpp 0.2.3 (b6751, lfm2), `extend-answer`'s fourth prompt resends the whole cache
+    (tests/data/conformance/b6751-xllamacpp-0.2.3-lfm2-extend-answer.server.log.gz): "n_past was
+    set to 2302", "n_past = 2302, memory_seq_rm [2302, end)", "prompt done, n_past = 2303,
+    n_tokens = 1" -- no failed truncate, one token decoded again. Before #17009 (b7011) the
+    recurrent seq_rm refused only p0 < pos (the state's last position), so starting at it
+    succeeds; the spec dates the failure from b6685, which the model followed (2 mismatches on
+    b6751 and b6900)."""
+    from ckptsim.ingest.log_trace import trace_from_log
+    from ckptsim.server import RULE_CHANGES, ServerRules
+    from ckptsim.validate import validate_log
+    log = Path(__file__).parent / "data" / "conformance" / "b6751-xllamacpp-0.2.3-lfm2-extend-answer.server.log.gz"
+    obs = trace_from_log(log).requests[3].observed
+    assert obs["cache_n"] == 2302 and not obs.get("full_reprocess")
+    doc = validate_log(log).to_json()
+    assert "version=b6751" in doc["policy"] and doc["agreement"] == 1.0 and doc["decisions"] == 40
+    assert RULE_CHANGES["truncate_last_fails"] == (7011, "#17009")
+    assert not ServerRules(7010).full_on_resend and ServerRules(7011).full_on_resend

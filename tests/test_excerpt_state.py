@@ -99,13 +99,19 @@ def _cuts(lines: list[str]) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("name,version", [
-    ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751"),
-    ("b11549-supersede-after-fifo.server.log.gz", "b11549"),
-    ("b9538-chat-user-turns.server.log.gz", "b9538"),
-    ("b9713-slots-np2.server.log.gz", "b9713"),
+@pytest.mark.parametrize("name,version,min_settled", [
+    ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751", 0.5),
+    ("b11549-supersede-after-fifo.server.log.gz", "b11549", 0.5),
+    ("b9538-chat-user-turns.server.log.gz", "b9538", 0.5),
+    ("b9713-slots-np2.server.log.gz", "b9713", 0.5),
+    # the whole-cache resend clears the state after a failed truncate but keeps the checkpoints:
+    # an excerpt from there on must not read it as a reset (it did: 6 false mismatches). These
+    # two logs' excerpts settle fewer of their decisions (b9093: 321 of 1,135).
+    ("b9093-extend-answer.server.log.gz", "b9093", 0.25),
+    ("b6751-xllamacpp-0.2.3-lfm2-extend-answer.server.log.gz", "b6751", 0.25),
 ])
-def test_excerpts_of_a_real_log_never_contradict_it(tmp_path: Path, name: str, version: str) -> None:
+def test_excerpts_of_a_real_log_never_contradict_it(tmp_path: Path, name: str, version: str,
+                                                      min_settled: float) -> None:
     # Every excerpt of a log the simulator replays in full (100% in `conformance`) must agree on
     # every decision it settles; what depends on the cut-off history must come out unknown.
     whole = tmp_path / "whole.log"
@@ -128,7 +134,7 @@ def test_excerpts_of_a_real_log_never_contradict_it(tmp_path: Path, name: str, v
         settled += len(v.known)
         total += len(v.decisions)
     # the first tasks' scans and counts settle most of what the excerpts show
-    assert total and settled / total > 0.5, (settled, total)
+    assert total and settled / total > min_settled, (settled, total)
 
 
 def test_the_stand_ins_span_what_the_lines_leave_open() -> None:

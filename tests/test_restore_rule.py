@@ -28,6 +28,10 @@ CASES = [
     ("b9300-extension", ServerRules(9300), 1000, 1000, 1200, [500, 996], 996, 996, False, []),
     # before b9231 an identical resend hit the failed seq_rm => full re-processing (spec §3)
     ("b8300-resend", ServerRules(8300), 1000, 1000, 1000, [500], 0, -1, True, []),
+    # before #17009 (b7011) that seq_rm succeeds at the state's last position: n_past = T - 1, one
+    # token decoded again (b6751/b6900 logs: "n_past was set to 2302", "n_past = 2302,
+    # memory_seq_rm [2302, end)", then "prompt done, n_past = 2303, n_tokens = 1")
+    ("b6900-resend", ServerRules(6900), 1000, 1000, 1000, [500], 999, -1, False, []),
     # b6685 picked k < n_past strictly
     ("b6700-strict", ServerRules(6700), 800, 1000, 900, [800], 0, -1, True, []),
     # the current rule accepts k == n_past when the prompt has new tokens

@@ -98,6 +98,9 @@ class TaskObs:
     n_cache_probe: int | None = None # slot.prompt.tokens.size() from the probe line (b6766-b9309)
     seed_root: int = -1              # first task of this slot's unseen history (-1: none or unseedable)
     started_in_log: bool = True      # the task's start (selection, 'processing task', new prompt) is in the log
+    # the full re-processing came from a failed truncate (b7011-b9230, n_past == T == L), not a
+    # search: no scan ran, and the slot's checkpoints outlive it
+    truncate_failed: bool = False
     # The slot's checkpoint count and length at the restore decision as the prompt-cache listing
     # shows them (spec §5: an entry holds a copy of the slot's checkpoints; loading one replaces
     # the slot's tokens and checkpoints): the entry this task's slot was saved to (and kept), or
@@ -826,7 +829,7 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
         user_starts=tuple(sorted(a.user)), parent_task=a.parent_task, parent_n_cache=a.parent_n_cache,
         history_known=a.state_known, checked=tuple(a.checked), created_index=tuple(a.created_index),
         n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
-        started_in_log=a.started, n_ckpt_held=a.held[0] if a.held else None,
+        started_in_log=a.started, truncate_failed=a.truncate_failed, n_ckpt_held=a.held[0] if a.held else None,
         n_ckpt_held_line=a.held[2] if a.held else -1, n_cache_held=a.held[1] if a.held else None,
         first_batch=a.seq_rm, abbreviated=a.abbreviated, prefilling=a.seq_rm is not None or a.progress is not None)
 
@@ -1016,7 +1019,14 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
             continue
         T = int(t.n_prompt)
         before = not t.started_in_log
+        reset = t.full_reprocess and not t.truncate_failed    # a search that found nothing
         blind = before and t.restored < 0 and not t.full_reprocess
+        if blind and t.cache_n == 0 and ServerRules(lt.build).full_on_resend:
+            # re-processed from 0 before the excerpt: a failed search erased the checkpoints, but a
+            # failed truncate (b7011-b9230, a resent cache) kept them, past the cleared state
+            why_not[t.task] = ("the excerpt starts inside a prefill from 0: a failed truncate "
+                               "(b7011-b9230) would have kept checkpoints past it")
+            continue
         if blind:
             # only the prefill is shown (seq_rm / prompt eval): stand the history in as a pure
             # extension up to the first batch the excerpt shows, which places and evicts from the
@@ -1027,7 +1037,7 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
             n_past = t.restored if t.restored >= 0 else 0
         else:
             n_past = int(t.n_lcp if t.n_lcp is not None else t.cache_n)
-        searched = (bool(t.checked) or t.restored >= 0 or t.full_reprocess or t.n_cache_probe is not None) \
+        searched = (bool(t.checked) or t.restored >= 0 or reset or t.n_cache_probe is not None) \
             and not blind
         invalidated = [n for k, n, _ in t.erased if k == EventKind.ERASED_INVALIDATED.value]
         first_create = min((ln for _, _, ln in t.created), default=None)
@@ -1054,10 +1064,10 @@ def excerpt_seeds(lt: LogTasks) -> tuple[dict[int, SlotSeed], dict[int, str]]:
         L = max(L, 1, max(listed, default=0))
         # The scan lists every checkpoint when none is chosen; the invalidation after a reset or
         # with n_past == 0 (b8393+, it runs for every request) erases all of them but k <= 1.
-        whole = (t.full_reprocess and (scan_printed or lt.build >= 8393)) or \
+        whole = (reset and (scan_printed or lt.build >= 8393)) or \
             (n_past == 0 and lt.build >= 8393 and not before)
         kept = [n for n in listed if n not in invalidated]
-        old_reset = t.full_reprocess and not whole
+        old_reset = reset and not whole
         if whole:
             n_older, how = (0, 0), "the scan or the invalidation named every checkpoint"
         elif old_reset:
