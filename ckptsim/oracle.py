@@ -27,6 +27,7 @@ simulator it is handed (``Policy.prepare``'s ``replay``).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections import defaultdict
@@ -70,22 +71,131 @@ def best_prefix(trace: Trace) -> np.ndarray:
     sequence). A later id shares more only if it descends from this one in the parent tree,
     where the common prefix is the minimum ``n_shared`` along the path (design principle 7);
     any other later id shares at most ``n_shared`` (docs/oracle.md, theorem 1).
+
+    So request a gets ``max(n_shared_a, min(T_a, D_a))``, D_a the best path minimum to a
+    descendant x with ``session_x != session_a`` or ``rank_x < rank_a`` (arrival rank). Two
+    bottom-up passes give D_a in O(n log n) (docs/oracle.md, "Computing the bound"):
+
+    - other sessions: ``q_a = max over children c of (n_shared_c if c is of another session,
+      else min(n_shared_c, q_c))`` -- a descendant of another session either is c itself or lies
+      below a same-session c, where q_c already holds the best;
+    - the same session, arrived earlier: on each session's own forest (a node's parent is its
+      nearest same-session ancestor, the edge weighted by the path minimum between them), every
+      subtree keeps the non-dominated (path minimum, smallest arrival rank) pairs of its nodes as
+      a staircase (both increasing); a query is one bisection, and the staircases of siblings
+      merge smaller into larger.
+
+    ``tests/test_oracle.py`` checks it equal to the direct walk up every parent chain
+    (``O(sum of depths)``, quadratic on long sessions) on random forests, sessions and arrival
+    ranks; the bench (``bench/lower_bound_speed.py --reference``) times both.
     """
+    n = len(trace)
     T = trace.n_prompt.astype(np.int64)
+    parent, shared, session = trace._parent, trace._shared, trace.session
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(trace.t_s, kind="stable")] = np.arange(n)
+    rank_l = rank.tolist()
+    # Other sessions. Parents come before children, so descending ids are a bottom-up order.
+    q = [-1] * n
+    for c in range(n - 1, -1, -1):
+        a = parent[c]
+        if a >= 0:
+            v = shared[c] if session[c] != session[a] else min(q[c], shared[c])
+            if v > q[a]:
+                q[a] = v
+    # The same session: each node's nearest same-session ancestor (a depth-first walk with one
+    # stack per session) and the path minimum up to it.
+    vpar, weight = _session_forest(trace)
+    stairs: list = [None] * n           # per node: (path minima, smallest ranks), both increasing
+    same = [-1] * n
+    for a in range(n - 1, -1, -1):
+        k = rank_l[a]
+        held = stairs[a]
+        if held is None:
+            vals, keys = [_UNCAPPED], [k]
+        else:
+            stairs[a] = None
+            vals, keys = held
+            j = bisect.bisect_left(keys, k) - 1      # the descendants that arrived earlier
+            if j >= 0:
+                same[a] = vals[j]
+            _stair_insert(vals, keys, _UNCAPPED, k)
+        up = vpar[a]
+        if up < 0:
+            continue
+        # Seen from ``up``, every path minimum is capped at the edge's: the pairs above it become
+        # one, whose rank is the smallest of theirs (the lowest of them: ranks increase).
+        w = weight[a]
+        i = bisect.bisect_right(vals, w)
+        if i < len(vals):
+            k_low = keys[i]
+            del vals[i:], keys[i:]
+            if not vals or vals[-1] != w:
+                vals.append(w)
+                keys.append(k_low)
+        into = stairs[up]
+        if into is None:
+            stairs[up] = (vals, keys)
+            continue
+        if len(into[0]) < len(vals):
+            into, (vals, keys) = (vals, keys), into
+            stairs[up] = into
+        for v, kk in zip(vals, keys):
+            _stair_insert(into[0], into[1], v, kk)
     best = np.minimum(trace.n_shared, T).astype(np.int64).tolist()
     T_l = T.tolist()
-    parent, shared, session = trace.parent.tolist(), trace.n_shared.tolist(), trace.session
-    rank = np.empty(len(T), np.int64)
-    rank[np.argsort(trace.t_s, kind="stable")] = np.arange(len(T))
-    rank_l = rank.tolist()
-    for x in range(len(T_l)):
-        m, a = shared[x], parent[x]
-        while a >= 0 and m > 0:
-            if (session[x] != session[a] or rank_l[x] < rank_l[a]) and m > best[a]:
-                best[a] = min(m, T_l[a])
-            m = min(m, shared[a])
-            a = parent[a]
+    for a in range(n):
+        m = q[a] if q[a] > same[a] else same[a]
+        if m > best[a]:
+            best[a] = min(m, T_l[a])
     return np.asarray(best, dtype=np.int64)
+
+
+_UNCAPPED = 1 << 62      # a node's path minimum to itself: capped by the first edge above it
+
+
+def _session_forest(trace: Trace) -> tuple[list[int], list[int]]:
+    """Per request, its nearest ancestor of the same session in the parent tree (-1: none), and
+    the minimum ``n_shared`` on the path up to it (its common prefix with that ancestor)."""
+    n = len(trace)
+    parent, shared, session = trace._parent, trace._shared, trace.session
+    children: list[list[int]] = [[] for _ in range(n)]
+    roots: list[int] = []
+    for x in range(n):
+        (children[parent[x]] if parent[x] >= 0 else roots).append(x)
+    vpar = [-1] * n
+    open_: dict[str, list[int]] = {}     # per session, its nodes on the current root path
+    todo = [~r for r in reversed(roots)]
+    while todo:
+        x = todo.pop()
+        if x >= 0:                       # leaving x
+            open_[session[x]].pop()
+            continue
+        x = ~x
+        st = open_.setdefault(session[x], [])
+        if st:
+            vpar[x] = st[-1]
+        st.append(x)
+        todo.append(x)
+        todo.extend(~c for c in reversed(children[x]))
+    weight = [0] * n
+    for x in range(n):
+        y = vpar[x]
+        if y >= 0:
+            weight[x] = shared[x] if parent[x] == y else trace._lifted_lcp(x, y)
+    return vpar, weight
+
+
+def _stair_insert(vals: list[int], keys: list[int], v: int, k: int) -> None:
+    """Add the pair (v, k) to a staircase (``vals`` and ``keys`` both strictly increasing), keeping
+    only pairs no other pair beats in both (a larger or equal v with a smaller or equal k)."""
+    i = bisect.bisect_left(vals, v)
+    if i < len(vals) and keys[i] <= k:
+        return                           # beaten by the lowest pair with v' >= v
+    j = bisect.bisect_left(keys, k, 0, i)  # pairs below v with k' >= k: beaten by the new one
+    end = i + 1 if i < len(vals) and vals[i] == v else i
+    vals[j:end] = [v]
+    keys[j:end] = [k]
 
 
 def lower_bound(trace: Trace, config=None, profile: CostProfile | str | None = None) -> LowerBound:

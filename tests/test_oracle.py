@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptsim.oracle import lower_bound, plan_uses, predict_needs, shadow_run
+from ckptsim.oracle import best_prefix, lower_bound, plan_uses, predict_needs, shadow_run
 from ckptsim.policies import OraclePolicy, make_policy
 from ckptsim.records import Request
 from ckptsim.sim import ServerConfig, simulate
@@ -135,6 +135,67 @@ def test_oracle_never_worse_on_bundled_traces(path: Path) -> None:
         for spec in ["fifo", "every-n:n=4096", "user-turn", "coverage", "llama-server", "per-batch"]:
             s = simulate(trace, spec, config, record_events=False).summary()
             assert best["reprocessed_tokens"] <= s["reprocessed_tokens"], (spec, cap)
+
+
+def best_prefix_reference(trace: Trace) -> np.ndarray:
+    """``oracle.best_prefix`` as first written (O(sum of depths): every request walks its whole
+    parent chain), the definition the fast version is checked against."""
+    T = trace.n_prompt.astype(np.int64)
+    best = np.minimum(trace.n_shared, T).astype(np.int64).tolist()
+    T_l = T.tolist()
+    parent, shared, session = trace.parent.tolist(), trace.n_shared.tolist(), trace.session
+    rank = np.empty(len(T), np.int64)
+    rank[np.argsort(trace.t_s, kind="stable")] = np.arange(len(T))
+    rank_l = rank.tolist()
+    for x in range(len(T_l)):
+        m, a = shared[x], parent[x]
+        while a >= 0 and m > 0:
+            if (session[x] != session[a] or rank_l[x] < rank_l[a]) and m > best[a]:
+                best[a] = min(m, T_l[a])
+            m = min(m, shared[a])
+            a = parent[a]
+    return np.asarray(best, dtype=np.int64)
+
+
+@st.composite
+def forests(draw) -> Trace:
+    """Parent forests with few distinct n_shared values (ties), sessions that interleave along a
+    path, and arrival times in any order (ties too): the cases the staircases must get right."""
+    n = draw(st.integers(1, 40))
+    depth_bias = draw(st.booleans())            # long chains (the last few as parents) or bushy
+    n_sessions = draw(st.integers(1, 4))
+    reqs = []
+    for i in range(n):
+        parent = -1
+        if i and draw(st.integers(0, 5)):
+            lo = max(0, i - 3) if depth_bias else 0
+            parent = draw(st.integers(lo, i - 1))
+        n_prompt = draw(st.integers(1, 12))
+        n_shared = draw(st.integers(0, 12)) if parent >= 0 else 0
+        reqs.append(Request(i, f"s{draw(st.integers(0, n_sessions - 1))}",
+                            float(draw(st.integers(0, 2 * n))), n_prompt, draw(st.integers(0, 3)),
+                            parent, n_shared))
+    return Trace(TraceHeader(name="forest"), reqs, check=False)
+
+
+@settings(max_examples=max(300, N_EXAMPLES), deadline=None)
+@given(trace=forests())
+def test_best_prefix_equals_the_chain_walk(trace: Trace) -> None:
+    """The O(n log n) bound (two bottom-up passes, staircases per session) is the chain walk's."""
+    assert best_prefix(trace).tolist() == best_prefix_reference(trace).tolist()
+
+
+_BIG = ("mini-swe-agent-gemini3pro-elide5", "mini-swe-agent-gemini3pro", "mooncake-conversation")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=[pytest.mark.slow] if p.name.split(".")[0] in _BIG else [])
+    for p in BUNDLED + sorted((REPO / "traces" / "real").glob("*.jsonl*"))], ids=lambda p: p.name.split(".")[0])
+def test_best_prefix_equals_the_chain_walk_on_every_trace(path: Path) -> None:
+    """Equal on every bundled and real trace (the 12-20k-request ones, where the walk takes
+    seconds to minutes, with -m slow)."""
+    trace = load_trace(path)
+    assert np.array_equal(best_prefix(trace), best_prefix_reference(trace))
 
 
 def _chat() -> Trace:
