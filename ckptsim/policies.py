@@ -91,6 +91,12 @@ class Policy:
         """
         return None
 
+    def take_replay(self) -> object | None:
+        """A replay of this very policy under the config ``prepare`` was given that ``prepare``
+        has already made (a ``sim.Run`` with events), handed over once; the simulator returns it
+        instead of replaying again (not under ``Seeding``). Default: None, replay."""
+        return None
+
     def restore(self, n_lcp: int, n_cache: int, n_prompt: int,
                 ckpts: list[Checkpoint]) -> RestoreDecision:
         """The restore step for a slot holding ``n_cache`` tokens (spec §2.2): how many to keep,
@@ -341,6 +347,7 @@ class OraclePolicy(Policy):
     _profile: object = field(default=None, init=False, repr=False)
     # A trial replay of a plan made by its parent (the prompt-cache check in prepare): plans nothing.
     _checking: bool = field(default=False, init=False, repr=False)
+    _replayed: object = field(default=None, init=False, repr=False)   # see prepare, take_replay
     fell_back: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -368,13 +375,34 @@ class OraclePolicy(Policy):
             # unlimited cache, -1, evicts nothing, so theorem 2 holds there unchecked). The
             # placement does not see that trade-off: replay it, and when keeping no checkpoints
             # at all (the shadow) is cheaper, do that (docs/oracle.md).
+            #
+            # Either way the replay that follows is one already made, so it is not made again
+            # (``take_replay``; docs/oracle.md, "Cost and speed"):
+            # - kept: the trial replays this very policy -- same plan (``_through``, ``_rank``,
+            #   read only), same evict rule, cap and budget (``prepare`` sets them from the same
+            #   config), fresh per-request state, the same trace, config and profile -- and a
+            #   replay is deterministic; events do not feed back into it, so recording them (for a
+            #   caller that wants them) changes nothing else;
+            # - fallen back: with no plan the oracle never creates a checkpoint (``place`` makes
+            #   nothing, ``after_generation`` keeps nothing, ``prune`` and ``victim`` meet an empty
+            #   list), and a replay without checkpoints is the same under any cap and budget:
+            #   batches break nowhere (``batch_counts`` with no breaks, as under a cap of 0),
+            #   prompt-cache entries carry no checkpoint bytes, and the restore rule, slot choice
+            #   and prompt cache are the base policy's, as for ``none``. That is the shadow.
             trial = OraclePolicy(evict=self.evict)
             trial._checking = True
             trial._through, trial._rank = self._through, self._rank
-            placed = replay(trace, trial, config, profile, record_events=False).summary()
-            if oracle.work_s(shadow.summary()) < oracle.work_s(placed):
+            placed = replay(trace, trial, config, profile, record_events=True)
+            if oracle.work_s(shadow.summary()) < oracle.work_s(placed.summary()):
                 self._through = {}
                 self.fell_back = True
+                self._replayed = shadow
+            else:
+                self._replayed = placed
+
+    def take_replay(self) -> object | None:
+        run, self._replayed = self._replayed, None
+        return run
 
     def place(self, v: PrefillView) -> PrefillPlan:
         rank = self._rank.get(v.request_id, -1)
@@ -785,6 +813,9 @@ class Combined(Policy):
     def prepare(self, trace, config: ServerConfig, profile, replay: Callable[..., object]) -> None:
         self.placement.prepare(trace, config, profile, replay)
         self.eviction.prepare(trace, config, profile, replay)
+        # a part's replay of itself is not the combination's: dropped, and the combination replays
+        self.placement.take_replay()
+        self.eviction.take_replay()
 
     @property
     def relative_cost(self) -> float:  # type: ignore[override]

@@ -267,6 +267,12 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     # (policies.effective_config); the Run keeps the flags it was asked for.
     run_config = effective_config(pol, config)
     pol.prepare(trace, run_config, prof, simulate)   # offline policies see (and may replay) the trace first
+    done = pol.take_replay()                          # a replay of this very policy prepare made
+    if done is not None and seeding is None:
+        if on_progress is not None:
+            on_progress(len(trace))
+        return Run(trace.name, pol.spec, config, prof.name, list(done.results),
+                   list(done.events) if record_events else [], done.peak_ckpt_mib, done.peak_cache_ram_mib)
     replay = _Replay(trace, pol, run_config, prof, record_events, seeding)
     queue = _TaskQueue(trace, run_config.arrival_order)
     done = 0

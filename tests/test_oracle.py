@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ckptsim.oracle import best_prefix, lower_bound, plan_uses, predict_needs, shadow_run
 from ckptsim.policies import OraclePolicy, make_policy
 from ckptsim.records import Request
-from ckptsim.sim import ServerConfig, simulate
+from ckptsim.sim import Seeding, ServerConfig, simulate
 from ckptsim.trace import Trace, TraceHeader, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,3 +306,67 @@ def test_oracle_falls_back_when_checkpoint_copies_crowd_the_prompt_cache() -> No
     unlimited = OraclePolicy()
     simulate(trace, unlimited, ServerConfig(cache_ram_mib=-1), record_events=False)
     assert not unlimited.fell_back
+
+
+def _replayed_anyway(trace: Trace, spec: str, config: ServerConfig, record_events: bool = True):
+    """The run with the oracle's last replay made (an empty ``Seeding`` changes nothing in a
+    replay, but the simulator does not take a replay ``prepare`` made under it)."""
+    return simulate(trace, spec, config, record_events=record_events, seeding=Seeding({}, {}))
+
+
+def _same_run(a, b) -> None:
+    assert (a.policy, a.config, a.profile) == (b.policy, b.config, b.profile)
+    assert a.results == b.results
+    assert a.events == b.events
+    assert (a.peak_ckpt_mib, a.peak_cache_ram_mib) == (b.peak_ckpt_mib, b.peak_cache_ram_mib)
+
+
+@settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trace=random_traces(), config=configs.filter(lambda c: c.cache_ram_mib > 0),
+       spec=st.sampled_from(["oracle", "oracle:evict=belady", "oracle+fifo"]),
+       record_events=st.booleans())
+def test_oracle_run_is_its_trial_or_its_shadow(trace: Trace, config: ServerConfig, spec: str,
+                                               record_events: bool) -> None:
+    """With a finite --cache-ram the oracle's run is the trial replay it made in ``prepare`` (kept)
+    or the shadow (fallen back), not a third replay: equal to making that replay, result for
+    result and event for event (docs/oracle.md, "Cost and speed")."""
+    _same_run(simulate(trace, spec, config, record_events=record_events),
+              _replayed_anyway(trace, spec, config, record_events))
+
+
+@pytest.mark.parametrize("cache_ram", [2048.0, 8192.0])
+def test_oracle_run_is_its_trial_or_its_shadow_on_a_real_trace(cache_ram: float) -> None:
+    """The same on 40 interleaved SWE sessions: at 2 GiB the oracle falls back (the shadow stands
+    for its run), at 8 GiB it keeps its plan (the trial does)."""
+    trace = load_trace(REPO / "traces" / "real" / "mini-swe-agent-gemini3pro-s40.jsonl")
+    config = ServerConfig(cache_ram_mib=cache_ram)
+    pol = OraclePolicy()
+    run = simulate(trace, pol, config)
+    assert pol.fell_back == (cache_ram == 2048.0)
+    _same_run(run, _replayed_anyway(trace, "oracle", config))
+    assert pol.take_replay() is None                  # handed over once, not held
+
+
+def test_oracle_replays_twice() -> None:
+    """Shadow and trial (finite --cache-ram), or shadow and the run (cache off or unlimited): two
+    replays of the trace, where there were three."""
+    import ckptsim.oracle as oracle_mod
+    import ckptsim.sim as sim_mod
+    trace = load_trace(REPO / "traces" / "multi-session.jsonl")
+    calls: list[str] = []
+    real = sim_mod._Replay
+
+    class Counting(real):
+        def __init__(self, trace, pol, *args, **kwargs):
+            calls.append(pol.spec)
+            super().__init__(trace, pol, *args, **kwargs)
+
+    sim_mod._Replay = Counting
+    try:
+        for cache_ram in (8192.0, 0.0, -1.0):
+            oracle_mod._SHADOWS.clear()
+            calls.clear()
+            simulate(trace, "oracle", ServerConfig(cache_ram_mib=cache_ram), record_events=False)
+            assert calls == ["none", "oracle"], cache_ram
+    finally:
+        sim_mod._Replay = real
