@@ -238,20 +238,51 @@ def work_s(summary: dict) -> float:
     return summary["prefill_s"] + summary["restore_s"] + summary["create_s"]
 
 
+def shadow_config(config: ServerConfig) -> ServerConfig:
+    """The flags of the shadow replay for a run under ``config``: the shadow has no checkpoints,
+    so its cap and budget are irrelevant, and neutral values let one replay serve every run that
+    differs from ``config`` only there (a sweep over --ctx-checkpoints or budgets). The same
+    config is ``none``'s effective one (``policies.effective_config``): ``none`` under ``config``
+    *is* the shadow replay."""
+    return dataclasses.replace(config, ctx_checkpoints=0, ckpt_budget_mib=math.inf)
+
+
 def shadow_run(trace: Trace, config: ServerConfig, profile: CostProfile, replay: Callable[..., object]):
     """The replay without checkpoints, by ``replay`` (the simulator), cached: a sweep over
-    --ctx-checkpoints reuses it."""
-    # The shadow has no checkpoints, so its cap and budget are irrelevant: neutral values let
-    # ``_SHADOWS`` reuse one replay across a sweep over --ctx-checkpoints.
-    cfg = dataclasses.replace(config, ctx_checkpoints=0, ckpt_budget_mib=math.inf)
-    key = (cfg, profile.name)
-    held = _SHADOWS.get(key)
-    if held is not None and held[0] is trace and held[2] == profile:   # holding the trace keeps its id from being reused
+    --ctx-checkpoints reuses it (``shadow_config``)."""
+    held = _held(trace, config, profile)
+    if held is not None:
         return held[1]
+    cfg = shadow_config(config)
     shadow = replay(trace, "none", cfg, profile, record_events=True)
     _SHADOWS.clear()                      # one trace at a time is enough for a sweep worker
-    _SHADOWS[key] = (trace, shadow, profile)
+    _SHADOWS[(cfg, profile.name)] = [trace, shadow, profile, None]
     return shadow
+
+
+def held_shadow(trace: Trace, config: ServerConfig, profile: CostProfile):
+    """The shadow replay this process holds for ``trace`` under ``config`` (any cap and budget)
+    and ``profile``, or None: what ``none`` takes instead of replaying (``NoCheckpoints.prepare``)."""
+    held = _held(trace, config, profile)
+    return None if held is None else held[1]
+
+
+def shadow_plan(trace: Trace, config: ServerConfig, profile: CostProfile,
+                replay: Callable[..., object]) -> tuple:
+    """(shadow replay, ``plan_uses`` of it), both cached: the plan depends on the trace and the
+    shadow alone, so every cap and budget of a sweep shares it too (read only by the oracle)."""
+    shadow = shadow_run(trace, config, profile, replay)
+    held = _held(trace, config, profile)
+    if held[3] is None:
+        held[3] = plan_uses(trace, shadow)
+    return shadow, held[3]
+
+
+def _held(trace: Trace, config: ServerConfig, profile: CostProfile) -> list | None:
+    held = _SHADOWS.get((shadow_config(config), profile.name))
+    if held is not None and held[0] is trace and held[2] == profile:   # holding the trace keeps its id from being reused
+        return held
+    return None
 
 
 def predict_needs(trace: Trace, basis) -> dict[int, _Need]:

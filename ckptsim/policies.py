@@ -70,6 +70,10 @@ class Policy:
     needs_own_placement: ClassVar[bool] = False
     # Simulation time relative to ``none``'s, roughly: a sweep starts the costly tasks first.
     relative_cost: ClassVar[float] = 1.0
+    # True when ``prepare`` replays the trace without checkpoints (``oracle.shadow_run``): runs
+    # that differ only in cap and budget, and ``none`` under the same flags, share that replay
+    # within a process, so a sweep runs them in one (``sweep.shared_units``).
+    makes_shadow: ClassVar[bool] = False
 
     # restore rule this policy runs under (spec §2.2); only llama-server versions change it
     @property
@@ -157,10 +161,20 @@ class NoCheckpoints(Policy):
 
     name: ClassVar[str] = "none"
     source: ClassVar[str] = "baseline"
+    _replayed: object = field(default=None, init=False, repr=False, compare=False)   # see prepare
 
     @property
     def ctx_checkpoints(self) -> int | None:
         return 0
+
+    def prepare(self, trace, config: ServerConfig, profile, replay: Callable[..., object]) -> None:
+        # This run is the oracle's shadow replay under the same flags (oracle.shadow_config is
+        # this policy's effective config): when this process holds that replay, it is the run.
+        self._replayed = oracle.held_shadow(trace, config, profile)
+
+    def take_replay(self) -> object | None:
+        run, self._replayed = self._replayed, None
+        return run
 
 
 @dataclass
@@ -336,7 +350,8 @@ class OraclePolicy(Policy):
     name: ClassVar[str] = "oracle"
     source: ClassVar[str] = "ckptsim offline optimum (docs/oracle.md)"
     needs_own_placement: ClassVar[bool] = True   # victim/prune rank the uses place() planned
-    relative_cost: ClassVar[float] = 3.0
+    relative_cost: ClassVar[float] = 2.0         # the shadow replay and its own (docs/oracle.md)
+    makes_shadow: ClassVar[bool] = True
     evict: str = "density"   # value | density | belady (docs/oracle.md, "Eviction")
     _through: dict = field(default_factory=dict, init=False, repr=False)
     _rank: dict = field(default_factory=dict, init=False, repr=False)
@@ -347,7 +362,7 @@ class OraclePolicy(Policy):
     _profile: object = field(default=None, init=False, repr=False)
     # A trial replay of a plan made by its parent (the prompt-cache check in prepare): plans nothing.
     _checking: bool = field(default=False, init=False, repr=False)
-    _replayed: object = field(default=None, init=False, repr=False)   # see prepare, take_replay
+    _replayed: object = field(default=None, init=False, repr=False, compare=False)   # see prepare
     fell_back: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -364,11 +379,11 @@ class OraclePolicy(Policy):
         self._cap, self._budget_mib, self._profile = checkpoint_cap(self, config), config.ckpt_budget_mib, profile
         if self._checking:
             return
-        shadow = oracle.shadow_run(trace, config, profile, replay)
         # The plan is made for the shadow's trajectory. Where the checkpoints change timing, a
         # waiting session can overtake another and the plan becomes a forecast (re-planning on
         # the plan's own replay was tried: +4x time for < 0.5% on the SWE traces, docs/oracle.md).
-        self._through, self._rank = oracle.plan_uses(trace, shadow)
+        # Both are cached per trace and flags but the cap and budget (oracle.shadow_config).
+        shadow, (self._through, self._rank) = oracle.shadow_plan(trace, config, profile, replay)
         if config.cache_ram_mib > 0:
             # Prompt-cache entries carry copies of the slot's checkpoints (spec §5), so where
             # --cache-ram binds, checkpoint bytes can push whole conversations out of it (an
@@ -820,6 +835,10 @@ class Combined(Policy):
     @property
     def relative_cost(self) -> float:  # type: ignore[override]
         return max(self.placement.relative_cost, self.eviction.relative_cost)
+
+    @property
+    def makes_shadow(self) -> bool:  # type: ignore[override]
+        return self.placement.makes_shadow or self.eviction.makes_shadow
 
     @property
     def rules(self) -> ServerRules:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .policies import Policy, checkpoint_cap, effective_config, make_policy
+from .policies import NoCheckpoints, Policy, checkpoint_cap, effective_config, make_policy
 from .sim import ServerConfig
 
 DEFAULT_CTX_CHECKPOINTS = (4, 8, 16, 32, 64, 128)
@@ -134,6 +134,55 @@ def run_key(task: SweepTask) -> tuple:
             task.profile)
 
 
+def shadow_key(task: SweepTask) -> tuple | None:
+    """The shadow replay (``oracle.shadow_run``) a run makes or is, or None: every run of a policy
+    that makes one (``Policy.makes_shadow``: the oracle) under flags that differ only in cap and
+    budget needs the same replay, and ``none`` under those flags *is* it
+    (``oracle.shadow_config``). Such runs, done one after another in one process, replay it once."""
+    pol = make_policy(task.policy)
+    if not (pol.makes_shadow or isinstance(pol, NoCheckpoints)):
+        return None
+    from .oracle import shadow_config
+    return (task.trace_path, task.profile, shadow_config(task.config))
+
+
+def shared_units(runs: list[SweepTask], jobs: int) -> list[list[int]]:
+    """The runs (indices) grouped into units that one process runs in order: each run alone,
+    except the runs that share a shadow replay (``shadow_key``), which go together, the ``none``
+    run last (it takes the replay the first oracle run made). A group heavier than one process's
+    share of the sweep (``jobs`` processes) is split across as many units as that takes, so the
+    sharing never leaves processes idle (each unit then replays the shadow once)."""
+    units: list[list[int]] = []
+    groups: dict[tuple, list[int]] = {}
+    for j, t in enumerate(runs):
+        key = shadow_key(t)
+        if key is None:
+            units.append([j])
+        else:
+            if key not in groups:
+                groups[key] = []
+                units.append(groups[key])      # the group's place: where its first run was
+            groups[key].append(j)
+    share = sum(_weight(t) for t in runs) / max(1, jobs)
+    out: list[list[int]] = []
+    for u in units:
+        makers = [j for j in u if make_policy(runs[j].policy).makes_shadow]
+        if len(u) == 1 or not makers:
+            out.append(u)
+            continue
+        rest = [j for j in u if j not in makers]
+        n = max(1, min(len(makers), math.ceil(sum(_weight(runs[j]) for j in u) / share))) if share > 0 else 1
+        chunks = [makers[i::n] for i in range(n)]
+        chunks[0] += rest
+        out.extend(chunks)
+    return out
+
+
+def simulate_tasks(tasks: list[SweepTask]) -> list[dict]:
+    """``simulate_task`` of each, in order, in this process (a unit of ``shared_units``)."""
+    return [simulate_task(t) for t in tasks]
+
+
 def simulate_task(task: SweepTask, trace=None, profile=None) -> dict:
     """Simulate one task: the figures that depend on the run alone, not on the row's labels
     (``label_row`` adds those). ``trace`` and ``profile`` come loaded when the caller has them
@@ -190,9 +239,10 @@ def run_sweep(tasks: list[SweepTask], jobs: int | None = None,
     """Run every task and return one tidy DataFrame, one row per task in the tasks' order.
 
     Tasks with the same ``run_key`` are simulated once and the run is reported in each of their
-    rows (``reuse=False`` runs every task, for benchmarks and the test that proves the equality).
-    The runs go to ``jobs`` local processes (default: all cores), or to the Dask cluster at
-    ``cluster`` (``tcp://host:port``; ``ckptsim.cluster``). ``on_done`` is called once per row.
+    rows (``reuse=False`` runs every task, each on its own, for benchmarks and the test that
+    proves the equality). The runs go to ``jobs`` local processes (default: all cores), those that
+    share a shadow replay together (``shared_units``), or to the Dask cluster at ``cluster``
+    (``tcp://host:port``; ``ckptsim.cluster``), one task per run. ``on_done`` is called once per row.
     """
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tasks):
@@ -204,7 +254,7 @@ def run_sweep(tasks: list[SweepTask], jobs: int | None = None,
         from .cluster import run_on_cluster
         results = run_on_cluster(runs, cluster, simulate_task, heaviest_first(runs))
     else:
-        results = _run_local(runs, jobs)
+        results = _run_local(runs, jobs, share=reuse)
     for j, result in results:
         for k, i in enumerate(members[j]):
             rows[i] = label_row(tasks[i], result, reused=k > 0)
@@ -213,18 +263,23 @@ def run_sweep(tasks: list[SweepTask], jobs: int | None = None,
     return tidy(rows)
 
 
-def _run_local(runs: list[SweepTask], jobs: int | None) -> Iterator[tuple[int, dict]]:
-    """(index, result) of each run as it finishes, on ``jobs`` processes (default: all cores)."""
+def _run_local(runs: list[SweepTask], jobs: int | None, share: bool = True) -> Iterator[tuple[int, dict]]:
+    """(index, result) of each run as it finishes, on ``jobs`` processes (default: all cores);
+    ``share``: in the units of ``shared_units`` (else each run alone)."""
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(runs) or 1))
     if jobs == 1 or len(runs) < 2 * jobs:   # starting processes would cost more than it saves
-        for j, t in enumerate(runs):
-            yield j, simulate_task(t)
+        for unit in shared_units(runs, 1) if share else [[j] for j in range(len(runs))]:
+            for j in unit:
+                yield j, simulate_task(runs[j])
         return
+    units = shared_units(runs, jobs) if share else [[j] for j in range(len(runs))]
+    weight = [sum(_weight(runs[j]) for j in u) for u in units]
     with ProcessPoolExecutor(jobs, mp_context=_context(),
                              initializer=_warm, initargs=(sorted({t.trace_path for t in runs}),)) as ex:
-        futs = {ex.submit(simulate_task, runs[j]): j for j in heaviest_first(runs)}
+        futs = {ex.submit(simulate_tasks, [runs[j] for j in units[i]]): units[i]
+                for i in sorted(range(len(units)), key=weight.__getitem__, reverse=True)}
         for f in as_completed(futs):
-            yield futs[f], f.result()
+            yield from zip(futs[f], f.result())
 
 
 def heaviest_first(runs: list[SweepTask]) -> list[int]:

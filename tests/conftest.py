@@ -24,3 +24,29 @@ def shared_dir() -> Path:
     if not (SHARED / "corpus").is_dir():
         pytest.skip("../shared/corpus is not present (it exists only beside the project's own checkout)")
     return SHARED
+
+
+@pytest.fixture
+def count_replays():
+    """A context manager factory: ``with count_replays() as calls`` records the policy spec of
+    every replay the simulator makes inside the block (how many times a trace is replayed)."""
+    import contextlib
+
+    import ckptsim.sim as sim_mod
+
+    @contextlib.contextmanager
+    def counting():
+        calls: list[str] = []
+        real = sim_mod._Replay
+
+        class Counting(real):
+            def __init__(self, trace, pol, *args, **kwargs):
+                calls.append(pol.spec)
+                super().__init__(trace, pol, *args, **kwargs)
+
+        sim_mod._Replay = Counting
+        try:
+            yield calls
+        finally:
+            sim_mod._Replay = real
+    return counting

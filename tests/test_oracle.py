@@ -347,26 +347,54 @@ def test_oracle_run_is_its_trial_or_its_shadow_on_a_real_trace(cache_ram: float)
     assert pol.take_replay() is None                  # handed over once, not held
 
 
-def test_oracle_replays_twice() -> None:
+def test_oracle_replays_twice(count_replays) -> None:
     """Shadow and trial (finite --cache-ram), or shadow and the run (cache off or unlimited): two
     replays of the trace, where there were three."""
     import ckptsim.oracle as oracle_mod
-    import ckptsim.sim as sim_mod
     trace = load_trace(REPO / "traces" / "multi-session.jsonl")
-    calls: list[str] = []
-    real = sim_mod._Replay
-
-    class Counting(real):
-        def __init__(self, trace, pol, *args, **kwargs):
-            calls.append(pol.spec)
-            super().__init__(trace, pol, *args, **kwargs)
-
-    sim_mod._Replay = Counting
-    try:
-        for cache_ram in (8192.0, 0.0, -1.0):
-            oracle_mod._SHADOWS.clear()
-            calls.clear()
+    for cache_ram in (8192.0, 0.0, -1.0):
+        oracle_mod._SHADOWS.clear()
+        with count_replays() as calls:
             simulate(trace, "oracle", ServerConfig(cache_ram_mib=cache_ram), record_events=False)
-            assert calls == ["none", "oracle"], cache_ram
-    finally:
-        sim_mod._Replay = real
+        assert calls == ["none", "oracle"], cache_ram
+
+
+@pytest.mark.parametrize("config", [ServerConfig(), ServerConfig(n_slots=2, cache_ram_mib=1024, ctx_checkpoints=4),
+                                    ServerConfig(cache_ram_mib=0, arrival_order=False, n_slots=2)])
+def test_none_is_the_shadow_replay_and_takes_it(config: ServerConfig, count_replays) -> None:
+    """``none`` under the oracle's flags (any cap and budget) is the oracle's shadow replay: after
+    an oracle run it takes that replay, equal to replaying, result for result and event for
+    event; under other flags it replays."""
+    import ckptsim.oracle as oracle_mod
+    trace = load_trace(REPO / "traces" / "multi-session.jsonl")
+    oracle_mod._SHADOWS.clear()
+    fresh = simulate(trace, "none", config)
+    for events in (True, False):
+        oracle_mod._SHADOWS.clear()
+        simulate(trace, "oracle", ServerConfig(**{**config.__dict__, "ctx_checkpoints": 7, "ckpt_budget_mib": 300.0}),
+                 record_events=False)
+        with count_replays() as calls:
+            taken = simulate(trace, "none", config, record_events=events)
+        assert calls == []
+        assert taken.results == fresh.results and taken.config == config
+        assert taken.events == (fresh.events if events else [])
+    with count_replays() as calls:
+        simulate(trace, "none", ServerConfig(**{**config.__dict__, "n_batch": 512}), record_events=False)
+    assert calls == ["none"]
+
+
+def test_compare_runs_the_oracle_first_so_none_takes_its_shadow(count_replays) -> None:
+    """``compare`` (cli run_policies): none, fifo and the oracle cost three replays, not four,
+    and each run equals simulating it on its own, in the order asked for."""
+    import ckptsim.oracle as oracle_mod
+    from ckptsim.cli.sim_cmds import run_policies
+    trace = load_trace(REPO / "traces" / "chat-edit.jsonl")
+    config = ServerConfig()
+    oracle_mod._SHADOWS.clear()
+    with count_replays() as calls:
+        runs = run_policies(trace, ["none", "fifo", "oracle"], config, None, show_progress=False)
+    assert sorted(calls) == ["fifo:offset=0", "none", "oracle"]
+    for run, spec in zip(runs, ["none", "fifo", "oracle"]):
+        oracle_mod._SHADOWS.clear()
+        alone = simulate(trace, spec, config)
+        assert run.policy == alone.policy and run.results == alone.results and run.events == alone.events

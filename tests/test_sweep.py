@@ -150,3 +150,54 @@ def test_a_run_cannot_depend_on_what_its_effective_config_leaves_out(spec: str) 
             for cp in (1, 64)]
     assert runs[0] == runs[1]
     assert effective_config(make_policy(pinned), ServerConfig(ctx_checkpoints=64)).ctx_checkpoints == 3
+
+
+def _fresh_row(task: SweepTask) -> dict:
+    """The row of ``task`` simulated in a process that holds no shadow replay."""
+    from ckptsim import oracle
+    from ckptsim.sweep import label_row, simulate_task
+    oracle._SHADOWS.clear()
+    return label_row(task, simulate_task(task))
+
+
+def test_runs_that_share_a_shadow_replay_run_in_one_unit_none_last() -> None:
+    """The oracle's runs (and oracle+B's) at every cap, and none, under otherwise equal flags need
+    one shadow replay: one unit, none last; other flags, another unit; fifo alone. A group heavier
+    than a process's share is split (each part then replays the shadow once)."""
+    from ckptsim.sweep import shared_units
+    tasks = expand([TRACE], ["oracle", "fifo", "none", "oracle+fifo"], [2, 8, 32], cache_ram_mib=(0.0, 2048.0))
+    units = shared_units(tasks, 1)          # (run_sweep hands it one task per run_key: none once)
+    specs = [[tasks[j].policy for j in u] for u in units]
+    assert sorted(map(len, units)) == [1] * 6 + [9, 9]
+    for u, sp in zip(units, specs):
+        assert len({tasks[j].config.cache_ram_mib for j in u}) == 1
+        if len(u) > 1:
+            assert sp[-3:] == ["none"] * 3 and sorted(sp[:-3]) == ["oracle"] * 3 + ["oracle+fifo"] * 3
+    assert sorted(j for u in units for j in u) == list(range(len(tasks)))
+    oracle_only = expand([TRACE], ["oracle"], [2, 8, 32, 64])
+    assert len(shared_units(oracle_only, 1)) == 1 and len(shared_units(oracle_only, 2)) == 2
+    assert len(shared_units(oracle_only, 8)) == 4
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_shared_shadow_replays_equal_each_run_on_its_own(jobs: int) -> None:
+    """Rows with the shadow shared (the oracle's later runs and none take it) equal the rows of
+    simulating every task in a process that holds no shadow."""
+    tasks = expand([TRACE, REPO / "traces" / "multi-session.jsonl"], ["oracle", "none", "oracle+fifo", "fifo"],
+                   [2, 32], cache_ram_mib=(0.0, 2048.0), n_slots=(1, 2))
+    shared = run_sweep(tasks, jobs=jobs)
+    each = pd.DataFrame([_fresh_row(t) for t in tasks])
+    pd.testing.assert_frame_equal(_figures(shared), _figures(each)[_figures(shared).columns],
+                                  check_dtype=False)
+
+
+def test_a_sweep_replays_each_shadow_once(count_replays) -> None:
+    """In one process: per trace and flags but the cap, one replay without checkpoints, whatever
+    the number of caps and whether none is swept too."""
+    from ckptsim import oracle
+    oracle._SHADOWS.clear()
+    tasks = expand([TRACE], ["none", "oracle", "oracle:evict=belady"], [2, 8, 32], cache_ram_mib=(0.0, 2048.0))
+    with count_replays() as calls:
+        run_sweep(tasks, jobs=1)
+    assert calls.count("none") == 2                        # one per --cache-ram
+    assert len(calls) == 2 + 2 * 6                         # and one replay per oracle run

@@ -139,13 +139,17 @@ def arrival_order(queue: str) -> bool:
 def run_policies(trace, policies: list[str], config, profile, show_progress: bool):
     """Simulate each policy on one trace, with a progress bar over all requests."""
     from ..sim import simulate
+    from ..policies import make_policy
     check_policies(policies)  # fail on a bad spec before any work starts
-    runs = []
+    # The oracle first: ``none`` under the same flags is its shadow replay and takes it
+    # (oracle.held_shadow) instead of replaying; the runs keep the order asked for.
+    order = sorted(range(len(policies)), key=lambda i: not make_policy(policies[i]).makes_shadow)
+    runs = [None] * len(policies)
     with progress(enabled=show_progress) as bar:
         task = bar.add_task(f"simulating {trace.name or 'trace'}", total=len(trace) * len(policies))
-        for spec in policies:
-            runs.append(simulate(trace, spec, config, profile,
-                                 on_progress=lambda n: bar.advance(task, n)))
+        for i in order:
+            runs[i] = simulate(trace, policies[i], config, profile,
+                               on_progress=lambda n: bar.advance(task, n))
     return runs
 
 
