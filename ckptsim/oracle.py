@@ -182,7 +182,7 @@ def _session_forest(trace: Trace) -> tuple[list[int], list[int]]:
     for x in range(n):
         y = vpar[x]
         if y >= 0:
-            weight[x] = shared[x] if parent[x] == y else trace._lifted_lcp(x, y)
+            weight[x] = shared[x] if parent[x] == y else trace.trie.lcp(x, y)
     return vpar, weight
 
 

@@ -132,7 +132,16 @@ def summarize(run: Run) -> dict:
 
 
 class _PromptCache:
-    """Host-RAM prompt cache (``--cache-ram``, spec §5): full states plus copies of checkpoints."""
+    """Host-RAM prompt cache (``--cache-ram``, spec §5): full states plus copies of checkpoints.
+
+    The server scans every entry with one common-prefix query each (save and load). Here the
+    entries are also kept sorted by their sequence's trie position (``Trace.trie``): the common
+    prefix of a sequence x with the entries only falls as one walks away from x's position, so
+    the entries that can matter (sharing more than a threshold with x) are a contiguous run
+    around it, found by walking out until the prefix drops to the threshold. The rules then run
+    over that run in the server's own (insertion) order, so every choice -- ties included -- is
+    the scan's.
+    """
 
     def __init__(self, limit_mib: float, limit_tokens: int, trace: Trace, profile: CostProfile,
                  makes_room: bool = True):
@@ -140,53 +149,118 @@ class _PromptCache:
         self.limit_tokens = limit_tokens
         self.makes_room = makes_room           # b9908+ (#25070): alloc pops the oldest itself
         self.keep = 0 if makes_room else 1     # before, update() always kept one entry
-        self.entries: list[_CacheEntry] = []
+        self.entries: dict[int, _CacheEntry] = {}   # by serial number: oldest first (the server's list)
+        self._serial = 0
+        self._keys: list[tuple[int, int]] = []      # (trie position of the entry's sequence, serial), sorted
         self.n_evicted = 0                # entries evicted so far (the server logs each one)
+        self.n_loads = 0                  # slots loaded from an entry
         self.trace = trace
         self.profile = profile
+        self._trie = trace.trie
+        self._pos = self._trie.pos
         self._changed()
 
     def _changed(self) -> None:
         # The totals are read for every request but change only here: re-summed (not kept as
         # running totals) so they stay bit-identical to a fresh sum over the entries.
-        self._size_mib = sum(e.size_mib for e in self.entries)
-        self._n_tokens = sum(e.n_tokens for e in self.entries)
+        es = self.entries.values()
+        self._size_mib = sum([e.size_mib for e in es])
+        self._n_tokens = sum([e.n_tokens for e in es])
 
     @property
     def size_mib(self) -> float:
         return self._size_mib
 
+    def _add(self, e: _CacheEntry) -> None:
+        s = self._serial
+        self._serial += 1
+        self.entries[s] = e
+        if e.seq >= 0:                         # an empty sequence matches nothing: not indexed
+            bisect.insort(self._keys, (self._pos[e.seq], s))
+
+    def _remove(self, s: int) -> _CacheEntry:
+        e = self.entries.pop(s)
+        if e.seq >= 0:
+            keys = self._keys
+            del keys[bisect.bisect_left(keys, (self._pos[e.seq], s))]
+        return e
+
+    def _near(self, seq: int, floor: int) -> list[tuple[int, int]]:
+        """(serial, common prefix with ``seq``'s sequence) of every indexed entry sharing at least
+        ``floor`` tokens with it (floor >= 1), in no particular order."""
+        keys = self._keys
+        if not keys:
+            return []
+        between = self._trie.between
+        p = self._pos[seq]
+        big = 1 << 62                          # the same sequence: its whole length (seq_lcp)
+        full = self.trace._prompt[seq] + int(self.trace.n_output[seq])
+        out = []
+        i = bisect.bisect_left(keys, (p, -1))
+        j, q, lcp = i - 1, p, big              # walk left
+        while j >= 0:
+            pj, s = keys[j]
+            if pj != q:
+                m = between(pj, q)
+                if m < lcp:
+                    lcp = m
+                if lcp < floor:
+                    break
+                q = pj
+            out.append((s, full if lcp == big else lcp))
+            j -= 1
+        j, q, lcp, n = i, p, big, len(keys)    # walk right
+        while j < n:
+            pj, s = keys[j]
+            if pj != q:
+                m = between(q, pj)
+                if m < lcp:
+                    lcp = m
+                if lcp < floor:
+                    break
+                q = pj
+            out.append((s, full if lcp == big else lcp))
+            j += 1
+        return out
+
     def _evict_oldest(self, emit: Callable[..., None]) -> None:
-        old = self.entries.pop(0)
+        old = self._remove(next(iter(self.entries)))
         self.n_evicted += 1
         self._changed()
         emit(EventKind.CACHE_EVICT, old.n_tokens, old.size_mib)
 
-    def _lcp_seq(self, seq_a: int, n_a: int, seq_b: int, n_b: int) -> int:
-        if seq_a < 0 or seq_b < 0:
-            return 0
-        return min(self.trace.seq_lcp(seq_a, seq_b), n_a, n_b)
-
     def save(self, slot: _Slot, emit: Callable[..., None]) -> None:
         """``prompt_save`` + ``alloc`` (st:1711)."""
-        if slot.n_cache <= 0:
+        n = slot.n_cache
+        if n <= 0:
             return
-        lcps = [self._lcp_seq(e.seq, e.n_tokens, slot.seq, slot.n_cache) for e in self.entries]
-        if slot.n_cache in lcps:
-            return                        # " - prompt is already in the cache, skipping"
-        size = self.profile.state_mib(slot.n_cache) + slot.ckpt_mib
+        entries = self.entries
+        obsolete = []
+        if slot.seq >= 0 and entries:
+            # An entry matters if its common prefix with the slot is the slot's whole cache
+            # (already saved) or its own whole length (a prefix of the slot: obsolete); every
+            # other entry shares less than min(n, shortest entry) tokens.
+            floor = min(n, min([e.n_tokens for e in entries.values()]))
+            for s, l in self._near(slot.seq, floor):
+                e = entries[s]
+                lcp = min(l, e.n_tokens, n)
+                if lcp == n:
+                    return                    # " - prompt is already in the cache, skipping"
+                if lcp == e.n_tokens:
+                    obsolete.append(s)
+        size = self.profile.state_mib(n) + slot.ckpt_mib
         if self.makes_room and size > self.limit_mib:
             return                        # #25070: bigger than the whole cache
         # entries that are prefixes of the new one are obsolete
-        kept = [e for e, lcp in zip(self.entries, lcps) if lcp != e.n_tokens]
-        if len(kept) != len(self.entries):
-            self.entries = kept
+        if obsolete:
+            for s in obsolete:
+                self._remove(s)
             self._changed()
         while self.makes_room and self.entries and self.size_mib + size > self.limit_mib:
             self._evict_oldest(emit)
-        self.entries.append(_CacheEntry(slot.seq, slot.n_cache, list(slot.ckpts), size))
+        self._add(_CacheEntry(slot.seq, n, list(slot.ckpts), size))
         self._changed()
-        emit(EventKind.CACHE_SAVE, slot.n_cache, size)
+        emit(EventKind.CACHE_SAVE, n, size)
 
     def load(self, slot: _Slot, req: int, n_prompt: int, emit: Callable[..., None]) -> None:
         """``load`` (st:1793): take the entry better than the slot in both f_keep and f_sim."""
@@ -194,15 +268,26 @@ class _PromptCache:
         best_keep = lcp / slot.n_cache if slot.n_cache > 0 else -1.0
         best_sim = lcp / n_prompt
         best = -1
-        for i, e in enumerate(self.entries):
-            l_e = self.trace.prefix_with_state(e.seq, e.n_tokens, req)
-            f_keep, f_sim = l_e / e.n_tokens, l_e / n_prompt
+        # f_sim > best_sim needs more than lcp tokens in common: only entries near req can win,
+        # visited in the server's order
+        entries = self.entries
+        for s, l_e in sorted(self._near(req, lcp + 1)):
+            e = entries[s]
+            n_e = e.n_tokens
+            if n_e <= 0:
+                continue
+            if l_e > n_e:
+                l_e = n_e
+            if l_e > n_prompt:
+                l_e = n_prompt
+            f_keep, f_sim = l_e / n_e, l_e / n_prompt
             if f_keep >= 0.25 and f_keep > best_keep and f_sim > best_sim:
-                best, best_keep, best_sim = i, f_keep, f_sim
+                best, best_keep, best_sim = s, f_keep, f_sim
         if best >= 0:
-            e = self.entries.pop(best)
+            e = self._remove(best)
             self._changed()
             slot.seq, slot.n_cache, slot.ckpts = e.seq, e.n_tokens, list(e.ckpts)
+            self.n_loads += 1
             emit(EventKind.CACHE_LOAD, e.n_tokens, e.size_mib)
 
     def update(self, emit: Callable[..., None]) -> None:

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ class Trace:
         self._parent = self.parent.tolist()
         self._shared = self.n_shared.tolist()
         self._prompt = self.n_prompt.tolist()
-        self._lift: tuple | None = None
+        self._trie: TrieOrder | None = None
         if check:                     # iter_trace has already checked every line of a file
             for r in reqs:
                 _check_request(r, self, where=f"request {r.id}")
@@ -97,56 +98,25 @@ class Trace:
         """Common prefix, in tokens, of the full sequences (prompt + output) of requests a and b."""
         if a == b:
             return self._prompt[a] + int(self.n_output[a])
-        best = 1 << 62
-        parent, n_shared = self._parent, self._shared
-        # Walk the later one up its parent chain; the min along the way is the LCP (trie property).
-        # Most queries end within a few steps (the slot holds the parent or a close relative);
-        # long chains (sessions linked through a shared system prompt) go to binary lifting.
-        for _ in range(6):
-            if a < b:
-                a, b = b, a
-            p = parent[a]
-            if p < 0:
-                return 0
-            s = n_shared[a]
-            if s < best:
-                best = s
-            a = p
-            if a == b:
-                return best
-        return min(best, self._lifted_lcp(a, b))
+        parent = self._parent
+        # The common cases cost no table: one is the other's parent, or both share a parent.
+        pa, pb = parent[a], parent[b]
+        if pa == b:
+            return self._shared[a]
+        if pb == a:
+            return self._shared[b]
+        if pa == pb and pa >= 0:
+            sa, sb = self._shared[a], self._shared[b]
+            return sa if sa < sb else sb
+        return self.trie.lcp(a, b)
 
-    def _lifted_lcp(self, a: int, b: int) -> int:
-        """min of n_shared over the tree path between a and b (binary lifting; roots hang off a
-        virtual node n whose edges share 0 tokens)."""
-        if self._lift is None:
-            self._lift = _build_lift(self._parent, self._shared)
-        depth, up, mn = self._lift
-        best = 1 << 62
-        if depth[a] < depth[b]:
-            a, b = b, a
-        diff, j = depth[a] - depth[b], 0
-        while diff:
-            if diff & 1:
-                m = mn[j][a]
-                if m < best:
-                    best = m
-                a = up[j][a]
-            diff >>= 1
-            j += 1
-        if a == b:
-            return best
-        for j in range(len(up) - 1, -1, -1):
-            uj = up[j]
-            if uj[a] != uj[b]:
-                mj = mn[j]
-                if mj[a] < best:
-                    best = mj[a]
-                if mj[b] < best:
-                    best = mj[b]
-                a, b = uj[a], uj[b]
-        m0 = mn[0]
-        return min(best, m0[a], m0[b])
+    @property
+    def trie(self) -> TrieOrder:
+        """The sequences in trie order, for O(1) common-prefix queries (built on first use)."""
+        t = self._trie
+        if t is None:
+            t = self._trie = TrieOrder(self._parent, self._shared)
+        return t
 
     def prefix_with_state(self, seq: int, n_cached: int, req: int) -> int:
         """LCP of request ``req``'s prompt with a slot holding the first ``n_cached`` tokens of ``seq``."""
@@ -163,21 +133,92 @@ class Trace:
         return int(self.n_prompt.sum())
 
 
-def _build_lift(parent: list[int], shared: list[int]) -> tuple[list[int], list[list[int]], list[list[int]]]:
-    """Depths and 2^j-ancestor / path-min tables of the parent forest, for O(log n) LCP queries."""
-    n = len(parent)
-    big = 1 << 62
-    par = np.array([p if p >= 0 else n for p in parent] + [n], dtype=np.int64)
-    mn0 = np.array([s if p >= 0 else 0 for p, s in zip(parent, shared)] + [big], dtype=np.int64)
-    depth = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):  # parents come before children
-        depth[i] = depth[par[i]] + 1 if par[i] != n else 1
-    ups, mns = [par], [mn0]
-    for _ in range(max(1, int(depth.max()).bit_length())):
-        up, mn = ups[-1], mns[-1]
-        ups.append(up[up])
-        mns.append(np.minimum(mn, mn[up]))
-    return depth.tolist(), [u.tolist() for u in ups], [m.tolist() for m in mns]
+class TrieOrder:
+    """The trace's sequences sorted as the leaves of their token trie, for O(1) common prefixes.
+
+    Because each request's ``parent`` is its best earlier match, the common prefix of two
+    sequences is the least ``n_shared`` on the parent-tree path between them (module docstring).
+    Hanging each request instead off its nearest ancestor whose own ``n_shared`` is smaller (the
+    prefix it shares with the parent is shared with all ancestors in between) keeps every such
+    minimum and makes ``n_shared`` fall strictly going up: the tree becomes the trie. Its
+    post-order, children by ascending ``n_shared``, lists the sequences so that every group
+    sharing more than m tokens is contiguous, and the common prefix of neighbours is the
+    ``n_shared`` of the earlier one (0 across trees). Then, as with a suffix array's LCP array::
+
+        order:  s0    s1    s2    s3    s4          gaps[i] = LCP(order[i], order[i+1])
+        gaps:      a0    a1    a2    a3             LCP(s1, s4) = min(a1, a2, a3)
+
+    and ``lcp`` answers with a sparse table of range minima (two lookups). The common prefix of
+    a fixed sequence with the others only falls as one walks away from it in this order, which
+    is what the simulator's prompt-cache index uses (``sim._PromptCache``).
+    """
+
+    __slots__ = ("pos", "levels")
+
+    def __init__(self, parent: list[int], shared: list[int]):
+        n = len(parent)
+        up = [-1] * n            # trie parent
+        w = [0] * n              # n_shared towards it (0: a root)
+        for g in range(n):       # parents come before children
+            p = parent[g]
+            if p < 0:
+                continue
+            x = shared[g]
+            while p >= 0 and w[p] >= x:
+                p = up[p]
+            if p >= 0:
+                up[g], w[g] = p, x
+        size = [1] * n
+        for g in range(n - 1, -1, -1):
+            p = up[g]
+            if p >= 0:
+                size[p] += size[g]
+        # Each child's block starts after its elder siblings' (ascending n_shared, then id);
+        # roots are the children of a virtual node.
+        upa, wa, sz = (np.asarray(x, dtype=np.int64) for x in (up, w, size))
+        by = np.lexsort((np.arange(n), wa, np.where(upa >= 0, upa, n)))
+        par = upa[by]
+        before = np.cumsum(sz[by]) - sz[by]
+        first = np.ones(n, dtype=bool)
+        first[1:] = par[1:] != par[:-1]
+        off = np.empty(n, dtype=np.int64)
+        off[by] = before - before[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
+        start = off.tolist()
+        for g in range(n):
+            p = up[g]
+            if p >= 0:
+                start[g] += start[p]
+        pos = np.asarray(start, dtype=np.int64) + sz - 1       # post-order: a node after its block
+        gaps = np.zeros(max(n - 1, 0), dtype=np.int64)
+        inner = pos < n - 1
+        gaps[pos[inner]] = wa[inner]
+        self.pos = array("q", pos.tobytes())
+        # levels[k][i] = min(gaps[i : i + 2**k])
+        typ, dt = ("i", np.int32) if (gaps.size == 0 or int(gaps.max()) < 2**31) else ("q", np.int64)
+        lv = gaps
+        self.levels = [array(typ, lv.astype(dt).tobytes())]
+        k, m = 1, lv.size
+        while (1 << k) <= m:
+            lv = np.minimum(lv[:-(1 << (k - 1))], lv[1 << (k - 1):])
+            self.levels.append(array(typ, lv.astype(dt).tobytes()))
+            k += 1
+
+    def between(self, i: int, j: int) -> int:
+        """Least common prefix of neighbours between trie positions i < j: LCP(order[i], order[j])."""
+        k = (j - i).bit_length() - 1
+        t = self.levels[k]
+        x, y = t[i], t[j - (1 << k)]
+        return x if x < y else y
+
+    def lcp(self, a: int, b: int) -> int:
+        """Common prefix of the sequences of two different requests a and b."""
+        i, j = self.pos[a], self.pos[b]
+        if i > j:
+            i, j = j, i
+        k = (j - i).bit_length() - 1
+        t = self.levels[k]
+        x, y = t[i], t[j - (1 << k)]
+        return x if x < y else y
 
 
 def _check_request(r: Request, trace: Trace | None, where: str) -> None:

@@ -104,9 +104,9 @@ def test_positions_that_differ_from_the_parent_are_kept(tmp_path):
     assert load_trace(p)[1].user_starts == (0, 800)
 
 
-def test_deep_chains_use_exact_lifting():
+def test_deep_chains_use_the_trie_order():
     """Sessions chained through a shared system prompt make parent chains thousands deep; the
-    O(log n) path (binary lifting) must give the same LCP as explicit tokens."""
+    O(1) path (trie order, range minima) must give the same LCP as explicit tokens."""
     import random
     rnd = random.Random(7)
     reqs: list[Request] = []
@@ -122,4 +122,4 @@ def test_deep_chains_use_exact_lifting():
     for _ in range(3000):
         a, b = rnd.randrange(600), rnd.randrange(600)
         assert t.seq_lcp(a, b) == token_lcp(seqs[a], seqs[b])
-    assert t._lift is not None          # the deep path was exercised
+    assert t._trie is not None          # the table path was exercised
