@@ -1,11 +1,12 @@
 """Results boundary: runs -> pandas DataFrames, and the one place each metric is defined."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 
 from .policies import checkpoint_cap, make_policy
+from .records import RESULT_FIELDS
 from .sim import Run
 
 
@@ -113,12 +114,14 @@ def format_ms(ms: float | None) -> str:
 
 
 def results_frame(run: Run) -> pd.DataFrame:
-    """One row per request of a run."""
-    rows = [asdict(r) for r in run.results]
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df["created_at"] = df["created_at"].map(lambda xs: " ".join(map(str, xs)))
-        df.insert(0, "policy", run.policy)
+    """One row per request of a run (from the run's columns)."""
+    res = run.results
+    if not len(res):
+        return pd.DataFrame()
+    df = pd.DataFrame({k: (res.column(k) if k != "created_at"
+                           else [" ".join(map(str, xs)) for xs in res.created_at_lists()])
+                       for k in RESULT_FIELDS})
+    df.insert(0, "policy", run.policy)
     return df
 
 

@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from . import engines, oracle
 from .adaptive import AdaptiveRules
 from .records import Checkpoint
 from .server import (DEFAULT_BUILD, PrefillPlan, RestoreDecision, ServerConfig, ServerRules, batch_counts,
-                     parse_build, restore_decision, server_placement, spacing_pass_runs, spacing_victims)
+                     count_batches, parse_build, restore_decision, server_placement, spacing_pass_runs,
+                     spacing_victims)
 
 _CURRENT_RULES = ServerRules(DEFAULT_BUILD)
+_n_tokens = operator.itemgetter(0)        # Checkpoint.n_tokens, for map() over a slot's list
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillView:
-    """What a policy may look at when it plans the checkpoints of one prompt."""
+class PrefillView(NamedTuple):
+    """What a policy may look at when it plans the checkpoints of one prompt. (A named tuple:
+    the simulator makes one per request.)"""
 
     request_id: int
     slot: int
@@ -106,7 +109,7 @@ class Policy:
         """The restore step for a slot holding ``n_cache`` tokens (spec §2.2): how many to keep,
         which checkpoint to roll back to, which to erase. Default: llama-server's rule for
         ``rules``; an engine whose reuse differs (block granularity, no live state) overrides it."""
-        return restore_decision(self.rules, n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts])
+        return restore_decision(self.rules, n_lcp, n_cache, n_prompt, list(map(_n_tokens, ckpts)))
 
     def restored(self, ckpt: Checkpoint, request_id: int) -> None:
         """Told that request ``request_id`` resumed from ``ckpt`` (recency-based evictions)."""
@@ -151,8 +154,13 @@ class Policy:
 
 def plan_at(v: PrefillView, positions: list[int]) -> PrefillPlan:
     """Checkpoints at ``positions`` inside (start, T]; batches break there."""
-    ps = sorted(set(p for p in positions if v.start < p <= v.n_prompt and p > 0))
-    return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
+    start, T = v.start, v.n_prompt
+    lo = start if start > 0 else 0
+    ps = sorted({p for p in positions if lo < p <= T})
+    if T <= start:
+        return PrefillPlan(tuple(ps), 0, 0)
+    return PrefillPlan(tuple(ps), *count_batches(start, T, v.n_batch, v.n_ubatch,
+                                                 ps[:-1] if ps and ps[-1] == T else ps))
 
 
 @dataclass
@@ -275,12 +283,12 @@ class LlamaServer(Policy):
                                 v.n_batch, v.n_ubatch, self.min_step, self.every_n)
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
-        out: list[int] = []
+        rules = self._rules
         # Most creates happen with the pass off (older builds, or a list not full): skip the pairs.
-        if spacing_pass_runs(self._rules, len(ckpts), cap):
-            out = spacing_victims(self._rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
-                                  self.min_step, cap)
-        return sorted(out)
+        if not rules.spacing_eviction or not spacing_pass_runs(rules, len(ckpts), cap):
+            return []
+        return sorted(spacing_victims(rules, [(c.n_tokens, c.task_id) for c in ckpts], task_id,
+                                      self.min_step, cap))
 
     def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
         # #28302 (c): a checkpoint at the same position is superseded -- after the FIFO erase of
@@ -289,7 +297,10 @@ class LlamaServer(Policy):
         # "superseding ... 848", "created ... 1 of 2".
         if not self._rules.spacing_eviction_only_when_full:
             return []
-        return [i for i, c in enumerate(ckpts) if c.n_tokens == new_k]
+        ks = list(map(_n_tokens, ckpts))
+        if new_k not in ks:               # the common case, answered in C
+            return []
+        return [i for i, k in enumerate(ks) if k == new_k]
 
     @property
     def spec(self) -> str:
@@ -672,7 +683,7 @@ class Marconi(engines.RecencyClock, Policy):
         best_a, best_ms = 0.0, None
         for a in engines.MARCONI_ALPHAS:
             run = replay(sub, Marconi(alpha=repr(a)), config, profile, record_events=False)
-            ms = sum(r.prefill_ms for r in run.results)
+            ms = sum(run.results.column("prefill_ms").tolist())   # left to right, as over the rows
             if best_ms is None or ms < best_ms - 1e-9:
                 best_a, best_ms = a, ms
         self._alpha = self.tuned_alpha = best_a

@@ -18,6 +18,7 @@ import bisect
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 # #28302 (spec §2, merged ~2026-09) has no known tag. Measured by `ckptsim conformance`
 # (docs/conformance.md): b10809 replays only under the older rules, b11063 only under #28302's,
@@ -257,9 +258,8 @@ def parse_build(version: str | int) -> int:
     return b
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreDecision:
-    """Outcome of the restore step for one request (spec §2.2)."""
+class RestoreDecision(NamedTuple):
+    """Outcome of the restore step for one request (spec §2.2). (A named tuple: one per request.)"""
 
     n_past: int           # cached tokens kept (the server's cache_n)
     restored: int         # n_tokens of the restored checkpoint, -1 if none
@@ -331,9 +331,9 @@ def restore_decision(rules: ServerRules, n_lcp: int, n_cache: int, n_prompt: int
                            keep_upto=keep_upto)
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillPlan:
-    """Where checkpoints are created while one prompt is prefilled, and how many batches it takes."""
+class PrefillPlan(NamedTuple):
+    """Where checkpoints are created while one prompt is prefilled, and how many batches it takes.
+    (A named tuple: one per request.)"""
 
     positions: tuple[int, ...]
     n_batches: int               # llama_decode calls (batches of at most n_batch)
@@ -352,17 +352,25 @@ def batch_counts(start: int, end: int, n_batch: int, n_ubatch: int,
     """
     if end <= start:
         return 0, 0
+    return count_batches(start, end, n_batch, n_ubatch,
+                         sorted({x for x in breaks if start < x < end}) if breaks else ())
+
+
+def count_batches(start: int, end: int, n_batch: int, n_ubatch: int,
+                  breaks: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """``batch_counts`` for start < end and ``breaks`` already sorted, distinct, inside (start, end)."""
     nb = max(1, n_batch)
     ub = max(1, min(nb, n_ubatch))
     per_full = -(-nb // ub)
     n_b = n_ub = 0
     s = start
-    for b in sorted({x for x in breaks if start < x < end}) + [end]:
+    for b in breaks:
         q, rest = divmod(b - s, nb)
         n_b += q + (rest > 0)
         n_ub += q * per_full + -(-rest // ub)
         s = b
-    return n_b, n_ub
+    q, rest = divmod(end - s, nb)
+    return n_b + q + (rest > 0), n_ub + q * per_full + -(-rest // ub)
 
 
 def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts: tuple[int, ...],
@@ -410,7 +418,17 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
         # end, no every-n due). The per-batch rules below would only count them.
         if T - ub - pos >= nb:
             j = bisect.bisect_right(users, pos)
-            if not (j > 0 and users[j - 1] == pos):
+            at_user = j > 0 and users[j - 1] == pos
+            if users and (era == "last-user" or (user_break_conditional and last_k is not None)):
+                # Quiet user starts (users[:lo] but the last) neither end a batch nor get a
+                # checkpoint away from the end: before b9775 all but the last, from b9936 those
+                # not spaced past the newest checkpoint.
+                lo = len(users) - 1 if era == "last-user" else bisect.bisect_right(users, last_k + min_step)
+                if at_user and j - 1 < lo and pos != last_user:
+                    at_user = False
+                if j < len(users):
+                    j = min(max(j, lo), len(users) - 1)
+            if not at_user:
                 nxt = users[j] if j < len(users) else T
                 for f in fixed:
                     if pos < f < nxt:
@@ -434,18 +452,18 @@ def server_placement(rules: ServerRules, start: int, n_prompt: int, user_starts:
             is_user = n_start == last_user
         else:
             is_user = i > 0 and users[i - 1] == n_start
-        while i < len(users) and users[i] < end:
-            u = users[i]
+        # The first user start inside the batch that ends it: before b9775 only the last one; then
+        # any; from b9936 the last one or one spaced past the newest checkpoint -- those form a
+        # suffix of the sorted starts, so bisection finds the first (long chats have hundreds).
+        if i < len(users):
             if era == "last-user":
-                brk = u == last_user
-            elif user_break_conditional:
-                brk = u == last_user or spaced(u)
+                j = len(users) - 1
+            elif user_break_conditional and last_k is not None:
+                j = min(max(i, bisect.bisect_right(users, last_k + min_step)), len(users) - 1)
             else:
-                brk = True
-            if brk:
-                end = u
-                break
-            i += 1
+                j = i
+            if users[j] < end:
+                end = users[j]
         n_ubatches += -(-(end - pos) // ub)
         pos = end
         n_batches += 1

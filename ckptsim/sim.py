@@ -26,6 +26,8 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+import operator
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,9 +35,13 @@ import numpy as np
 
 from .cost import CostProfile, load_profile
 from .policies import Policy, PrefillView, checkpoint_cap, effective_config, make_policy
-from .records import Checkpoint, Event, EventKind, RequestResult
+from .records import Checkpoint, Events, EventKind, Results
 from .server import PrefillPlan, RestoreDecision, ServerConfig, batch_counts
 from .trace import Trace
+
+
+_n_tokens = operator.itemgetter(0)     # Checkpoint fields, for map() over a slot's list
+_size_mib = operator.itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,11 @@ class _Slot:
     ckpts: list[Checkpoint] = field(default_factory=list)
     t_last_used: float = -1.0
     busy_until: float = 0.0
+    mib: float = 0.0               # checkpoint memory after the slot's last request (ckpt_mib then)
 
     @property
     def ckpt_mib(self) -> float:
-        return sum([c.size_mib for c in self.ckpts])
+        return sum(map(_size_mib, self.ckpts))
 
 
 @dataclass
@@ -76,31 +83,43 @@ class _CacheEntry:
 
 @dataclass
 class Run:
-    """Results of one simulation: per-request results, events, and what produced them."""
+    """Results of one simulation: per-request results, events, and what produced them.
+
+    ``results`` holds one ``RequestResult`` per request as columns (``Results.column``), in
+    service order; ``events`` is empty unless the run recorded them (``simulate(record_events=)``).
+    """
 
     trace_name: str
     policy: str
     config: ServerConfig
     profile: str
-    results: list[RequestResult]
-    events: list[Event]
+    results: Results
+    events: Events
     peak_ckpt_mib: float = 0.0
     peak_cache_ram_mib: float = 0.0
+    n_cache_loads: int = 0          # slots loaded from the prompt cache (counted with or without events)
 
     def summary(self) -> dict:
         """Run-level metrics (definitions: README, "Metrics")."""
         return summarize(self)
 
 
+def _seq_sum(xs: np.ndarray) -> float:
+    """Sum left to right, as Python's ``sum`` over the rows did (numpy's sum pairs terms up)."""
+    return sum(xs.tolist())
+
+
 def summarize(run: Run) -> dict:
     """Aggregate a run's per-request results into the run-level metrics."""
     rs = run.results
+    if not isinstance(rs, Results):
+        rs = Results.from_rows(list(rs))
+    col = rs.column
     n = len(rs)
-    prompt = sum(r.n_prompt for r in rs)
-    cached = sum(r.n_cached for r in rs)
-    reproc = sum(r.n_reprocessed for r in rs)
-    ttft = np.array([r.ttft_ms for r in rs]) if rs else np.zeros(1)
-    kinds = [e.kind for e in run.events]
+    prompt = int(col("n_prompt").sum())
+    cached = int(col("n_cached").sum())
+    prefill, restore, create = col("prefill_ms"), col("restore_ms"), col("create_ms")
+    ttft = col("ttft_ms") if n else np.zeros(1)
     return {
         "trace": run.trace_name,
         "policy": run.policy,
@@ -108,26 +127,26 @@ def summarize(run: Run) -> dict:
         "n_requests": n,
         "prompt_tokens": prompt,
         "reused_tokens": cached,
-        "reprocessed_tokens": reproc,
-        "true_prefix_tokens": sum(r.n_true_prefix for r in rs),
-        "lost_tokens": sum(r.n_lost for r in rs),
+        "reprocessed_tokens": int(col("n_reprocessed").sum()),
+        "true_prefix_tokens": int(col("n_true_prefix").sum()),
+        "lost_tokens": int((col("n_true_prefix") - col("n_cached")).sum()),
         "reuse_ratio": cached / prompt if prompt else 0.0,
-        "prefill_s": sum(r.prefill_ms for r in rs) / 1000.0,
-        "restore_s": sum(r.restore_ms for r in rs) / 1000.0,
-        "create_s": sum(r.create_ms for r in rs) / 1000.0,
-        "prompt_s": sum(r.prefill_ms + r.restore_ms + r.create_ms for r in rs) / 1000.0,
+        "prefill_s": _seq_sum(prefill) / 1000.0,
+        "restore_s": _seq_sum(restore) / 1000.0,
+        "create_s": _seq_sum(create) / 1000.0,
+        "prompt_s": _seq_sum(prefill + restore + create) / 1000.0,
         "ttft_p50_ms": float(np.percentile(ttft, 50)),
         "ttft_p95_ms": float(np.percentile(ttft, 95)),
         "ttft_p99_ms": float(np.percentile(ttft, 99)),
-        "full_reprocess": sum(1 for r in rs if r.full_reprocess),
-        "restores": sum(1 for r in rs if r.restored_n_tokens >= 0),
-        "created": sum(r.n_created for r in rs),
-        "evicted": sum(r.n_evicted for r in rs),
-        "invalidated": sum(r.n_invalidated for r in rs),
+        "full_reprocess": int(col("full_reprocess").sum()),
+        "restores": int((col("restored_n_tokens") >= 0).sum()),
+        "created": int(col("n_created").sum()),
+        "evicted": int(col("n_evicted").sum()),
+        "invalidated": int(col("n_invalidated").sum()),
         "peak_ckpt_mib": run.peak_ckpt_mib,
         "peak_cache_ram_mib": run.peak_cache_ram_mib,
-        "cache_loads": kinds.count(EventKind.CACHE_LOAD),
-        "makespan_s": max((r.finish_s for r in rs), default=0.0),
+        "cache_loads": run.n_cache_loads,
+        "makespan_s": float(col("finish_s").max()) if n else 0.0,
     }
 
 
@@ -164,8 +183,11 @@ class _PromptCache:
         # The totals are read for every request but change only here: re-summed (not kept as
         # running totals) so they stay bit-identical to a fresh sum over the entries.
         es = self.entries.values()
+        ns = [e.n_tokens for e in es]
         self._size_mib = sum([e.size_mib for e in es])
-        self._n_tokens = sum([e.n_tokens for e in es])
+        self._n_tokens = sum(ns)
+        self._min_n = min(ns) if ns else 0
+        self._dirty = True                     # update() has something to check
 
     @property
     def size_mib(self) -> float:
@@ -240,7 +262,7 @@ class _PromptCache:
             # An entry matters if its common prefix with the slot is the slot's whole cache
             # (already saved) or its own whole length (a prefix of the slot: obsolete); every
             # other entry shares less than min(n, shortest entry) tokens.
-            floor = min(n, min([e.n_tokens for e in entries.values()]))
+            floor = min(n, self._min_n)
             for s, l in self._near(slot.seq, floor):
                 e = entries[s]
                 lcp = min(l, e.n_tokens, n)
@@ -262,8 +284,9 @@ class _PromptCache:
         self._changed()
         emit(EventKind.CACHE_SAVE, n, size)
 
-    def load(self, slot: _Slot, req: int, n_prompt: int, emit: Callable[..., None]) -> None:
-        """``load`` (st:1793): take the entry better than the slot in both f_keep and f_sim."""
+    def load(self, slot: _Slot, req: int, n_prompt: int, emit: Callable[..., None]) -> bool:
+        """``load`` (st:1793): take the entry better than the slot in both f_keep and f_sim;
+        whether one was taken."""
         lcp = self.trace.prefix_with_state(slot.seq, slot.n_cache, req)
         best_keep = lcp / slot.n_cache if slot.n_cache > 0 else -1.0
         best_sim = lcp / n_prompt
@@ -289,9 +312,14 @@ class _PromptCache:
             slot.seq, slot.n_cache, slot.ckpts = e.seq, e.n_tokens, list(e.ckpts)
             self.n_loads += 1
             emit(EventKind.CACHE_LOAD, e.n_tokens, e.size_mib)
+            return True
+        return False
 
     def update(self, emit: Callable[..., None]) -> None:
         """``update`` (st:1870): pop the oldest while over the byte or token limit."""
+        if not self._dirty:                    # nothing changed since the last update: a no-op
+            return
+        self._dirty = False
         while len(self.entries) > self.keep and self.size_mib > self.limit_mib:
             self._evict_oldest(emit)
         n_tok = self._n_tokens
@@ -317,6 +345,12 @@ class _Device:
         ended before it can be forgotten.
         """
         busy = self.busy
+        if not busy or busy[-1][1] <= now_s:
+            # every booked stretch ended before anything later can start (one slot: always)
+            busy.clear()
+            if work_s > 0:
+                busy.append((ready_s, ready_s + work_s))
+            return ready_s
         drop = 0
         while drop < len(busy) and busy[drop][1] <= now_s:
             drop += 1
@@ -356,8 +390,9 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
     if done is not None and seeding is None:
         if on_progress is not None:
             on_progress(len(trace))
-        return Run(trace.name, pol.spec, config, prof.name, list(done.results),
-                   list(done.events) if record_events else [], done.peak_ckpt_mib, done.peak_cache_ram_mib)
+        return Run(trace.name, pol.spec, config, prof.name, done.results,
+                   done.events if record_events else Events([]), done.peak_ckpt_mib, done.peak_cache_ram_mib,
+                   done.n_cache_loads)
     replay = _Replay(trace, pol, run_config, prof, record_events, seeding)
     queue = _TaskQueue(trace, run_config.arrival_order)
     done = 0
@@ -369,54 +404,72 @@ def simulate(trace: Trace, policy: Policy | str, config: ServerConfig | None = N
             on_progress(256)
     if on_progress is not None:
         on_progress(len(trace) & 255)
-    return Run(trace.name, pol.spec, config, prof.name, replay.results, replay.events,
-               replay.peak_ckpt_mib, replay.peak_ram_mib)
+    return Run(trace.name, pol.spec, config, prof.name, replay.results(), Events(replay.events),
+               replay.peak_ckpt_mib, replay.peak_ram_mib,
+               replay.pcache.n_loads if replay.pcache is not None else 0)
 
 
 class _TaskQueue:
     """The server's task queue: which request starts next, and from when (module docstring, "Time").
 
-    Entries are (key, arrival rank, id). In arrival order the key is the rank and every request is
-    queued up front. In ready order the key is the ready time and a session's next request joins
-    when the previous one finishes; start times then never decrease, so slot state stays causal.
+    In arrival order requests are served in the order of arrival (ties: trace order), each once
+    its session's previous one has finished. In ready order a heap holds (ready time, arrival
+    rank, id) and a session's next request joins when the previous one finishes; start times then
+    never decrease, so slot state stays causal.
     """
 
     def __init__(self, trace: Trace, arrival_order: bool):
         self.arrival_order = arrival_order
         self.t_s = trace.t_s.tolist()
-        self.sessions = trace.session
+        sessions = trace.session
         order = np.argsort(trace.t_s, kind="stable").tolist()
-        self.rank = {r: i for i, r in enumerate(order)}
+        self.order = order
+        self.i = 0
+        n = len(order)
+        # the session's previous request in arrival order (-1: none) and its finish time
+        self.prev_in_session = [-1] * n
+        self.finish_s = [0.0] * n
         self.next_in_session: dict[int, int] = {}
-        self.session_free_s: dict[str, float] = {}
+        self.rank = [0] * n
         last_of: dict[str, int] = {}
         self.heap: list[tuple[float, int, int]] = []
-        for r in order:
-            prev = last_of.get(self.sessions[r])
-            if prev is None or arrival_order:
-                self.heap.append((float(self.rank[r]) if arrival_order else self.t_s[r], self.rank[r], r))
-            else:
-                self.next_in_session[prev] = r
-            last_of[self.sessions[r]] = r
+        for i, r in enumerate(order):
+            self.rank[r] = i
+            s = sessions[r]
+            prev = last_of.get(s)
+            if prev is not None:
+                self.prev_in_session[r] = prev
+                if not arrival_order:
+                    self.next_in_session[prev] = r
+            if not arrival_order and prev is None:
+                self.heap.append((self.t_s[r], i, r))
+            last_of[s] = r
         heapq.heapify(self.heap)
 
     def pop(self) -> tuple[int, float, float] | None:
         """(request, earliest start, lower bound of every later ready time), or None when done."""
+        if self.arrival_order:
+            i = self.i
+            if i >= len(self.order):
+                return None
+            self.i = i + 1
+            r = self.order[i]
+            arrival = self.t_s[r]
+            p = self.prev_in_session[r]
+            # starts may go back in time; arrivals do not
+            return r, (arrival if p < 0 else max(arrival, self.finish_s[p])), arrival
         if not self.heap:
             return None
         key, _, r = heapq.heappop(self.heap)
-        if self.arrival_order:
-            arrival = self.t_s[r]
-            # starts may go back in time; arrivals do not
-            return r, max(arrival, self.session_free_s.get(self.sessions[r], 0.0)), arrival
         return r, key, key
 
     def finished(self, r: int, finish_s: float) -> None:
         """The answer to ``r`` is out: its session may send the next prompt."""
-        self.session_free_s[self.sessions[r]] = finish_s
-        q = self.next_in_session.get(r)
-        if q is not None:
-            heapq.heappush(self.heap, (max(self.t_s[q], finish_s), self.rank[q], q))
+        self.finish_s[r] = finish_s
+        if not self.arrival_order:
+            q = self.next_in_session.get(r)
+            if q is not None:
+                heapq.heappush(self.heap, (max(self.t_s[q], finish_s), self.rank[q], q))
 
 
 @dataclass(slots=True)
@@ -427,23 +480,63 @@ class _Restored:
     n_lcp: int                 # common prefix of the slot's cache and the prompt
     n_invalidated: int
     restore_ms: float
-    ckpt_n_tokens: tuple[int, ...]   # the slot's checkpoints after the invalidation pass
 
 
-@dataclass(slots=True)
-class _Prefilled:
-    """Outcome of the prefill step for one request (spec §2.3, §2.4)."""
+class _Rows:
+    """Per-request results as the replay appends them: one tuple per request, turned into typed
+    columns every few thousand requests (a tuple is cheap to make, a column cheap to keep)."""
 
-    plan: PrefillPlan
-    n_created: int
-    n_evicted: int
-    create_ms: float
-    created_at: list[int]
-    view: PrefillView | None = None   # what the policy saw (after_generation sees it again)
+    # the fields a replay records; the rest (session, arrival_s, n_prompt, n_output,
+    # n_reprocessed) follow from the trace and request_id (``finish``)
+    FIELDS = ("request_id", "slot", "start_s", "n_true_prefix", "n_cached", "restored_n_tokens",
+              "full_reprocess", "n_created", "n_evicted", "n_invalidated", "prefill_ms", "restore_ms",
+              "create_ms", "ttft_ms", "finish_s", "ckpt_mib_after", "cache_ram_mib_after", "device_wait_ms")
+    _TYPES = "qqdqqqbqqqdddddddd"
+    CHUNK = 4096
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.cols = [array(t) for t in self._TYPES]
+        self.created = array("q")
+        self.n_created = array("q")
+
+    def flush(self) -> None:
+        rows = self.rows
+        if not rows:
+            return
+        cols = list(zip(*rows))
+        for c, vals in zip(self.cols, cols):
+            c.extend(vals)
+        for ks in cols[-1]:
+            self.created.extend(ks)
+        self.n_created.extend(cols[7])
+        rows.clear()
+
+    def finish(self, trace: Trace) -> Results:
+        self.flush()
+        cols = {k: np.frombuffer(c, dtype=np.int8 if t == "b" else np.int64 if t == "q" else np.float64)
+                if len(c) else np.zeros(0, dtype=np.int64 if t != "d" else np.float64)
+                for k, c, t in zip(self.FIELDS, self.cols, self._TYPES)}
+        cols["full_reprocess"] = cols["full_reprocess"].astype(bool)
+        ids = cols["request_id"]
+        cols["arrival_s"] = trace.t_s[ids]
+        cols["n_prompt"] = trace.n_prompt[ids]
+        cols["n_output"] = trace.n_output[ids]
+        cols["n_reprocessed"] = cols["n_prompt"] - cols["n_cached"]
+        sessions = trace.session
+        session = [sessions[i] for i in ids.tolist()]
+        created = np.frombuffer(self.created, dtype=np.int64) if len(self.created) else np.zeros(0, np.int64)
+        ends = np.cumsum(np.frombuffer(self.n_created, dtype=np.int64) if len(self.n_created)
+                         else np.zeros(0, np.int64))
+        return Results(cols, session, created, ends)
 
 
 class _Replay:
-    """The server's state during one replay (slots, prompt cache, device) and the steps that change it."""
+    """The server's state during one replay (slots, prompt cache, device) and the steps that change it.
+
+    Per request the steps keep their scratch values on the replay (``_n_evicted``, ``_create_ms``,
+    ``_created``) rather than in objects made and thrown away for each request.
+    """
 
     def __init__(self, trace: Trace, pol: Policy, config: ServerConfig, prof: CostProfile,
                  record_events: bool, seeding: Seeding | None = None):
@@ -455,13 +548,14 @@ class _Replay:
         self.budget_mib = config.ckpt_budget_mib
         self.budget_finite = math.isfinite(self.budget_mib)
         self.nb, self.ub = config.eff_n_batch, config.eff_n_ubatch
+        self.sps = config.slot_prompt_similarity
         self.slots = [_Slot(i) for i in range(config.n_slots)]
         self.pcache = _PromptCache(config.cache_ram_mib, config.n_ctx, trace, prof,
                                    makes_room=self.rules.cache_alloc_makes_room) \
             if config.cache_ram_mib != 0 else None
         self.device = _Device()
-        self.results: list[RequestResult] = []
-        self.events: list[Event] = []
+        self.rows = _Rows()
+        self.events: list[tuple] = []
         self.peak_ckpt_mib = self.peak_ram_mib = 0.0
         self.n_prompt = trace.n_prompt.tolist()
         self.n_output = trace.n_output.tolist()
@@ -470,124 +564,159 @@ class _Replay:
         # started (its prompt is known) and finished (its answer too); inf: not yet.
         self.started_s = [math.inf] * len(self.n_prompt)
         self.finished_s = [math.inf] * len(self.n_prompt)
+        # Whether the policy overrides a hook: the base class's answer is known without a call.
+        cls = type(pol)
+        self.has_pre_evict = cls.pre_evict is not Policy.pre_evict
+        self.has_supersede = cls.supersede is not Policy.supersede
+        self.has_prune = cls.prune is not Policy.prune
+        self.has_after = cls.after_generation is not Policy.after_generation
+        self.has_restored = cls.restored is not Policy.restored
+        self.default_victim = cls.victim is Policy.victim
+        # per-request scratch of the prefill step (read by account)
+        self._n_evicted = 0
+        self._create_ms = 0.0
+        self._created: list[int] = []
+
+    def results(self) -> Results:
+        """The per-request results recorded so far, as columns."""
+        return self.rows.finish(self.trace)
 
     def serve(self, r: int, start_s: float, now_s: float) -> float:
         """Serve request ``r`` from ``start_s`` on (spec §9.1); its finish time."""
         T = self.n_prompt[r]
-        slot, idle, update_cache, start_s = self.select_slot(r, T, start_s)
-        emit = self._emitter(r, slot) if self.record_events else _no_event
-        emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
-        self.prompt_cache(slot, idle, update_cache, r, T, emit)
-        restored = self.restore(slot, r, T, emit)
-        prefilled = self.prefill(slot, r, T, restored, start_s, emit)
-        return self.account(slot, r, T, restored, prefilled, start_s, now_s, emit)
+        slot, idle, update_cache, start_s, lcp = self.select_slot(r, T, start_s)
+        if self.record_events:
+            emit = self._emitter(r, slot)
+            emit(EventKind.SLOT_SELECTED, detail="lru" if update_cache else "lcp")
+        else:
+            emit = _no_event
+        if self.pcache is not None and self.prompt_cache(slot, idle, update_cache, r, T, emit):
+            lcp = -1                      # the slot was loaded from the cache
+        restored = self.restore(slot, r, T, lcp, emit)
+        view, n_batches, n_ubatches = self.prefill(slot, r, T, restored, start_s, emit)
+        return self.account(slot, r, T, restored, view, n_batches, n_ubatches, start_s, now_s, emit)
 
     def _emitter(self, r: int, slot: _Slot) -> Callable[..., None]:
-        events, slot_id = self.events, slot.id
+        append, slot_id = self.events.append, slot.id
 
         def emit(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "") -> None:
-            events.append(Event(kind, r, slot_id, n_tokens, size_mib, detail))
+            append((kind, r, slot_id, n_tokens, size_mib, detail))
         return emit
 
     # --- spec §2.1: task arrival -----------------------------------------------------------------
-    def select_slot(self, r: int, T: int, start_s: float) -> tuple[_Slot, list[_Slot], bool, float]:
+    def select_slot(self, r: int, T: int, start_s: float) -> tuple[_Slot, list[_Slot], bool, float, int]:
         """Wait for an idle slot and pick one (``get_available_slot``, spec §2.1).
 
         Returns the slot, the slots idle at the start, whether the choice asks for a prompt-cache
-        save and load (``update_cache``), and the start time.
+        save and load (``update_cache``), the start time, and the common prefix of the chosen
+        slot with the prompt when the choice computed it (else -1).
         """
         slots = self.slots
-        idle = [s for s in slots if s.busy_until <= start_s]
-        if not idle:                      # no slot idle: the task is deferred until one is
-            start_s = min(s.busy_until for s in slots)
+        if len(slots) == 1:
+            idle = slots
+            if slots[0].busy_until > start_s:     # deferred until the slot is idle
+                start_s = slots[0].busy_until
+        else:
             idle = [s for s in slots if s.busy_until <= start_s]
+            if not idle:                      # no slot idle: the task is deferred until one is
+                start_s = min(s.busy_until for s in slots)
+                idle = [s for s in slots if s.busy_until <= start_s]
         pinned = self.seeding.slot_for(r, idle) if self.seeding is not None else None
         if pinned is not None:
             # the log shows the slot this task ran on, and the seed is that slot's state after any
             # prompt-cache load: take it as it is
-            return pinned, idle, False, start_s
-        slot, update_cache = _select_slot(self.trace, r, T, idle, self.config.slot_prompt_similarity)
-        return slot, idle, update_cache, start_s
+            return pinned, idle, False, start_s, -1
+        slot, update_cache, lcp = _select_slot(self.trace, r, T, idle, self.sps)
+        return slot, idle, update_cache, start_s, lcp
 
     def prompt_cache(self, slot: _Slot, idle: list[_Slot], update_cache: bool, r: int, T: int,
-                     emit: Callable[..., None]) -> None:
+                     emit: Callable[..., None]) -> bool:
         """Host prompt cache around the slot choice (spec §2.1, §5): save the slot and load a better
-        entry when the choice asks for it, then save (and under unified KV clear) the other idle slots."""
+        entry when the choice asks for it, then save (and under unified KV clear) the other idle
+        slots. Whether the slot was loaded."""
         pcache = self.pcache
-        if pcache is None:
-            return
+        loaded = False
         if update_cache:
             pcache.save(slot, emit)
-            pcache.load(slot, r, T, emit)
+            loaded = pcache.load(slot, r, T, emit)
             pcache.update(emit)
         if self.config.cache_idle_slots:
-            for s in idle:
-                if s is not slot and s.n_cache > 0:
-                    pcache.save(s, emit)
-                    if self.config.kv_unified:
-                        s.seq, s.n_cache, s.ckpts = -1, 0, []
+            if len(idle) > 1:
+                for s in idle:
+                    if s is not slot and s.n_cache > 0:
+                        pcache.save(s, emit)
+                        if self.config.kv_unified:
+                            s.seq, s.n_cache, s.ckpts, s.mib = -1, 0, [], 0
             pcache.update(emit)
+        return loaded
 
     # --- spec §2.2: restore decision -------------------------------------------------------------
-    def restore(self, slot: _Slot, r: int, T: int, emit: Callable[..., None]) -> _Restored:
+    def restore(self, slot: _Slot, r: int, T: int, lcp: int, emit: Callable[..., None]) -> _Restored:
         """Keep the common prefix or roll back to a checkpoint (``server.restore_decision``), then
-        erase the checkpoints past the restore point ("erased invalidated", spec §2.2)."""
-        n_lcp = self.trace.prefix_with_state(slot.seq, slot.n_cache, r)
-        ks = [c.n_tokens for c in slot.ckpts]
-        dec = self.pol.restore(n_lcp, slot.n_cache, T, slot.ckpts)
+        erase the checkpoints past the restore point ("erased invalidated", spec §2.2).
+        ``lcp``: the slot's common prefix with the prompt if slot selection computed it, else -1."""
+        n_lcp = lcp if lcp >= 0 else self.trace.prefix_with_state(slot.seq, slot.n_cache, r)
+        ckpts = slot.ckpts
+        dec = self.pol.restore(n_lcp, slot.n_cache, T, ckpts)
         n_invalid = 0
-        if ks and max(ks) > dec.keep_upto:
-            kept = []
-            for c in slot.ckpts:
-                if c.n_tokens > dec.keep_upto:
-                    n_invalid += 1
-                    emit(EventKind.ERASED_INVALIDATED, c.n_tokens, c.size_mib)
-                else:
-                    kept.append(c)
-            slot.ckpts = kept
-            ks = [c.n_tokens for c in kept]
+        if ckpts:
+            keep_upto = dec.keep_upto
+            if max(map(_n_tokens, ckpts)) > keep_upto:
+                kept = []
+                for c in ckpts:
+                    if c.n_tokens > keep_upto:
+                        n_invalid += 1
+                        emit(EventKind.ERASED_INVALIDATED, c.n_tokens, c.size_mib)
+                    else:
+                        kept.append(c)
+                slot.ckpts = ckpts = kept
         restore_ms = 0.0
         if dec.restored >= 0:
-            ckpt = next(c for c in reversed(slot.ckpts) if c.n_tokens == dec.restored)
+            ckpt = next(c for c in reversed(ckpts) if c.n_tokens == dec.restored)
             restore_ms = self.prof.restore_ms(ckpt.size_mib)
-            self.pol.restored(ckpt, r)
+            if self.has_restored:
+                self.pol.restored(ckpt, r)
             emit(EventKind.RESTORED, dec.restored, ckpt.size_mib)
         if dec.full_reprocess:
             emit(EventKind.FULL_REPROCESS, 0)
-        return _Restored(dec, n_lcp, n_invalid, restore_ms, tuple(ks))
+        return _Restored(dec, n_lcp, n_invalid, restore_ms)
 
     # --- spec §2.3, §2.4: prefill, checkpoint placement and eviction -----------------------------
     def prefill(self, slot: _Slot, r: int, T: int, restored: _Restored, start_s: float,
-                emit: Callable[..., None]) -> _Prefilled:
+                emit: Callable[..., None]) -> tuple[PrefillView | None, int, int]:
         """Prefill [cache_n, T): the policy places checkpoints (§2.3), each created as
-        ``create_checkpoint`` does (§2.4); afterwards the policy may prune (offline policies only)."""
-        pol, prof, cap = self.pol, self.prof, self.cap
+        ``create_checkpoint`` does (§2.4); afterwards the policy may prune (offline policies only).
+        Returns what the policy saw (None without checkpoints) and the batch counts."""
+        self._n_evicted = 0
+        self._create_ms = 0.0
+        self._created = []
         n_past = restored.dec.n_past
-        seen, branch = self.seen_prefix(r, T, start_s)
         self.started_s[r] = start_s
-        view = None
-        if cap > 0:
-            trace = self.trace
-            view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
-                               restored.ckpt_n_tokens, self.nb, self.ub, restored.n_lcp, seen, branch,
-                               slot.n_cache, slot.seq,
-                               self.pcache.n_evicted if self.pcache is not None else 0)
-            plan = pol.place(view)
-        else:
-            plan = PrefillPlan((), *batch_counts(n_past, T, self.nb, self.ub))
-        out = _Prefilled(plan, 0, 0, 0.0, [], view)
+        cap = self.cap
+        if cap <= 0:
+            n_b, n_ub = batch_counts(n_past, T, self.nb, self.ub)
+            return None, n_b, n_ub
+        pol, prof = self.pol, self.prof
+        seen, branch = self.seen_prefix(r, T, start_s)
+        trace = self.trace
         ckpts = slot.ckpts
+        view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
+                           tuple(map(_n_tokens, ckpts)), self.nb, self.ub, restored.n_lcp, seen,
+                           branch, slot.n_cache, slot.seq,
+                           self.pcache.n_evicted if self.pcache is not None else 0)
+        plan = pol.place(view)
         budget = self.budget_mib
         for k in plan.positions:
             size = prof.ckpt_mib(k)
             if size > budget:
                 continue
-            self._create_checkpoint(slot, ckpts, k, size, r, start_s, out, emit)
-        for i in sorted(pol.prune(ckpts), reverse=True):
-            c = ckpts.pop(i)
-            out.n_evicted += 1
-            emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
-        return out
+            self._create_checkpoint(slot, ckpts, k, size, r, start_s, emit)
+        if self.has_prune:
+            for i in sorted(pol.prune(ckpts), reverse=True):
+                c = ckpts.pop(i)
+                self._n_evicted += 1
+                emit(EventKind.DROPPED, c.n_tokens, c.size_mib)
+        return view, plan.n_batches, plan.n_ubatches
 
     def seen_prefix(self, r: int, T: int, now_s: float) -> tuple[int, int]:
         """(longest common prefix of request ``r``'s prompt with a sequence the server has seen,
@@ -613,66 +742,71 @@ class _Replay:
             p = parent[p]
         return 0, 0
 
-    def after_generation(self, slot: _Slot, r: int, prefilled: _Prefilled, start_s: float,
+    def after_generation(self, slot: _Slot, r: int, view: PrefillView | None, start_s: float,
                          emit: Callable[..., None]) -> float:
         """States the policy keeps once the answer is generated (``Policy.after_generation``),
         created as during the prefill; the copy time they take (after the answer, not in TTFT)."""
-        if prefilled.view is None:
+        if view is None or not self.has_after:
             return 0.0
-        ks = self.pol.after_generation(prefilled.view, slot.n_cache)
+        ks = self.pol.after_generation(view, slot.n_cache)
         if not ks:
             return 0.0
         ckpts = slot.ckpts
-        before = prefilled.create_ms
+        before = self._create_ms
         for k in ks:
             if not 0 < k <= slot.n_cache or any(c.n_tokens == k for c in ckpts):
                 continue
             size = self.prof.ckpt_mib(k)
             if size <= self.budget_mib:
-                self._create_checkpoint(slot, ckpts, k, size, r, start_s, prefilled, emit)
-        return prefilled.create_ms - before
+                self._create_checkpoint(slot, ckpts, k, size, r, start_s, emit)
+        return self._create_ms - before
 
     def _create_checkpoint(self, slot: _Slot, ckpts: list[Checkpoint], k: int, size: float, r: int,
-                           start_s: float, out: _Prefilled, emit: Callable[..., None]) -> None:
+                           start_s: float, emit: Callable[..., None]) -> None:
         """``create_checkpoint`` (spec §2.4): (a) the policy's voluntary drops (the server's spacing
         rule), (b) evict while over the count cap or byte budget, (c) supersede, then append."""
         pol, cap = self.pol, self.cap
-        for i in sorted(pol.pre_evict(ckpts, k, r, cap), reverse=True):
-            c = ckpts.pop(i)
-            out.n_evicted += 1
-            emit(EventKind.ERASED_SPACING, c.n_tokens, c.size_mib)
-        budget, budget_finite = self.budget_mib, self.budget_finite
-        while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
-            c = ckpts.pop(pol.victim(ckpts, k))
-            out.n_evicted += 1
-            emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
-        for i in sorted(pol.supersede(ckpts, k), reverse=True):
-            c = ckpts.pop(i)
-            out.n_evicted += 1
-            emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
+        if self.has_pre_evict:
+            for i in sorted(pol.pre_evict(ckpts, k, r, cap), reverse=True):
+                c = ckpts.pop(i)
+                self._n_evicted += 1
+                emit(EventKind.ERASED_SPACING, c.n_tokens, c.size_mib)
+        if len(ckpts) >= cap or self.budget_finite:
+            budget, budget_finite = self.budget_mib, self.budget_finite
+            while ckpts and (len(ckpts) >= cap or (budget_finite and slot.ckpt_mib + size > budget)):
+                c = ckpts.pop(0 if self.default_victim else pol.victim(ckpts, k))
+                self._n_evicted += 1
+                emit(EventKind.ERASED_OLD, c.n_tokens, c.size_mib)
+        if self.has_supersede:
+            for i in sorted(pol.supersede(ckpts, k), reverse=True):
+                c = ckpts.pop(i)
+                self._n_evicted += 1
+                emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
         ckpts.append(Checkpoint(k, size, r, start_s))
-        out.created_at.append(k)
-        out.n_created += 1
-        out.create_ms += self.prof.create_ms(size)
+        self._created.append(k)
+        self._create_ms += self.prof.create_ms(size)
         if self.record_events:           # the message alone costs more than a no-op emit
             emit(EventKind.CREATED, k, size, f"{len(ckpts)} of {cap}")
 
     # --- accounting: time (spec §9.3), the slot after generation (§0), memory -----------------------
-    def account(self, slot: _Slot, r: int, T: int, restored: _Restored, prefilled: _Prefilled,
-                start_s: float, now_s: float, emit: Callable[..., None]) -> float:
+    def account(self, slot: _Slot, r: int, T: int, restored: _Restored, view: PrefillView | None,
+                n_batches: int, n_ubatches: int, start_s: float, now_s: float,
+                emit: Callable[..., None]) -> float:
         """Book the prompt work on the shared device, generate, record the request; its finish time."""
         prof, dec = self.prof, restored.dec
         n_out = self.n_output[r]
         n_past = dec.n_past
-        prefill_ms = prof.prefill_ms(n_past, T, prefilled.plan.n_batches, prefilled.plan.n_ubatches)
+        prefill_ms = prof.prefill_ms(n_past, T, n_batches, n_ubatches)
         decode_ms = prof.decode_ms(T, n_out)
         if self.seeding is not None and r in self.seeding.ckpts:
             slot.ckpts = [Checkpoint(k, prof.ckpt_mib(k), r, start_s) for k in self.seeding.ckpts[r]]
         slot.seq = r
         slot.n_cache = T + max(n_out - 1, 0)       # prompt + generated[:-1] (spec §0)
-        work_ms = restored.restore_ms + prefill_ms + prefilled.create_ms
+        restore_ms = restored.restore_ms
+        create_ms = self._create_ms
+        work_ms = restore_ms + prefill_ms + create_ms
         work_start = self.device.run(start_s, work_ms / 1000.0, now_s)
-        end_ms = self.after_generation(slot, r, prefilled, start_s, emit)
+        end_ms = self.after_generation(slot, r, view, start_s, emit)
         finish = work_start + (work_ms + decode_ms + end_ms) / 1000.0
         if self.config.log_timing:
             t_done = (self.trace[r].observed or {}).get("t_done_s")
@@ -681,22 +815,24 @@ class _Replay:
         slot.busy_until = finish
         slot.t_last_used = finish
         self.finished_s[r] = finish
-        ckpt_total = sum([s.ckpt_mib for s in self.slots])
+        # checkpoint memory of every slot: only this slot's changed (idle slots cleared by the
+        # prompt cache reset their own total)
+        slot.mib = sum(map(_size_mib, slot.ckpts))
+        slots = self.slots
+        ckpt_total = slot.mib if len(slots) == 1 else sum([s.mib for s in slots])
         if ckpt_total > self.peak_ckpt_mib:
             self.peak_ckpt_mib = ckpt_total
         ram = self.pcache.size_mib if self.pcache is not None else 0.0
-        self.peak_ram_mib = max(self.peak_ram_mib, ram)
-        arrival = self.t_s[r]
-        self.results.append(RequestResult(
-            request_id=r, session=self.trace.session[r], slot=slot.id, arrival_s=arrival, start_s=start_s,
-            n_prompt=T, n_output=n_out, n_true_prefix=restored.n_lcp, n_cached=n_past,
-            n_reprocessed=T - n_past, restored_n_tokens=dec.restored,
-            full_reprocess=dec.full_reprocess, n_created=prefilled.n_created,
-            n_evicted=prefilled.n_evicted, n_invalidated=restored.n_invalidated, prefill_ms=prefill_ms,
-            restore_ms=restored.restore_ms, create_ms=prefilled.create_ms,
-            ttft_ms=(work_start - arrival) * 1000.0 + work_ms, finish_s=finish,
-            ckpt_mib_after=ckpt_total, cache_ram_mib_after=ram, created_at=tuple(prefilled.created_at),
-            device_wait_ms=(work_start - start_s) * 1000.0))
+        if ram > self.peak_ram_mib:
+            self.peak_ram_mib = ram
+        rows = self.rows.rows
+        # (after generation: its creates count, in the request's create_ms but not in its TTFT)
+        rows.append((r, slot.id, start_s, restored.n_lcp, n_past, dec.restored, dec.full_reprocess,
+                     len(self._created), self._n_evicted, restored.n_invalidated, prefill_ms, restore_ms,
+                     self._create_ms, (work_start - self.t_s[r]) * 1000.0 + work_ms, finish, ckpt_total, ram,
+                     (work_start - start_s) * 1000.0, self._created))
+        if len(rows) >= _Rows.CHUNK:
+            self.rows.flush()
         return finish
 
 
@@ -704,10 +840,13 @@ def _no_event(*args: object, **kwargs: object) -> None:
     return None
 
 
-def _select_slot(trace: Trace, r: int, T: int, idle: list[_Slot], sps: float) -> tuple[_Slot, bool]:
-    """``get_available_slot`` (spec §2.1): best LCP similarity above -sps, else LRU."""
+def _select_slot(trace: Trace, r: int, T: int, idle: list[_Slot], sps: float) -> tuple[_Slot, bool, int]:
+    """``get_available_slot`` (spec §2.1): best LCP similarity above -sps, else LRU. Returns the
+    slot, whether to update the prompt cache, and the slot's common prefix with the prompt when
+    the similarity chose it (else -1)."""
     ret = None
     update_cache = False
+    best_lcp = -1
     if sps != 0:
         best, best_lcp = 0.0, 0
         for s in idle:
@@ -720,10 +859,11 @@ def _select_slot(trace: Trace, r: int, T: int, idle: list[_Slot], sps: float) ->
         if ret is not None and best_lcp / ret.n_cache < 0.5:
             update_cache = True
     if ret is None:
+        best_lcp = -1
         t_last = 0.0
         for s in idle:
             # '<=': among equal t_last_used the LAST index wins (a fresh -np 4 server starts on slot 3)
             if ret is None or s.t_last_used <= t_last:
                 ret, t_last = s, s.t_last_used
         update_cache = True
-    return ret, update_cache
+    return ret, update_cache, best_lcp

@@ -29,6 +29,7 @@ class _Scan(sim._PromptCache):
     def _changed(self) -> None:
         self._size_mib = sum(e.size_mib for e in self.entries)
         self._n_tokens = sum(e.n_tokens for e in self.entries)
+        self._dirty = True
 
     def _evict_oldest(self, emit) -> None:
         old = self.entries.pop(0)
@@ -72,6 +73,8 @@ class _Scan(sim._PromptCache):
             slot.seq, slot.n_cache, slot.ckpts = e.seq, e.n_tokens, list(e.ckpts)
             self.n_loads += 1
             emit(EventKind.CACHE_LOAD, e.n_tokens, e.size_mib)
+            return True
+        return False
 
 
 def _both(trace: Trace, spec: str, cfg: ServerConfig, monkeypatch) -> tuple:
