@@ -27,9 +27,10 @@ import bisect
 import heapq
 import math
 import operator
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +43,15 @@ from .trace import Trace
 
 _n_tokens = operator.itemgetter(0)     # Checkpoint fields, for map() over a slot's list
 _size_mib = operator.itemgetter(1)
+# Named tuples made from a plain tuple of all their fields, skipping their Python-level __new__
+# (the hot path makes several per request).
+_new_checkpoint = partial(tuple.__new__, Checkpoint)
+_new_view = partial(tuple.__new__, PrefillView)
+if PrefillView._fields != ("request_id", "slot", "start", "n_prompt", "user_starts", "tool_starts",
+                           "ckpt_n_tokens", "n_batch", "n_ubatch", "lcp_n_tokens", "seen_prefix_n_tokens",
+                           "branch_n_tokens", "cached_n_tokens", "cached_task", "n_cache_evicted") \
+        or Checkpoint._fields != ("n_tokens", "size_mib", "task_id", "created_s"):
+    raise ImportError("sim: PrefillView or Checkpoint changed; update _Replay.prefill and _create_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -73,8 +83,7 @@ class _Slot:
         return sum(map(_size_mib, self.ckpts))
 
 
-@dataclass
-class _CacheEntry:
+class _CacheEntry(NamedTuple):
     seq: int
     n_tokens: int
     ckpts: list[Checkpoint]
@@ -169,6 +178,8 @@ class _PromptCache:
         self.makes_room = makes_room           # b9908+ (#25070): alloc pops the oldest itself
         self.keep = 0 if makes_room else 1     # before, update() always kept one entry
         self.entries: dict[int, _CacheEntry] = {}   # by serial number: oldest first (the server's list)
+        self._sizes: dict[int, float] = {}          # the same order: size_mib and n_tokens of each
+        self._ns: dict[int, int] = {}
         self._serial = 0
         self._keys: list[tuple[int, int]] = []      # (trie position of the entry's sequence, serial), sorted
         self.n_evicted = 0                # entries evicted so far (the server logs each one)
@@ -182,9 +193,8 @@ class _PromptCache:
     def _changed(self) -> None:
         # The totals are read for every request but change only here: re-summed (not kept as
         # running totals) so they stay bit-identical to a fresh sum over the entries.
-        es = self.entries.values()
-        ns = [e.n_tokens for e in es]
-        self._size_mib = sum([e.size_mib for e in es])
+        ns = self._ns.values()
+        self._size_mib = sum(self._sizes.values())
         self._n_tokens = sum(ns)
         self._min_n = min(ns) if ns else 0
         self._dirty = True                     # update() has something to check
@@ -197,11 +207,14 @@ class _PromptCache:
         s = self._serial
         self._serial += 1
         self.entries[s] = e
+        self._sizes[s] = e.size_mib
+        self._ns[s] = e.n_tokens
         if e.seq >= 0:                         # an empty sequence matches nothing: not indexed
             bisect.insort(self._keys, (self._pos[e.seq], s))
 
     def _remove(self, s: int) -> _CacheEntry:
         e = self.entries.pop(s)
+        del self._sizes[s], self._ns[s]
         if e.seq >= 0:
             keys = self._keys
             del keys[bisect.bisect_left(keys, (self._pos[e.seq], s))]
@@ -213,7 +226,7 @@ class _PromptCache:
         keys = self._keys
         if not keys:
             return []
-        between = self._trie.between
+        levels = self._trie.levels             # Trace.trie's range minima, inlined (TrieOrder.between)
         p = self._pos[seq]
         big = 1 << 62                          # the same sequence: its whole length (seq_lcp)
         full = self.trace._prompt[seq] + int(self.trace.n_output[seq])
@@ -223,7 +236,11 @@ class _PromptCache:
         while j >= 0:
             pj, s = keys[j]
             if pj != q:
-                m = between(pj, q)
+                k = (q - pj).bit_length() - 1
+                t = levels[k]
+                m, y = t[pj], t[q - (1 << k)]
+                if y < m:
+                    m = y
                 if m < lcp:
                     lcp = m
                 if lcp < floor:
@@ -235,7 +252,11 @@ class _PromptCache:
         while j < n:
             pj, s = keys[j]
             if pj != q:
-                m = between(q, pj)
+                k = (pj - q).bit_length() - 1
+                t = levels[k]
+                m, y = t[q], t[pj - (1 << k)]
+                if y < m:
+                    m = y
                 if m < lcp:
                     lcp = m
                 if lcp < floor:
@@ -483,41 +504,38 @@ class _Restored:
 
 
 class _Rows:
-    """Per-request results as the replay appends them: one tuple per request, turned into typed
-    columns every few thousand requests (a tuple is cheap to make, a column cheap to keep)."""
+    """Per-request results as the replay appends them: one tuple per request, packed into a
+    structured numpy array every few thousand requests (a tuple is cheap to make, the packed
+    rows cheap to keep), and split into columns at the end."""
 
     # the fields a replay records; the rest (session, arrival_s, n_prompt, n_output,
     # n_reprocessed) follow from the trace and request_id (``finish``)
-    FIELDS = ("request_id", "slot", "start_s", "n_true_prefix", "n_cached", "restored_n_tokens",
-              "full_reprocess", "n_created", "n_evicted", "n_invalidated", "prefill_ms", "restore_ms",
-              "create_ms", "ttft_ms", "finish_s", "ckpt_mib_after", "cache_ram_mib_after", "device_wait_ms")
-    _TYPES = "qqdqqqbqqqdddddddd"
+    DTYPE = np.dtype([("request_id", "i8"), ("slot", "i8"), ("start_s", "f8"), ("n_true_prefix", "i8"),
+                      ("n_cached", "i8"), ("restored_n_tokens", "i8"), ("full_reprocess", "?"),
+                      ("n_created", "i8"), ("n_evicted", "i8"), ("n_invalidated", "i8"), ("prefill_ms", "f8"),
+                      ("restore_ms", "f8"), ("create_ms", "f8"), ("ttft_ms", "f8"), ("finish_s", "f8"),
+                      ("ckpt_mib_after", "f8"), ("cache_ram_mib_after", "f8"), ("device_wait_ms", "f8")])
     CHUNK = 4096
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
-        self.cols = [array(t) for t in self._TYPES]
-        self.created = array("q")
-        self.n_created = array("q")
+        self.created: list[int] = []       # created_at of the rows not packed yet, concatenated
+        self._chunks: list[np.ndarray] = []
+        self._created: list[np.ndarray] = []
 
     def flush(self) -> None:
-        rows = self.rows
-        if not rows:
-            return
-        cols = list(zip(*rows))
-        for c, vals in zip(self.cols, cols):
-            c.extend(vals)
-        for ks in cols[-1]:
-            self.created.extend(ks)
-        self.n_created.extend(cols[7])
-        rows.clear()
+        if self.rows:
+            self._chunks.append(np.array(self.rows, dtype=self.DTYPE))
+            self._created.append(np.array(self.created, dtype=np.int64))
+            self.rows.clear()
+            self.created.clear()
 
     def finish(self, trace: Trace) -> Results:
         self.flush()
-        cols = {k: np.frombuffer(c, dtype=np.int8 if t == "b" else np.int64 if t == "q" else np.float64)
-                if len(c) else np.zeros(0, dtype=np.int64 if t != "d" else np.float64)
-                for k, c, t in zip(self.FIELDS, self.cols, self._TYPES)}
-        cols["full_reprocess"] = cols["full_reprocess"].astype(bool)
+        chunks = self._chunks
+        cols = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0, self.DTYPE[k])
+                for k in self.DTYPE.names}
+        self._chunks = []
         ids = cols["request_id"]
         cols["arrival_s"] = trace.t_s[ids]
         cols["n_prompt"] = trace.n_prompt[ids]
@@ -525,10 +543,9 @@ class _Rows:
         cols["n_reprocessed"] = cols["n_prompt"] - cols["n_cached"]
         sessions = trace.session
         session = [sessions[i] for i in ids.tolist()]
-        created = np.frombuffer(self.created, dtype=np.int64) if len(self.created) else np.zeros(0, np.int64)
-        ends = np.cumsum(np.frombuffer(self.n_created, dtype=np.int64) if len(self.n_created)
-                         else np.zeros(0, np.int64))
-        return Results(cols, session, created, ends)
+        created = np.concatenate(self._created) if self._created else np.zeros(0, np.int64)
+        self._created = []
+        return Results(cols, session, created, np.cumsum(cols["n_created"]))
 
 
 class _Replay:
@@ -700,10 +717,10 @@ class _Replay:
         seen, branch = self.seen_prefix(r, T, start_s)
         trace = self.trace
         ckpts = slot.ckpts
-        view = PrefillView(r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
-                           tuple(map(_n_tokens, ckpts)), self.nb, self.ub, restored.n_lcp, seen,
-                           branch, slot.n_cache, slot.seq,
-                           self.pcache.n_evicted if self.pcache is not None else 0)
+        view = _new_view((r, slot.id, n_past, T, trace.user_starts[r], trace.tool_starts[r],
+                          tuple(map(_n_tokens, ckpts)), self.nb, self.ub, restored.n_lcp, seen,
+                          branch, slot.n_cache, slot.seq,
+                          self.pcache.n_evicted if self.pcache is not None else 0))
         plan = pol.place(view)
         budget = self.budget_mib
         for k in plan.positions:
@@ -782,7 +799,7 @@ class _Replay:
                 c = ckpts.pop(i)
                 self._n_evicted += 1
                 emit(EventKind.SUPERSEDED, c.n_tokens, c.size_mib)
-        ckpts.append(Checkpoint(k, size, r, start_s))
+        ckpts.append(_new_checkpoint((k, size, r, start_s)))
         self._created.append(k)
         self._create_ms += self.prof.create_ms(size)
         if self.record_events:           # the message alone costs more than a no-op emit
@@ -825,18 +842,21 @@ class _Replay:
         ram = self.pcache.size_mib if self.pcache is not None else 0.0
         if ram > self.peak_ram_mib:
             self.peak_ram_mib = ram
-        rows = self.rows.rows
+        out = self.rows
+        rows = out.rows
         # (after generation: its creates count, in the request's create_ms but not in its TTFT)
         rows.append((r, slot.id, start_s, restored.n_lcp, n_past, dec.restored, dec.full_reprocess,
                      len(self._created), self._n_evicted, restored.n_invalidated, prefill_ms, restore_ms,
                      self._create_ms, (work_start - self.t_s[r]) * 1000.0 + work_ms, finish, ckpt_total, ram,
-                     (work_start - start_s) * 1000.0, self._created))
+                     (work_start - start_s) * 1000.0))
+        if self._created:
+            out.created.extend(self._created)
         if len(rows) >= _Rows.CHUNK:
-            self.rows.flush()
+            out.flush()
         return finish
 
 
-def _no_event(*args: object, **kwargs: object) -> None:
+def _no_event(kind: EventKind, n_tokens: int = -1, size_mib: float = 0.0, detail: str = "") -> None:
     return None
 
 
