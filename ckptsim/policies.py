@@ -741,7 +741,10 @@ class Pr25592(LlamaServer):
     The current server's placement (its near-end checkpoints are already exempt from
     ``--checkpoint-min-step``, #25472), the exact restore rule (a checkpoint resumes only at its
     own position inside the common prefix; those past it are erased), and when full the
-    checkpoint nearest a neighbour goes instead of the oldest. No spacing-eviction pass.
+    checkpoint nearest a neighbour goes instead of the oldest. No spacing-eviction pass; the
+    current build's supersede (#28302: a checkpoint created where one exists replaces it) stays,
+    as in the build whose placement it runs on. Without it, the placement re-creating the
+    checkpoint a request resumed from appended a duplicate every request (docs/policies.md).
     """
 
     name: ClassVar[str] = "pr25592"
@@ -751,9 +754,6 @@ class Pr25592(LlamaServer):
         return engines.exact_restore(n_lcp, n_cache, n_prompt, [c.n_tokens for c in ckpts], True)
 
     def pre_evict(self, ckpts: list[Checkpoint], new_k: int, task_id: int, cap: int) -> list[int]:
-        return []
-
-    def supersede(self, ckpts: list[Checkpoint], new_k: int) -> list[int]:
         return []
 
     def victim(self, ckpts: list[Checkpoint], new_k: int) -> int:

@@ -177,6 +177,30 @@ def test_pr25592_and_pr24035_victims():
     assert make_policy("pr24035").victim(ck, 5050) == 1
 
 
+@pytest.mark.parametrize("spec", ["pr25592", "pr24035"])
+def test_pr_policies_supersede_a_checkpoint_at_the_restored_position(spec):
+    # r1 edits r0 at 1100: the exact restore resumes at the user start 1000, and the placement
+    # of b11549 (the PRs' placement) checkpoints 1000 again, the last user message. b11549
+    # supersedes the old one (#28302); appending a duplicate each request filled the cap and
+    # every prompt-cache entry (elided SWE: 187.6 M re-processed instead of the server's 173.2 M).
+    tr = Trace(TraceHeader(name="t"), [
+        Request(0, "a", 0.0, 3000, 10, -1, 0, user_starts=(1000,)),
+        Request(1, "a", 1.0, 3500, 10, 0, 1100, user_starts=(1000,)),
+        Request(2, "a", 2.0, 3600, 10, 1, 3509, user_starts=(1000, 3520))])
+    seen: dict[int, tuple[int, ...]] = {}
+    pol = make_policy(spec)
+    place = pol.place
+
+    def recording_place(v):
+        seen[v.request_id] = v.ckpt_n_tokens
+        return place(v)
+    pol.place = recording_place
+    run = simulate(tr, pol, CFG)
+    assert run.results[1].restored_n_tokens == 1000
+    ks = seen[2]
+    assert ks.count(1000) == 1 and len(ks) == len(set(ks)), ks
+
+
 def test_pr24035_checkpoints_the_recovered_prefix():
     plan = make_policy("pr24035").place(view(500, 2000, lcp_n_tokens=800))
     assert 800 in plan.positions
