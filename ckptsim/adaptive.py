@@ -18,15 +18,16 @@ each request at), classed by where they sit in the slot's previous sequence:
 - ``head i``: a few tokens above the i-th message start (a system prompt shared across sessions);
 - ``tok j``: anywhere else, T_prev - need in [2^j, 2^(j+1)) tokens.
 
-A need at a message start both near the head and near the tail of a short sequence counts half
-for each. Requests that need nothing (pure extensions, unrelated prompts) count too, so a class's
+A need at a message start both near the head and near the tail of a short sequence is shared
+between the two in proportion to the unambiguous needs each has had (half each before any). Requests that need nothing (pure extensions, unrelated prompts) count too, so a class's
 share is the chance that the next request needs it. While a prompt is prefilled the policy places a
 checkpoint at each class's position in *this* prompt whose share and token value are worth a
 checkpoint's bytes, and after the request lets go of every checkpoint that is not at such a
 position (``prune``), keeping at most ``keep`` per slot. A checkpoint's bytes count against
 ``--cache-ram`` only while the prompt cache evicts entries: a cache with room (four interleaved
 sessions) loses nothing to them, a full one (hundreds of SWE sessions) loses conversations.
-For the first ``warmup`` requests, with too few needs seen, it places as the current server does.
+For the first ``warmup`` requests, with too few needs seen, it places and evicts as the current
+server does, adding only the positions the needs seen so far are already worth.
 
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
 common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
@@ -81,8 +82,10 @@ class AdaptiveRules:
     tail_max: int = 16        # deepest message depth (from the end) learned as a class of its own
     head_max: int = 2         # message starts counted from the beginning (shared system prompts)
     warmup: int = 32          # requests placed as the current server does while the needs are few
+    warm_learn: int = 1       # 1: the warm-up adds the positions the needs seen so far are worth
     _meta: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _weights: dict = field(default_factory=dict, init=False, repr=False)   # class -> weight x scale
+    _sure: dict = field(default_factory=dict, init=False, repr=False)      # ... of unambiguous needs only
     _total: float = field(default=0.0, init=False, repr=False)              # every request x scale
     _scale: float = field(default=1.0, init=False, repr=False)
     _n_seen: int = field(default=0, init=False, repr=False)
@@ -137,14 +140,29 @@ class AdaptiveRules:
         self._scale *= self._growth
         if self._scale > 1e100:
             self._weights = {c: w / self._scale for c, w in self._weights.items()}
+            self._sure = {c: w / self._scale for c, w in self._sure.items()}
             self._total /= self._scale
             self._swaps /= self._scale
             self._evictions /= self._scale
             self._scale = 1.0
         self._total += self._scale
         self._n_seen += 1
-        for cls in classes:
-            self._weights[cls] = self._weights.get(cls, 0.0) + self._scale / len(classes)
+        if len(classes) == 1:
+            c = classes[0]
+            self._weights[c] = self._weights.get(c, 0.0) + self._scale
+            self._sure[c] = self._sure.get(c, 0.0) + self._scale
+            return
+        # An ambiguous need (a start near both head and tail) is shared in proportion to the
+        # unambiguous needs of its classes seen so far, each with half a request's worth of prior
+        # (none seen: half each). Split evenly, un-elided SWE's system-prompt needs after a cache
+        # miss, met on short sequences, spread over `tail d` for every d as if they were edits,
+        # and those phantom edits together paid for mid-prompt checkpoints that were never
+        # restored and only took prompt-cache room (docs/policies.md, "adaptive").
+        prior = self._scale / 2
+        ev = [self._sure.get(c, 0.0) + prior for c in classes]
+        tot = sum(ev)
+        for c, e in zip(classes, ev):
+            self._weights[c] = self._weights.get(c, 0.0) + self._scale * e / tot
 
     def _learn(self, v: PrefillView) -> None:
         n_new_evicted = max(v.n_cache_evicted - self._n_evicted_seen, 0)
@@ -223,8 +241,19 @@ class AdaptiveRules:
             # placement, FIFO, nothing let go (what the first requests of a trace cost under it).
             self._want = None
             last = v.ckpt_n_tokens[-1] if v.ckpt_n_tokens else None
-            return server_placement(_SERVER, v.start, v.n_prompt, v.user_starts, last, v.n_batch,
+            plan = server_placement(_SERVER, v.start, v.n_prompt, v.user_starts, last, v.n_batch,
                                     v.n_ubatch, _SERVER.default_min_step, 8192)
+            if not self.warm_learn:
+                return plan
+            # ... plus the positions the needs seen so far are already worth (the same greedy
+            # as after the warm-up): the server's cost, less what the first edits teach.
+            have = set(v.ckpt_n_tokens) | set(plan.positions)
+            extra = [p for p in self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
+                     if v.start < p <= v.n_prompt and p not in have]
+            if not extra:
+                return plan
+            ps = sorted(set(plan.positions) | set(extra))
+            return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
         self._want = self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
         have = set(v.ckpt_n_tokens)
         ps = sorted(p for p in self._want if v.start < p <= v.n_prompt and p not in have)

@@ -136,6 +136,40 @@ def test_a_short_sequence_edit_counts_for_the_shared_head_too():
     assert 2000 in plan.positions
 
 
+def test_a_shared_head_seen_on_long_sequences_claims_the_short_sequences_needs_too():
+    """Un-elided SWE: a task arriving on a slot that holds another conversation needs the shared
+    system prompt (head 0). On a short sequence that start is also a few messages from the tail;
+    split evenly, those needs spread over `tail d` for every d, and together paid for a deep
+    checkpoint no edit ever used (it only took prompt-cache room). Split in proportion to what
+    the unambiguous needs (the same start on long sequences) say, they stay with the head."""
+    pol = Adaptive(warmup=0, min_tokens=600)
+    rid = 0
+    for rnd in range(20):
+        for n_starts in (30, 2 + rnd % 5):          # a long sequence, then a short one
+            starts = [100 + 1000 * i for i in range(n_starts)]
+            pol.place(_view(rid, starts[-1] + 1000, starts))                 # fresh: needs nothing
+            rid += 1
+            pol.place(_view(rid, 9000, [100, 5000], start=100, n_common=103, n_cached=starts[-1] + 1050,
+                            cached_task=rid - 1))   # another conversation: the shared head only
+            rid += 1
+    long_starts = [100 + 1000 * i for i in range(40)]
+    # the head (100 tokens at ~half the requests) is worth less than the bar; no edit was seen
+    assert pol.place(_view(rid, 41000, long_starts)).positions == ()
+
+
+def test_the_warm_up_adds_what_the_first_edits_teach():
+    """During the warm-up the server's placement and eviction, plus the positions the needs
+    seen so far are worth: the edit 4 messages deep gets its checkpoint from the first edits on."""
+    pol, server = Adaptive(warmup=100), make_policy("llama-server")
+    v, plan = _elision_session(pol, 12)
+    starts = v.user_starts
+    assert set(server.place(v).positions) <= set(plan.positions)
+    assert starts[len(starts) - 5] in plan.positions
+    held = [Checkpoint(k, 62.8, 0) for k in (starts[0], starts[len(starts) - 5], starts[-1])]
+    assert pol.prune(held) == [] and pol.victim(held, 99999) == 0
+    assert Adaptive(warmup=100, warm_learn=0).place(v) == server.place(v)
+
+
 @pytest.mark.parametrize("bad", ["adaptive:keep=0", "adaptive:half_life=0"])
 def test_bad_parameters(bad):
     with pytest.raises(ValueError, match="adaptive"):
