@@ -27,7 +27,8 @@ position (``prune``), keeping at most ``keep`` per slot. A checkpoint's bytes co
 ``--cache-ram`` only while the prompt cache evicts entries: a cache with room (four interleaved
 sessions) loses nothing to them, a full one (hundreds of SWE sessions) loses conversations.
 For the first ``warmup`` requests, with too few needs seen, it places and evicts as the current
-server does, adding only the positions the needs seen so far are already worth.
+server does, adding only the positions the needs seen so far are already worth, as many as the
+cap leaves room for beside the server's own.
 
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
 common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
@@ -95,6 +96,7 @@ class AdaptiveRules:
     _ckpt_tokens: float = field(default=0.0, init=False, repr=False)
     _evictions: float = field(default=0.0, init=False, repr=False)          # cache evictions x scale
     _n_evicted_seen: int = field(default=0, init=False, repr=False)
+    _cap: int = field(default=32, init=False, repr=False)                  # --ctx-checkpoints
 
     def __post_init__(self) -> None:
         for k in ("keep", "half_life"):
@@ -105,11 +107,13 @@ class AdaptiveRules:
         self._growth = 2.0 ** (1.0 / self.half_life)
 
     def prepare(self, trace, config, profile, replay=None) -> None:
-        """Read what the server knows of itself: the checkpoint size against the KV per token.
+        """Read what the server knows of itself: the checkpoint size against the KV per token, and
+        the cap (``--ctx-checkpoints``) the warm-up keeps its additions under.
 
         A checkpoint copied into a prompt-cache entry takes the room of ``ckpt_tokens`` tokens of
         another conversation (spec §5); with the cache off or unlimited it takes nobody's.
         """
+        self._cap = config.ctx_checkpoints
         if config.cache_ram_mib > 0 and profile.kv_mib_per_ktok > 0:
             self._ckpt_tokens = profile.ckpt_mib(0) / profile.kv_mib_per_ktok * 1000.0
 
@@ -246,10 +250,13 @@ class AdaptiveRules:
             if not self.warm_learn:
                 return plan
             # ... plus the positions the needs seen so far are already worth (the same greedy
-            # as after the warm-up): the server's cost, less what the first edits teach.
+            # as after the warm-up), best first, while the slot has room for them beside the
+            # server's own: one never pushes out a checkpoint the server would have kept.
             have = set(v.ckpt_n_tokens) | set(plan.positions)
-            extra = [p for p in self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
-                     if v.start < p <= v.n_prompt and p not in have]
+            room = self._cap - len(v.ckpt_n_tokens) - len(plan.positions)
+            chosen = self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
+            extra = [p for p in sorted(chosen, key=chosen.get)
+                     if v.start < p <= v.n_prompt and p not in have][:max(room, 0)]
             if not extra:
                 return plan
             ps = sorted(set(plan.positions) | set(extra))

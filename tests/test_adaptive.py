@@ -168,6 +168,12 @@ def test_the_warm_up_adds_what_the_first_edits_teach():
     held = [Checkpoint(k, 62.8, 0) for k in (starts[0], starts[len(starts) - 5], starts[-1])]
     assert pol.prune(held) == [] and pol.victim(held, 99999) == 0
     assert Adaptive(warmup=100, warm_learn=0).place(v) == server.place(v)
+    # with no room beside the server's own checkpoints (-ctxcp 2 here) it adds nothing: an
+    # addition would push out one the server keeps (Claude Code traces at -ctxcp 2: +5-17%)
+    small = Adaptive(warmup=100)
+    small.prepare(None, ServerConfig(ctx_checkpoints=2, cache_ram_mib=0), load_profile())
+    v, plan = _elision_session(small, 12)
+    assert plan == server.place(v)
 
 
 @pytest.mark.parametrize("bad", ["adaptive:keep=0", "adaptive:half_life=0"])

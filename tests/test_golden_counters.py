@@ -17,6 +17,9 @@ Regenerate (only when a result is meant to change, and say why in the commit)::
 
 The real traces (``traces/real/``, every registered policy; ``data/golden_real.json``) are a
 second, slow set: issue #15's speed work is checked against them. ``--write --real`` writes it.
+Its adaptive, pr24035 and pr25592 cases were rewritten once (issue #14: the PR policies keep the
+build's supersede, #28302; adaptive shares an ambiguous need by evidence and learns in its warm-up);
+the file's ``rewritten`` list says so.
 """
 from __future__ import annotations
 
