@@ -988,3 +988,29 @@ def effective_config(policy: Policy, config: ServerConfig) -> ServerConfig:
         return config
     return dataclasses.replace(config, ctx_checkpoints=cap, ckpt_budget_mib=budget_mib)
 
+
+
+def read_at_cap_zero(policy: Policy) -> ServerRules | None:
+    """What a run of ``policy`` under a cap of 0 can read of it: its ``rules``, or None when it
+    may read more.
+
+    Under a cap of 0 no checkpoint ever exists: the simulator places none (``place`` and
+    ``after_generation`` are not called, ``sim._Replay.prefill``), so ``victim``, ``pre_evict``,
+    ``supersede`` and ``restored`` never run, and ``restore`` and ``prune`` only ever meet an
+    empty list. A policy whose restore step is the base class's (``restore_decision`` under its
+    rules) and whose ``prepare`` plans nothing is then read only through ``rules`` (the restore
+    rule and the build's prompt-cache behaviour): such runs with equal rules are equal, whatever
+    the policy's name and placement parameters (``llama-server:min_step=N`` for every N, ``none``,
+    ``fifo``...). ``none``'s ``prepare`` only takes an equal replay (the shadow). Engines with
+    their own restore step, and policies that plan (the oracle, ``marconi``, ``adaptive``), say
+    None. ``A+B`` runs under A's rules and restore and calls both ``prepare``: both must qualify.
+    """
+    if isinstance(policy, Combined):
+        ok = read_at_cap_zero(policy.placement) is not None and read_at_cap_zero(policy.eviction) is not None
+        return policy.rules if ok else None
+    cls = type(policy)
+    if cls.restore is not Policy.restore:
+        return None
+    if cls.prepare is not Policy.prepare and cls is not NoCheckpoints:
+        return None
+    return policy.rules

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .policies import NoCheckpoints, Policy, checkpoint_cap, effective_config, make_policy
+from .policies import NoCheckpoints, Policy, checkpoint_cap, effective_config, make_policy, read_at_cap_zero
 from .sim import ServerConfig
 
 DEFAULT_CTX_CHECKPOINTS = (4, 8, 16, 32, 64, 128)
@@ -129,9 +129,18 @@ def ckpt_memory_mib(config: ServerConfig, ckpt_mib: float, policy: Policy | None
 def run_key(task: SweepTask) -> tuple:
     """Tasks with equal keys give the same run: same trace, spec and profile, and flags that differ
     only in values the policy cannot read (``policies.effective_config``). The spec is compared
-    as written, not rebuilt, so two spellings of one policy simply run twice."""
-    return (task.trace_path, task.policy, effective_config(make_policy(task.policy), task.config),
-            task.profile)
+    as written, not rebuilt, so two spellings of one policy simply run twice -- except under a
+    cap of 0, where a policy that can be read only through its rules there
+    (``policies.read_at_cap_zero``: ``none``, ``fifo``, ``llama-server:min_step=N`` for every N...)
+    stands as those rules, so all of them run once."""
+    pol = make_policy(task.policy)
+    cfg = effective_config(pol, task.config)
+    what: object = task.policy
+    if cfg.ctx_checkpoints == 0:
+        rules = read_at_cap_zero(pol)
+        if rules is not None:
+            what = ("no checkpoints", rules)
+    return (task.trace_path, what, cfg, task.profile)
 
 
 def shadow_key(task: SweepTask) -> tuple | None:

@@ -124,8 +124,9 @@ def test_runs_that_cannot_depend_on_a_swept_value_run_once_and_equal_each_run() 
     shared = run_sweep(tasks, jobs=1)
     each = run_sweep(tasks, jobs=1, reuse=False)
     pd.testing.assert_frame_equal(_figures(shared), _figures(each))
-    # none and none+fifo: 1 run each; the pinned cap: 1; oracle at cap 0: 1; fifo: 2
-    assert (~shared["reused"]).sum() == 6 and not each["reused"].any()
+    # none and none+fifo: 1 run for both (under a cap of 0 both are read only through the same
+    # rules, policies.read_at_cap_zero); the pinned cap: 1; oracle at cap 0: 1; fifo: 2
+    assert (~shared["reused"]).sum() == 5 and not each["reused"].any()
     assert (shared.loc[shared["reused"], "wall_s"] == 0).all()
     # each row keeps the flags its task asked for, not the run's
     assert shared["ctx_checkpoints"].tolist() == [t.config.ctx_checkpoints for t in tasks]
@@ -201,3 +202,37 @@ def test_a_sweep_replays_each_shadow_once(count_replays) -> None:
         run_sweep(tasks, jobs=1)
     assert calls.count("none") == 2                        # one per --cache-ram
     assert len(calls) == 2 + 2 * 6                         # and one replay per oracle run
+
+
+def test_under_a_cap_of_0_a_policy_read_only_through_its_rules_runs_once() -> None:
+    """``policies.read_at_cap_zero``: under a cap of 0 the runs of every policy it admits are
+    equal when their rules are (checked on the whole registry, min-step and build variants and
+    combinations, on three bundled traces, under several slot and prompt-cache settings), and
+    the sweep runs them once per rules."""
+    from ckptsim.policies import read_at_cap_zero
+    specs = policy_names() + ["llama-server:min_step=0", "llama-server:min_step=8192", "llama-server:version=b8300",
+                              "llama-server:version=b8300,every_n=1024", "llama-server:version=b9500",
+                              "fifo+coverage", "none+fifo", "oracle+fifo", "every-n:n=512+llama-server"]
+    admitted = {s: read_at_cap_zero(make_policy(s)) for s in specs}
+    assert admitted["none"] == admitted["llama-server:min_step=8192"] == admitted["fifo+coverage"]
+    assert admitted["oracle"] is None and admitted["vllm-all"] is None and admitted["oracle+fifo"] is None
+    assert admitted["adaptive"] is None and admitted["marconi"] is None
+    for name in ("chat-edit", "multi-session", "compaction"):
+        trace = load_trace(REPO / "traces" / f"{name}.jsonl")
+        for cfg in (ServerConfig(ctx_checkpoints=0), ServerConfig(ctx_checkpoints=0, n_slots=2, cache_ram_mib=1024),
+                    ServerConfig(ctx_checkpoints=0, cache_ram_mib=0, arrival_order=False, n_slots=3)):
+            by_rules: dict = {}
+            for spec, rules in admitted.items():
+                if rules is not None:
+                    run = simulate(trace, spec, cfg, record_events=False)
+                    by_rules.setdefault(rules, []).append((spec, run.results))
+            for runs in by_rules.values():
+                for spec, results in runs[1:]:
+                    assert results == runs[0][1], (name, spec, runs[0][0])
+    tasks = [SweepTask(str(TRACE), s, ServerConfig(ctx_checkpoints=0)) for s in specs]
+    shared = run_sweep(tasks, jobs=1)
+    n_rules = len({r for r in admitted.values() if r is not None})
+    assert (~shared["reused"]).sum() == n_rules + sum(r is None for r in admitted.values())
+    from ckptsim import oracle
+    oracle._SHADOWS.clear()
+    pd.testing.assert_frame_equal(_figures(shared), _figures(run_sweep(tasks, jobs=1, reuse=False)))
