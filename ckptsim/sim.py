@@ -27,6 +27,7 @@ import bisect
 import heapq
 import math
 import operator
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -441,29 +442,30 @@ class _TaskQueue:
 
     def __init__(self, trace: Trace, arrival_order: bool):
         self.arrival_order = arrival_order
-        self.t_s = trace.t_s.tolist()
+        self.t_s = trace._t
         sessions = trace.session
-        order = np.argsort(trace.t_s, kind="stable").tolist()
-        self.order = order
+        order_np = np.argsort(trace.t_s, kind="stable")
+        self.order = array("q", order_np.tobytes())
         self.i = 0
-        n = len(order)
+        n = len(order_np)
         # the session's previous request in arrival order (-1: none) and its finish time
-        self.prev_in_session = [-1] * n
-        self.finish_s = [0.0] * n
+        self.prev_in_session = array("q", bytes(8 * n))
+        self.finish_s = array("d", bytes(8 * n))
         self.next_in_session: dict[int, int] = {}
-        self.rank = [0] * n
+        self.rank = array("q", bytes(8 * n)) if not arrival_order else array("q")
         last_of: dict[str, int] = {}
         self.heap: list[tuple[float, int, int]] = []
-        for i, r in enumerate(order):
-            self.rank[r] = i
+        prev_in_session = self.prev_in_session
+        for i, r in enumerate(order_np.tolist()):
             s = sessions[r]
             prev = last_of.get(s)
-            if prev is not None:
-                self.prev_in_session[r] = prev
-                if not arrival_order:
+            prev_in_session[r] = -1 if prev is None else prev
+            if not arrival_order:
+                self.rank[r] = i
+                if prev is None:
+                    self.heap.append((self.t_s[r], i, r))
+                else:
                     self.next_in_session[prev] = r
-            if not arrival_order and prev is None:
-                self.heap.append((self.t_s[r], i, r))
             last_of[s] = r
         heapq.heapify(self.heap)
 
@@ -504,38 +506,40 @@ class _Restored:
 
 
 class _Rows:
-    """Per-request results as the replay appends them: one tuple per request, packed into a
-    structured numpy array every few thousand requests (a tuple is cheap to make, the packed
-    rows cheap to keep), and split into columns at the end."""
+    """Per-request results as the replay appends them: one tuple per request, packed every few
+    thousand requests into a structured numpy array of one row per request of the trace (a tuple
+    is cheap to make, a packed row cheap to keep); its fields are the result columns."""
 
     # the fields a replay records; the rest (session, arrival_s, n_prompt, n_output,
     # n_reprocessed) follow from the trace and request_id (``finish``)
-    DTYPE = np.dtype([("request_id", "i8"), ("slot", "i8"), ("start_s", "f8"), ("n_true_prefix", "i8"),
+    DTYPE = np.dtype([("request_id", "i8"), ("slot", "i4"), ("start_s", "f8"), ("n_true_prefix", "i8"),
                       ("n_cached", "i8"), ("restored_n_tokens", "i8"), ("full_reprocess", "?"),
-                      ("n_created", "i8"), ("n_evicted", "i8"), ("n_invalidated", "i8"), ("prefill_ms", "f8"),
+                      ("n_created", "i4"), ("n_evicted", "i4"), ("n_invalidated", "i4"), ("prefill_ms", "f8"),
                       ("restore_ms", "f8"), ("create_ms", "f8"), ("ttft_ms", "f8"), ("finish_s", "f8"),
                       ("ckpt_mib_after", "f8"), ("cache_ram_mib_after", "f8"), ("device_wait_ms", "f8")])
     CHUNK = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, n: int) -> None:
         self.rows: list[tuple] = []
         self.created: list[int] = []       # created_at of the rows not packed yet, concatenated
-        self._chunks: list[np.ndarray] = []
+        self._packed = np.zeros(n, dtype=self.DTYPE)
+        self._n = 0
         self._created: list[np.ndarray] = []
 
     def flush(self) -> None:
-        if self.rows:
-            self._chunks.append(np.array(self.rows, dtype=self.DTYPE))
+        rows = self.rows
+        if rows:
+            n = self._n
+            self._packed[n:n + len(rows)] = rows
+            self._n = n + len(rows)
             self._created.append(np.array(self.created, dtype=np.int64))
-            self.rows.clear()
+            rows.clear()
             self.created.clear()
 
     def finish(self, trace: Trace) -> Results:
         self.flush()
-        chunks = self._chunks
-        cols = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0, self.DTYPE[k])
-                for k in self.DTYPE.names}
-        self._chunks = []
+        packed = self._packed[:self._n]
+        cols = {k: packed[k] for k in self.DTYPE.names}
         ids = cols["request_id"]
         cols["arrival_s"] = trace.t_s[ids]
         cols["n_prompt"] = trace.n_prompt[ids]
@@ -571,16 +575,16 @@ class _Replay:
                                    makes_room=self.rules.cache_alloc_makes_room) \
             if config.cache_ram_mib != 0 else None
         self.device = _Device()
-        self.rows = _Rows()
+        self.rows = _Rows(len(trace))
         self.events: list[tuple] = []
         self.peak_ckpt_mib = self.peak_ram_mib = 0.0
-        self.n_prompt = trace.n_prompt.tolist()
-        self.n_output = trace.n_output.tolist()
-        self.t_s = trace.t_s.tolist()
+        self.n_prompt = trace._prompt
+        self.n_output = trace._output
+        self.t_s = trace._t
         # What the server has seen, for PrefillView.seen_prefix_n_tokens: when each request
         # started (its prompt is known) and finished (its answer too); inf: not yet.
-        self.started_s = [math.inf] * len(self.n_prompt)
-        self.finished_s = [math.inf] * len(self.n_prompt)
+        self.started_s = array("d", [math.inf]) * len(self.n_prompt)
+        self.finished_s = array("d", [math.inf]) * len(self.n_prompt)
         # Whether the policy overrides a hook: the base class's answer is known without a call.
         cls = type(pol)
         self.has_pre_evict = cls.pre_evict is not Policy.pre_evict

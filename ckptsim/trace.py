@@ -56,26 +56,49 @@ class Trace:
     """A loaded trace: columns in numpy arrays, user-turn positions per request."""
 
     def __init__(self, header: TraceHeader, requests: Iterable[Request], check: bool = True):
-        reqs = list(requests)
+        # Requests are read one at a time into columns (a million Request records would not
+        # fit beside them); equal session names are kept once.
         self.header = header
-        n = len(reqs)
-        self.session = [r.session for r in reqs]
-        self.t_s = np.fromiter((r.t_s for r in reqs), float, n)
-        self.n_prompt = np.fromiter((r.n_prompt for r in reqs), np.int64, n)
-        self.n_output = np.fromiter((r.n_output for r in reqs), np.int64, n)
-        self.parent = np.fromiter((r.parent for r in reqs), np.int64, n)
-        self.n_shared = np.fromiter((r.n_shared for r in reqs), np.int64, n)
-        self.user_starts = [r.user_starts for r in reqs]
-        self.tool_starts = [r.tool_starts for r in reqs]
-        self.observed = [r.observed for r in reqs]
-        # Plain lists for the parent-chain walks: indexing numpy scalars one by one is ~10x slower.
-        self._parent = self.parent.tolist()
-        self._shared = self.n_shared.tolist()
-        self._prompt = self.n_prompt.tolist()
+        session: list[str] = []
+        # Typed arrays for the per-request lookups (indexing numpy scalars one by one is ~10x
+        # slower, a list of ints takes 4-5x the memory); the numpy columns are views of them.
+        t_s = array("d")
+        prompt = array("q")
+        output = array("q")
+        parent = array("q")
+        shared = array("q")
+        self.user_starts: list[tuple[int, ...]] = []
+        self.tool_starts: list[tuple[int, ...]] = []
+        self.observed: list[dict | None] = []
+        names: dict[str, str] = {}
+        later: list[Request] = []     # (check) parents not read yet: ids that are not positions
+        for r in requests:
+            if check:                 # iter_trace has already checked every line of a file
+                _check_request(r, None, where=f"request {r.id}")
+                if r.parent >= len(prompt):
+                    later.append(r)
+                elif r.parent >= 0:
+                    _check_parent_seq(r, prompt[r.parent] + output[r.parent], f"request {r.id}")
+            s = r.session
+            session.append(names.setdefault(s, s))
+            t_s.append(r.t_s)
+            prompt.append(r.n_prompt)
+            output.append(r.n_output)
+            parent.append(r.parent)
+            shared.append(r.n_shared)
+            self.user_starts.append(r.user_starts)
+            self.tool_starts.append(r.tool_starts)
+            self.observed.append(r.observed)
+        for r in later:
+            _check_parent_seq(r, prompt[r.parent] + output[r.parent], f"request {r.id}")
+        self.session = session
+        self._t, self._prompt, self._output, self._parent, self._shared = t_s, prompt, output, parent, shared
+        self.t_s = _view(t_s, np.float64)
+        self.n_prompt = _view(prompt, np.int64)
+        self.n_output = _view(output, np.int64)
+        self.parent = _view(parent, np.int64)
+        self.n_shared = _view(shared, np.int64)
         self._trie: TrieOrder | None = None
-        if check:                     # iter_trace has already checked every line of a file
-            for r in reqs:
-                _check_request(r, self, where=f"request {r.id}")
 
     def __len__(self) -> int:
         return len(self.session)
@@ -157,8 +180,9 @@ class TrieOrder:
 
     def __init__(self, parent: list[int], shared: list[int]):
         n = len(parent)
-        up = [-1] * n            # trie parent
-        w = [0] * n              # n_shared towards it (0: a root)
+        # (typed arrays, not lists: a million-request trace builds this in a few tens of MiB)
+        up = array("q", [-1]) * n    # trie parent
+        w = array("q", bytes(8 * n))  # n_shared towards it (0: a root)
         for g in range(n):       # parents come before children
             p = parent[g]
             if p < 0:
@@ -168,14 +192,14 @@ class TrieOrder:
                 p = up[p]
             if p >= 0:
                 up[g], w[g] = p, x
-        size = [1] * n
+        size = array("q", [1]) * n
         for g in range(n - 1, -1, -1):
             p = up[g]
             if p >= 0:
                 size[p] += size[g]
         # Each child's block starts after its elder siblings' (ascending n_shared, then id);
         # roots are the children of a virtual node.
-        upa, wa, sz = (np.asarray(x, dtype=np.int64) for x in (up, w, size))
+        upa, wa, sz = (np.frombuffer(x, dtype=np.int64) if n else np.zeros(0, np.int64) for x in (up, w, size))
         by = np.lexsort((np.arange(n), wa, np.where(upa >= 0, upa, n)))
         par = upa[by]
         before = np.cumsum(sz[by]) - sz[by]
@@ -183,24 +207,28 @@ class TrieOrder:
         first[1:] = par[1:] != par[:-1]
         off = np.empty(n, dtype=np.int64)
         off[by] = before - before[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
-        start = off.tolist()
+        del by, par, before, first
+        start = array("q", off.tobytes())
+        del off
         for g in range(n):
             p = up[g]
             if p >= 0:
                 start[g] += start[p]
-        pos = np.asarray(start, dtype=np.int64) + sz - 1       # post-order: a node after its block
+        pos = (np.frombuffer(start, dtype=np.int64) if n else np.zeros(0, np.int64)) + sz - 1
+        del start                # post-order: a node after its block
         gaps = np.zeros(max(n - 1, 0), dtype=np.int64)
         inner = pos < n - 1
         gaps[pos[inner]] = wa[inner]
         self.pos = array("q", pos.tobytes())
         # levels[k][i] = min(gaps[i : i + 2**k])
         typ, dt = ("i", np.int32) if (gaps.size == 0 or int(gaps.max()) < 2**31) else ("q", np.int64)
-        lv = gaps
-        self.levels = [array(typ, lv.astype(dt).tobytes())]
+        lv = gaps.astype(dt)
+        del gaps
+        self.levels = [array(typ, lv.tobytes())]
         k, m = 1, lv.size
         while (1 << k) <= m:
             lv = np.minimum(lv[:-(1 << (k - 1))], lv[1 << (k - 1):])
-            self.levels.append(array(typ, lv.astype(dt).tobytes()))
+            self.levels.append(array(typ, lv.tobytes()))
             k += 1
 
     def between(self, i: int, j: int) -> int:
@@ -233,15 +261,23 @@ def _check_request(r: Request, trace: Trace | None, where: str) -> None:
     if r.n_shared < 0 or r.n_shared > r.n_prompt:
         raise TraceError(f"{where}: n_shared = {r.n_shared} outside [0, n_prompt = {r.n_prompt}]")
     if trace is not None and r.parent >= 0:
-        p_seq = int(trace.n_prompt[r.parent] + trace.n_output[r.parent])
-        if r.n_shared > p_seq:
-            raise TraceError(f"{where}: n_shared = {r.n_shared} exceeds the parent's sequence "
-                             f"({p_seq} tokens)")
+        _check_parent_seq(r, int(trace.n_prompt[r.parent] + trace.n_output[r.parent]), where)
     for name, xs in (("user", r.user_starts), ("tool", r.tool_starts)):
         if any(not (0 <= x < r.n_prompt) for x in xs):
             raise TraceError(f"{where}: '{name}' positions must lie in [0, n_prompt)")
         if any(b <= a for a, b in zip(xs, xs[1:])):
             raise TraceError(f"{where}: '{name}' positions must be strictly increasing")
+
+
+def _view(a: array, dtype: type) -> np.ndarray:
+    """A numpy array sharing a typed array's memory."""
+    return np.frombuffer(a, dtype=dtype) if len(a) else np.zeros(0, dtype=dtype)
+
+
+def _check_parent_seq(r: Request, p_seq: int, where: str) -> None:
+    if r.n_shared > p_seq:
+        raise TraceError(f"{where}: n_shared = {r.n_shared} exceeds the parent's sequence "
+                         f"({p_seq} tokens)")
 
 
 def _open_text(path: str | os.PathLike) -> io.TextIOBase:
@@ -370,7 +406,7 @@ def iter_trace(path: str | os.PathLike) -> tuple[TraceHeader, Iterator[Request]]
         # Only the position lists are kept per request: they are needed to resolve inheritance.
         users: list[tuple[int, ...]] = []
         tools: list[tuple[int, ...]] = []
-        seq_len: list[int] = []
+        seq_len = array("q")
         with f:
             line_no = 1
             while True:
