@@ -166,6 +166,7 @@ def _short_error(doc: dict) -> str:
 
 
 def results_table(rows: list[dict]) -> None:
+    from ckptsim.live.conformance import server_abort
     head = ("xllamacpp", "build", "model", "tasks", "known decisions", "agreement", "unknown", "not nothing",
             "run time", "notes")
     print("| " + " | ".join(head) + " |")
@@ -183,7 +184,6 @@ def results_table(rows: list[dict]) -> None:
         for w in doc["workloads"]:
             if w.get("error"):
                 # the server's own assertion, read from the log kept beside the run
-                from ckptsim.live.conformance import server_abort
                 log = Path(r["dir"]) / f"{w['name']}.server.log"
                 why = server_abort(log)
                 notes.append(f"`{w['name']}` stopped: the server aborted ({why})" if why

@@ -233,38 +233,25 @@ class _PromptCache:
         full = self.trace._prompt[seq] + int(self.trace.n_output[seq])
         out = []
         i = bisect.bisect_left(keys, (p, -1))
-        j, q, lcp = i - 1, p, big              # walk left
-        while j >= 0:
-            pj, s = keys[j]
-            if pj != q:
-                k = (q - pj).bit_length() - 1
-                t = levels[k]
-                m, y = t[pj], t[q - (1 << k)]
-                if y < m:
-                    m = y
-                if m < lcp:
-                    lcp = m
-                if lcp < floor:
-                    break
-                q = pj
-            out.append((s, full if lcp == big else lcp))
-            j -= 1
-        j, q, lcp, n = i, p, big, len(keys)    # walk right
-        while j < n:
-            pj, s = keys[j]
-            if pj != q:
-                k = (pj - q).bit_length() - 1
-                t = levels[k]
-                m, y = t[q], t[pj - (1 << k)]
-                if y < m:
-                    m = y
-                if m < lcp:
-                    lcp = m
-                if lcp < floor:
-                    break
-                q = pj
-            out.append((s, full if lcp == big else lcp))
-            j += 1
+        # walk left, then right, from the sequence's own trie position; the common prefix only
+        # shrinks with distance, so each walk stops at the first entry below the floor
+        for js in (range(i - 1, -1, -1), range(i, len(keys))):
+            q, lcp = p, big
+            for j in js:
+                pj, s = keys[j]
+                if pj != q:
+                    lo, hi = (pj, q) if pj < q else (q, pj)
+                    k = (hi - lo).bit_length() - 1
+                    t = levels[k]
+                    m, y = t[lo], t[hi - (1 << k)]
+                    if y < m:
+                        m = y
+                    if m < lcp:
+                        lcp = m
+                    if lcp < floor:
+                        break
+                    q = pj
+                out.append((s, full if lcp == big else lcp))
         return out
 
     def _evict_oldest(self, emit: Callable[..., None]) -> None:

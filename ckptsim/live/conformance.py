@@ -488,15 +488,21 @@ _ABORT = re.compile(r"([\w./-]+\.(?:cpp|c|h):\d+): ((?:GGML_ASSERT\(.*\) failed|
 
 def server_abort(log: Path) -> str | None:
     """The assertion or abort a server log ends with, as "file.cpp:LINE: message (log line N)"."""
-    import gzip
+    from ..ingest.llama_log import LogError, open_log
     try:
-        raw = gzip.decompress(log.read_bytes()) if log.suffix == ".gz" else log.read_bytes()
+        stream, close = open_log(log)           # plain or gzipped, as every other log reader
+    except LogError:
+        return None
+    try:
+        for i, raw in enumerate(stream, 1):
+            line = raw.decode(errors="replace")
+            m = _ABORT.search(line)
+            if m and "set_abort_callback" not in line:
+                return f"{Path(m.group(1)).name}: {m.group(2).strip()} (log line {i})"
     except (OSError, EOFError):
         return None
-    for i, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
-        m = _ABORT.search(line)
-        if m and "set_abort_callback" not in line:
-            return f"{Path(m.group(1)).name}: {m.group(2).strip()} (log line {i})"
+    finally:
+        close()
     return None
 
 
