@@ -16,7 +16,7 @@ import io
 import json
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +67,10 @@ class Trace:
         output = array("q")
         parent = array("q")
         shared = array("q")
-        self.user_starts: list[tuple[int, ...]] = []
-        self.tool_starts: list[tuple[int, ...]] = []
+        # flat, not a tuple of int objects per request: ~36 bytes a position down to 8, which
+        # is most of a million-request agent trace's memory (bench/scale.py)
+        self.user_starts = Ragged()
+        self.tool_starts = Ragged()
         self.observed: list[dict | None] = []
         names: dict[str, str] = {}
         later: list[Request] = []     # (check) parents not read yet: ids that are not positions
@@ -154,6 +156,36 @@ class Trace:
     def total_prompt_tokens(self) -> int:
         """Sum of prompt lengths."""
         return int(self.n_prompt.sum())
+
+
+class Ragged(Sequence):
+    """Per-request tuples of positions kept flat in two typed arrays (the values, and where each
+    request's run ends); reading one builds its tuple."""
+
+    __slots__ = ("_vals", "_ends")
+
+    def __init__(self) -> None:
+        self._vals = array("q")
+        self._ends = array("q")
+
+    def append(self, xs: Iterable[int]) -> None:
+        self._vals.extend(xs)
+        self._ends.append(len(self._vals))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self._ends)
+        end = self._ends[i]   # IndexError past the end, as a list's
+        start = self._ends[i - 1] if i > 0 else 0
+        return tuple(self._vals[start:end]) if end > start else ()
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return (self[i] for i in range(len(self._ends)))
 
 
 class TrieOrder:

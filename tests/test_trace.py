@@ -5,9 +5,10 @@ import json
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ckptsim.records import Request
-from ckptsim.trace import Trace, TraceError, TraceHeader, load_trace, save_trace
+from ckptsim.trace import Ragged, Trace, TraceError, TraceHeader, load_trace, save_trace
 from strategies import materialise, token_lcp, traces
 
 
@@ -18,6 +19,20 @@ def test_seq_lcp_matches_explicit_tokens(trace):
     for a in range(len(trace)):
         for b in range(len(trace)):
             assert trace.seq_lcp(a, b) == token_lcp(seqs[a], seqs[b])
+
+
+@given(st.lists(st.lists(st.integers(0, 2**40), max_size=6).map(tuple), max_size=12))
+def test_ragged_reads_back_each_tuple_as_a_list_would(runs):
+    # the trace keeps message starts flat (bench/scale.py: a million requests in < 1 GB); every
+    # way the code reads them must see the tuples it was given
+    r = Ragged()
+    for xs in runs:
+        r.append(xs)
+    assert len(r) == len(runs) and list(r) == runs
+    assert [r[i] for i in range(-len(runs), len(runs))] == runs + runs
+    assert r[1:-1:2] == runs[1:-1:2]
+    with pytest.raises(IndexError):
+        r[len(runs)]
 
 
 @settings(max_examples=40, deadline=None)
