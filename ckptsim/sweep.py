@@ -291,6 +291,82 @@ def _run_local(runs: list[SweepTask], jobs: int | None, share: bool = True) -> I
             yield from zip(futs[f], f.result())
 
 
+# (trace, profile) of the ``simulate_many`` call whose workers are being forked: they inherit it
+# instead of receiving a pickled copy of the trace
+_FORKED: tuple | None = None
+
+
+def simulate_many(trace, specs: list[str], config: ServerConfig, profile, jobs: int | None = None,
+                  on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, object]]:
+    """(index, ``sim.Run``) of each spec on one loaded trace, as each finishes (``compare``).
+
+    The policies that share a shadow replay (``shadow_key``: the oracle and ``none`` under the
+    same flags) run in one process, the makers first, as a serial run would order them; the rest
+    each alone, heaviest first, on ``jobs`` processes (default: all cores). The worker processes
+    are started here, before this returns, forked where that is safe (``_context``), so the caller
+    may start a progress-bar thread after it; else each worker is sent the trace once. With one
+    job the runs happen in this process, one after another, as the iterator is read.
+    ``on_progress`` is called with requests done: per request chunk in this process, per whole
+    run from workers. The runs are the same either way (``tests/test_compare_jobs.py``)."""
+    from .sim import simulate
+    pols = [make_policy(s) for s in specs]
+    shared = [i for i, p in enumerate(pols) if p.makes_shadow or isinstance(p, NoCheckpoints)]
+    makers = [i for i in shared if pols[i].makes_shadow]
+    if makers:
+        units = [makers + [i for i in shared if i not in makers]]
+        units += [[i] for i in range(len(specs)) if i not in shared]
+    else:
+        units = [[i] for i in range(len(specs))]
+    weight = [sum(pols[i].relative_cost for i in u) for u in units]
+    units = [units[k] for k in sorted(range(len(units)), key=weight.__getitem__, reverse=True)]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(units)))
+    if jobs == 1:
+        def serial() -> Iterator[tuple[int, object]]:
+            for u in units:
+                for i in u:
+                    yield i, simulate(trace, specs[i], config, profile, record_events=False,
+                                      on_progress=on_progress)
+        return serial()
+    global _FORKED
+    ctx = _context()
+    if ctx.get_start_method() == "fork":
+        _FORKED = (trace, profile)      # the workers inherit it
+        ex = ProcessPoolExecutor(jobs, mp_context=ctx)
+    else:                               # each worker gets one pickled copy, not one per run
+        ex = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_hold, initargs=(trace, profile))
+    try:
+        # fork starts every worker at the first submit (they copy _FORKED then)
+        futs = {ex.submit(_simulate_unit, [specs[i] for i in u], config): u for u in units}
+    except BaseException:
+        ex.shutdown(cancel_futures=True)
+        raise
+    finally:
+        _FORKED = None
+
+    def collect() -> Iterator[tuple[int, object]]:
+        with ex:
+            for f in as_completed(futs):
+                for i, run in zip(futs[f], f.result()):
+                    if on_progress is not None:
+                        on_progress(len(trace))
+                    yield i, run
+    return collect()
+
+
+def _hold(trace, profile) -> None:
+    """Worker start-up where it cannot fork: keep the trace ``simulate_many`` sent."""
+    global _FORKED
+    _FORKED = (trace, profile)
+
+
+def _simulate_unit(specs: list[str], config: ServerConfig) -> list:
+    """A worker's share of ``simulate_many``: its specs in order, on the inherited trace."""
+    from .sim import simulate
+    assert _FORKED is not None, "simulate_many's workers start with the trace"
+    trace, profile = _FORKED
+    return [simulate(trace, s, config, profile, record_events=False) for s in specs]
+
+
 def heaviest_first(runs: list[SweepTask]) -> list[int]:
     """Indices, big traces and costly policies first, so the last worker is not left with the
     longest run."""

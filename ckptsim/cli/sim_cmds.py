@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_policies,
+from ._app import (UserError, app, check_at_least, check_batches, check_cache_ram, check_jobs, check_policies,
                    check_profile, cli_errors, err, file_backend, out, print_json, progress)
 from ._tables import Col, show_table
 
@@ -136,21 +136,22 @@ def arrival_order(queue: str) -> bool:
     return queue == "arrival"
 
 
-def run_policies(trace, policies: list[str], config, profile, show_progress: bool):
-    """Simulate each policy on one trace, with a progress bar over all requests."""
-    from ..sim import simulate
-    from ..policies import make_policy
+def run_policies(trace, policies: list[str], config, profile, show_progress: bool, jobs: int | None = 1):
+    """Simulate each policy on one trace, with a progress bar over all requests; ``jobs`` > 1
+    runs them on that many processes (``sweep.simulate_many``)."""
+    from ..sweep import simulate_many
     check_policies(policies)  # fail on a bad spec before any work starts
-    # The oracle first: ``none`` under the same flags is its shadow replay and takes it
+    advance = [lambda n: None]
+    # The workers fork here, before the progress bar's thread starts. The oracle and ``none``
+    # under the same flags share one process: ``none`` takes the oracle's shadow replay
     # (oracle.held_shadow) instead of replaying; the runs keep the order asked for.
-    order = sorted(range(len(policies)), key=lambda i: not make_policy(policies[i]).makes_shadow)
+    results = simulate_many(trace, policies, config, profile, jobs=jobs, on_progress=lambda n: advance[0](n))
     runs = [None] * len(policies)
     with progress(enabled=show_progress) as bar:
         task = bar.add_task(f"simulating {trace.name or 'trace'}", total=len(trace) * len(policies))
-        for i in order:
-            # the tables read summaries only: no events (cache loads are counted without them)
-            runs[i] = simulate(trace, policies[i], config, profile, record_events=False,
-                               on_progress=lambda n: bar.advance(task, n))
+        advance[0] = lambda n: bar.advance(task, n)
+        for i, run in results:
+            runs[i] = run
     return runs
 
 
@@ -260,11 +261,14 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
             ckpt_budget_mib: Optional[float] = BudgetOpt, queue: str = QueueOpt,
             out_dir: Optional[Path] = typer.Option(None, "--out", help="Write compare.csv and compare.png here."),
             force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+            jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: all "
+                                               "cores; 1 runs the policies one after another here)."),
             wide: bool = WideOpt, as_json: bool = JsonOpt) -> None:
     """Replay a trace against several policies; print a table, write a CSV and a PNG.
 
     Server flags are llama-server's own, as for simulate (--server-args takes a whole flag line).
     """
+    check_jobs(jobs)
     from ..trace import load_trace
     server = resolve_server(server_args=server_args, n_slots=n_slots, ctx_checkpoints=ctx_checkpoints,
                             min_step=min_step, every_n=every_n, batch=batch, ubatch=ubatch, cache_ram=cache_ram,
@@ -276,7 +280,7 @@ def compare(trace_path: Path = typer.Argument(..., metavar="TRACE", help="A ckpt
         server = apply_flags(server, default_policies(trace.header.meta.get("build")))
     report_ignored(server, as_json)
     config = server.config
-    runs = run_policies(trace, server.specs, config, profile, show_progress=not as_json)
+    runs = run_policies(trace, server.specs, config, profile, show_progress=not as_json, jobs=jobs)
     summaries = [r.summary() for r in runs]
     from ..metrics import with_prompt_s
     from ..oracle import lower_bound
@@ -388,7 +392,7 @@ def demo(out_dir: Path = typer.Option(Path("reports/demo"), "--out", help="Where
     compare(trace_path=p, policies=None, profile=None, server_args=None, n_slots=None, ctx_checkpoints=None,
             min_step=None, every_n=None, batch=None, ubatch=None, cache_ram=None, kv_unified=None,
             ckpt_budget_mib=None,
-            queue="arrival", out_dir=out_dir, force=True, wide=False, as_json=as_json)
+            queue="arrival", out_dir=out_dir, force=True, jobs=None, wide=False, as_json=as_json)
 
 
 @app.command("policies")
