@@ -28,6 +28,7 @@ from typing import Any
 from .cost import CostProfile, load_profile
 from .ingest.log_trace import LogTrace, excerpt_seeds, n_seed_variants, seeded_requests, trace_from_log
 from .records import EventKind
+from .server import count_batches
 from .trace import Trace
 
 DECISIONS = ("cache_n", "restored", "full", "created", "erased")
@@ -93,9 +94,16 @@ class Validation:
 
     def to_json(self) -> dict:
         """The ``--json`` document."""
-        errs = [t["error_pct"] for t in self.timings if t.get("error_pct") is not None]
-        tot_logged = sum(t["logged_ms"] for t in self.timings)
-        tot_pred = sum(t["predicted_ms"] for t in self.timings)
+        def errors(key: str) -> dict:
+            errs = [t[key + "_error_pct" if key != "predicted" else "error_pct"] for t in self.timings]
+            errs = [e for e in errs if e is not None]
+            tot_logged = sum(t["logged_ms"] for t in self.timings)
+            tot = sum(t[key + "_ms"] for t in self.timings)
+            return {"mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None,
+                    # per-task errors carry machine noise; the total is what a replay's
+                    # prefill-time figure depends on
+                    "total_logged_ms": round(tot_logged, 2), f"total_{key}_ms": round(tot, 2),
+                    "total_error_pct": _pct(tot, tot_logged, 2)}
         return {
             "log": self.log, "tasks": self.n_tasks, "decisions": len(self.known),
             "agreed": self.agreed, "agreement": self.agreement,
@@ -104,13 +112,10 @@ class Validation:
             "mismatches": [_d_json(d) for d in self.decisions if d.status == "mismatch"],
             "unknown_reasons": dict(Counter(d.why for d in self.decisions if d.status == "unknown")),
             "policy": self.policy, "config": self.config, "profile": self.profile,
-            "prompt_time": {"tasks": self.timings,
-                            "mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None,
-                            # per-task errors carry machine noise; the total is what a replay's
-                            # prefill-time figure depends on
-                            "total_logged_ms": round(tot_logged, 2), "total_predicted_ms": round(tot_pred, 2),
-                            "total_error_pct": (round(100.0 * (tot_pred - tot_logged) / tot_logged, 2)
-                                                if tot_logged > 0 else None)},
+            # the replay's prediction, and the cost model alone on the work the log shows
+            "prompt_time": {"tasks": self.timings, **errors("predicted"),
+                            "same_work_tasks": sum(t["simulated_n"] == t["prompt_n"] for t in self.timings),
+                            "logged_work": errors("logged_work")},
             "left_out": self.left_out,
             "per_task": self.per_task(),
             "build_range": self.build_range,
@@ -237,9 +242,18 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
             if obs.get("prompt_ms") is not None and obs.get("prompt_n"):
                 pred = res.prefill_ms + res.create_ms + res.restore_ms
                 logged = float(obs["prompt_ms"])
-                timings.append({"task": obs.get("task"), "line": obs.get("line"), "prompt_n": obs["prompt_n"],
-                                "logged_ms": logged, "predicted_ms": round(pred, 2),
-                                "error_pct": round(100.0 * (pred - logged) / logged, 1) if logged > 0 else None})
+                # The replay's time mixes two errors: its decisions (on an excerpt it may re-process
+                # the whole prompt where the server restored) and the cost model. The profile on
+                # the work the log shows (the last prompt_n tokens of the prompt) is the cost
+                # model alone.
+                n_log = int(obs["prompt_n"])
+                start = max(0, req.n_prompt - n_log)
+                nb, nub = count_batches(start, req.n_prompt, config.n_batch, config.n_ubatch, ())
+                alone = prof.prefill_ms(start, req.n_prompt, nb, nub)
+                timings.append({"task": obs.get("task"), "line": obs.get("line"), "prompt_n": n_log,
+                                "simulated_n": int(res.n_reprocessed), "logged_ms": logged,
+                                "predicted_ms": round(pred, 2), "error_pct": _pct(pred, logged),
+                                "logged_work_ms": round(alone, 2), "logged_work_error_pct": _pct(alone, logged)})
     decisions += _left_out_decisions(lt)
     fork = {}
     if lt.log.stats.fork:
@@ -428,6 +442,10 @@ def restore_decided(obs: dict) -> bool:
 def _in_group(row: dict, build: int) -> bool:
     lo, _, hi = row["builds"].partition("-")
     return int(lo[1:]) <= build <= int((hi or lo)[1:])
+
+
+def _pct(pred: float, logged: float, digits: int = 1) -> float | None:
+    return round(100.0 * (pred - logged) / logged, digits) if logged > 0 else None
 
 
 def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:

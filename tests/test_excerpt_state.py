@@ -330,3 +330,23 @@ def test_a_pure_extension_is_read_from_the_absence_of_a_search(tmp_path: Path) -
     q.write_text(text)
     t = next(t for t in read_tasks(q).tasks if t.task == 4701)
     assert t.cache_n_source == "inferred"
+
+
+def test_prompt_time_on_an_excerpt_keeps_the_cost_model_apart_from_the_replay(tmp_path: Path) -> None:
+    # 009's task 258 from the line after its restore (a paste that starts there, as corpus 026
+    # does): the replay has no history, so it prefills the whole 33,586-token prompt where the
+    # server processed 676 tokens ("prompt eval time = 1046.61 ms / 676 tokens"). Its time error
+    # is the decisions', not the profile's; the profile on the 676 tokens the log shows gives
+    # the same figure as on the whole log, however much of it was pasted.
+    whole = validate_log(_log("009")).to_json()["prompt_time"]
+    lines = _log("009").read_text().splitlines(keepends=True)
+    cut = tmp_path / "from-line-160.log"
+    cut.write_text("".join(lines[159:167]))
+    part = validate_log(cut).to_json()["prompt_time"]
+    (t,) = part["tasks"]
+    (w,) = [x for x in whole["tasks"] if x["task"] == 258]
+    assert t["prompt_n"] == w["prompt_n"] == w["simulated_n"] == 676
+    assert t["simulated_n"] > 30_000 and part["same_work_tasks"] == 0 and whole["same_work_tasks"] == 5
+    assert t["logged_work_ms"] == w["logged_work_ms"] and t["logged_work_error_pct"] == w["logged_work_error_pct"]
+    assert t["predicted_ms"] > 10 * t["logged_work_ms"]
+    assert part["logged_work"]["total_logged_work_ms"] == t["logged_work_ms"]

@@ -215,9 +215,18 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
             out.print(f"  unknown ({n}): {why}", highlight=False)
         pt = doc["prompt_time"]
         if pt["mean_abs_error_pct"] is not None:
-            out.print(f"prompt time: predicted vs logged, mean |error| {pt['mean_abs_error_pct']:.1f}% per task, "
-                      f"total {pt['total_predicted_ms'] / 1000:,.2f} s vs {pt['total_logged_ms'] / 1000:,.2f} s "
-                      f"({pt['total_error_pct']:+.1f}%) over {len(pt['tasks'])} tasks (profile {v.profile})")
+            n, same = len(pt["tasks"]), pt["same_work_tasks"]
+            lw = pt["logged_work"]
+            out.print(f"prompt time (profile {v.profile}), over {n} tasks with a timing line:", highlight=False)
+            out.print(f"  the profile on the tokens the log processed: mean |error| {lw['mean_abs_error_pct']:.1f}% "
+                      f"per task, total {lw['total_logged_work_ms'] / 1000:,.2f} s vs "
+                      f"{lw['total_logged_ms'] / 1000:,.2f} s logged ({lw['total_error_pct']:+.1f}%)",
+                      highlight=False)
+            out.print(f"  the replay: mean |error| {pt['mean_abs_error_pct']:.1f}% per task, total "
+                      f"{pt['total_predicted_ms'] / 1000:,.2f} s ({pt['total_error_pct']:+.1f}%); it re-processed "
+                      f"what the log did in {same} of {n}"
+                      + ("" if same == n else " (the others differ in its decisions, not its costs)"),
+                      highlight=False)
     if min_agreement is not None and (v.agreement is None or v.agreement < min_agreement):
         if not as_json:
             err.print(f"agreement below {min_agreement:.0%}")
