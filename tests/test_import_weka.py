@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ckptsim.cli import app
@@ -85,6 +87,20 @@ def test_append_rule_skips_a_shared_prefix_that_others_went_past():
     idx2.add_prompt(0, [1], 100)
     m2 = idx2.best([1, 7, 8], 200)         # P is the tip of its branch: an append
     assert (m2.parent, m2.n_shared, m2.continues) == (0, 100, True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=8), st.integers(1, 600)), max_size=12),
+       st.sampled_from(list(PartialBlockRule)))
+def test_insert_is_best_then_add_prompt(prompts, rule):
+    # the importers' one-walk insert (a corpus import spends most of its time in this trie) must
+    # match and index exactly as the two calls it replaces, on any mix of shared and new blocks
+    one, two = BlockIndex(64, rule), BlockIndex(64, rule)
+    for rid, (blocks, n_prompt) in enumerate(prompts):
+        expected = two.best(blocks, n_prompt)
+        two.add_prompt(rid, blocks, n_prompt)
+        assert one.insert(rid, blocks, n_prompt) == expected
+    assert one._root == two._root
 
 
 # --- sessions, sub-agents, user turns, placement ----------------------------------------------

@@ -96,6 +96,21 @@ class BlockIndex(PrefixIndex):
         self.add(request_id, blocks)
         self._sizes[request_id] = (n_prompt, len(blocks))
 
+    def insert(self, request_id: int, blocks: Sequence, n_prompt: int) -> Match:
+        """``best`` for a new prompt, then ``add_prompt`` it, in one walk: what the importers do per
+        request (the matched nodes are marked as the new prompt's, the rest are built)."""
+        path = self._path(blocks)
+        m = self._match(path, n_prompt)
+        for node in path:
+            node[None] = request_id
+        node = path[-1] if path else self._root
+        for i in range(len(path), len(blocks)):
+            nxt = {None: request_id}
+            node[blocks[i]] = nxt
+            node = nxt
+        self._sizes[request_id] = (n_prompt, len(blocks))
+        return m
+
     def n_prompt(self, request_id: int) -> int:
         """Length of an indexed prompt."""
         return self._sizes[request_id][0]
@@ -114,15 +129,24 @@ class BlockIndex(PrefixIndex):
 
     def best(self, blocks: Sequence, n_prompt: int) -> Match:
         """The earlier prompt sharing the most leading blocks (the latest on ties) and the tokens shared."""
-        node = self._root
-        depth = 0
+        return self._match(self._path(blocks), n_prompt)
+
+    def _path(self, blocks: Sequence) -> list[dict]:
+        """The trie nodes of the leading blocks an earlier prompt shares, root excluded."""
+        node: dict | None = self._root
+        path = []
         for b in blocks:
-            nxt = node.get(b)
-            if nxt is None:
+            node = node.get(b)
+            if node is None:
                 break
-            node, depth = nxt, depth + 1
+            path.append(node)
+        return path
+
+    def _match(self, path: list[dict], n_prompt: int) -> Match:
+        depth = len(path)
         if depth == 0:
             return Match(-1, 0, 0, 0, False)
+        node = path[-1]
         parent = node[None]
         n_p = self._sizes[parent][0]
         bs = self.block_size

@@ -148,7 +148,7 @@ def import_mooncake(path: str | os.PathLike, out_path: str | os.PathLike,
                                           "before; Mooncake traces are in arrival order")
             last_s = t_s
             rid = w.n_written
-            m = index.best(hashes, n_in)
+            m = index.insert(rid, hashes, n_in)
             parent, n_shared = m.parent, m.n_shared
             user: tuple[int, ...] = ()
             if parent >= 0:
@@ -167,7 +167,6 @@ def import_mooncake(path: str | os.PathLike, out_path: str | os.PathLike,
                 stats.n_sessions += 1
             w.write(Request(id=rid, session=session, t_s=t_s - t0_s, n_prompt=n_in, n_output=n_out,
                             parent=parent, n_shared=n_shared, user_starts=user))
-            index.add_prompt(rid, hashes, n_in)
             sessions.append(session)
             users.append(user)
             stats.n_requests += 1
