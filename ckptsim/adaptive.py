@@ -30,11 +30,21 @@ For the first ``warmup`` requests, with too few needs seen, it places and evicts
 server does, adding only the positions the needs seen so far are already worth, as many as the
 cap leaves room for beside the server's own.
 
+A sequence's *first* edit fits none of those classes well: it lands deep in a prompt that so far
+was only extended, on a message start prefilled requests earlier as the prompt's last (SWE
+history elision: the first observation, 4 starts deep, 5 requests after it was prefilled), when
+no class said to keep it. So the policy also remembers, per sequence, whether it has only been
+extended since its opening prompt, and learns at which message start (counted from the head, a
+position that does not move while a sequence is only extended) first edits land, per request on
+such a sequence. While a sequence is unedited it keeps those starts too, at that chance, after
+the positions above and only in the room the cap leaves (``first``).
+
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
 common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
 the restore search), the slot's cache length (``cached_n_tokens``), which earlier task left that cache
 (``cached_task``; the prompt cache's entries would carry it), the prompt cache's eviction count
-(``n_cache_evicted``) and the message starts of each prompt it prefills.
+(``n_cache_evicted``) and the message starts of each prompt it prefills; with them, whether the
+sequence it leaves was only extended (kept beside its message starts, as they are).
 """
 from __future__ import annotations
 
@@ -84,10 +94,16 @@ class AdaptiveRules:
     head_max: int = 2         # message starts counted from the beginning (shared system prompts)
     warmup: int = 32          # requests placed as the current server does while the needs are few
     warm_learn: int = 1       # 1: the warm-up adds the positions the needs seen so far are worth
+    first: int = 1            # 1: while a sequence has only been extended, also keep the message
+                              # starts where other sequences' first edits landed (in the cap's room)
+    opening: int = 2          # a prompt sharing at most the head of the slot's first message opens
+                              # an unedited sequence if it has at most this many message starts
     _meta: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _weights: dict = field(default_factory=dict, init=False, repr=False)   # class -> weight x scale
     _sure: dict = field(default_factory=dict, init=False, repr=False)      # ... of unambiguous needs only
     _total: float = field(default=0.0, init=False, repr=False)              # every request x scale
+    _fweights: dict = field(default_factory=dict, init=False, repr=False)  # first edits: start index -> weight
+    _ftotal: float = field(default=0.0, init=False, repr=False)             # requests on an unedited sequence
     _scale: float = field(default=1.0, init=False, repr=False)
     _n_seen: int = field(default=0, init=False, repr=False)
     _want: dict | None = field(default=None, init=False, repr=False)  # position -> greedy rank; None: warm-up
@@ -102,8 +118,8 @@ class AdaptiveRules:
         for k in ("keep", "half_life"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"adaptive: {k} must be > 0")
-        if min(self.min_tokens, self.cache_pct, self.tail_max, self.head_max, self.warmup) < 0:
-            raise ValueError("adaptive: min_tokens, cache_pct, tail_max, head_max and warmup must be >= 0")
+        if min(self.min_tokens, self.cache_pct, self.tail_max, self.head_max, self.warmup, self.opening) < 0:
+            raise ValueError("adaptive: min_tokens, cache_pct, tail_max, head_max, warmup and opening must be >= 0")
         self._growth = 2.0 ** (1.0 / self.half_life)
 
     def prepare(self, trace, config, profile, replay=None) -> None:
@@ -146,6 +162,8 @@ class AdaptiveRules:
             self._weights = {c: w / self._scale for c, w in self._weights.items()}
             self._sure = {c: w / self._scale for c, w in self._sure.items()}
             self._total /= self._scale
+            self._fweights = {c: w / self._scale for c, w in self._fweights.items()}
+            self._ftotal /= self._scale
             self._swaps /= self._scale
             self._evictions /= self._scale
             self._scale = 1.0
@@ -168,7 +186,9 @@ class AdaptiveRules:
         for c, e in zip(classes, ev):
             self._weights[c] = self._weights.get(c, 0.0) + self._scale * e / tot
 
-    def _learn(self, v: PrefillView) -> None:
+    def _learn(self, v: PrefillView) -> bool:
+        """Learn from this task's need; whether its prompt leaves the sequence unedited (only
+        extended since it started, as far as the slot's cache tells)."""
         n_new_evicted = max(v.n_cache_evicted - self._n_evicted_seen, 0)
         self._n_evicted_seen = v.n_cache_evicted
         last = self._last_on_slot.get(v.slot)
@@ -176,17 +196,40 @@ class AdaptiveRules:
         swapped = last is not None and v.cached_task != last
         src = self._meta.get(v.cached_task) if v.cached_task >= 0 else None
         l, L, T = v.lcp_n_tokens, v.cached_n_tokens, v.n_prompt
+        opening = len(v.user_starts) + len(v.tool_starts) <= self.opening
         if src is None or l <= 0 or (l == L and l < T):
             self._observe()       # nothing to restore: a fresh prompt or a pure extension
             if swapped:
                 self._swaps += self._scale
             self._evictions += n_new_evicted * self._scale
-            return
+            if src is None or l <= 0:
+                return opening    # a new sequence, or one whose history is lost
+            if src[2]:
+                self._ftotal += self._scale
+            return src[2]
         need = l if l < T else T - 1  # a fully cached prompt re-evaluates its last token
         self._observe(self._classify(need, src[0], src[1]))
         if swapped:
             self._swaps += self._scale
         self._evictions += n_new_evicted * self._scale
+        if need >= src[0]:
+            # diverges in the generated answer: the prompt itself was not edited
+            if src[2]:
+                self._ftotal += self._scale
+            return src[2]
+        starts = src[1]
+        i = bisect.bisect_right(starts, need) - 1
+        if i < 0 or (i == 0 and need - starts[0] <= _SLACK_TOKENS):
+            # shares no more than the head of the first message (a shared system prompt): a new
+            # sequence, or, past its opening, one whose prompt-cache entry was lost
+            return opening
+        if src[2]:
+            self._ftotal += self._scale
+            if need - starts[i] <= _SLACK_TOKENS:
+                # the sequence's first edit, at its i-th message start: a start that stays where it
+                # is while a sequence is only extended (docs/policies.md, "adaptive")
+                self._fweights[i] = self._fweights.get(i, 0.0) + self._scale
+        return False
 
     # --- which positions are worth their bytes -------------------------------------------------
     def _position(self, cls: tuple, T: int, starts: tuple[int, ...]) -> int:
@@ -209,22 +252,41 @@ class AdaptiveRules:
             p = self._position(c, T, starts)
             if p > 0:
                 mass[p] = mass.get(p, 0.0) + w
+        return self._greedy(mass, self._total, T, starts, start, have, {}, self.keep)
+
+    def _select_first(self, T: int, starts: tuple[int, ...], start: int, have: tuple[int, ...],
+                      chosen: dict[int, int], room: int) -> dict[int, int]:
+        """For a sequence only extended so far: the message starts where first edits landed, at
+        their chance per request on such a sequence, after ``chosen`` and in ``room`` more."""
+        if room <= 0 or self._ftotal <= 0:
+            return chosen
+        mass: dict[int, float] = {}
+        for i, w in self._fweights.items():
+            if i < len(starts):
+                mass[starts[i]] = mass.get(starts[i], 0.0) + w
+        return self._greedy(mass, self._ftotal, T, starts, start, have, chosen, room)
+
+    def _greedy(self, mass: dict[int, float], total: float, T: int, starts: tuple[int, ...], start: int,
+                have: tuple[int, ...], chosen: dict[int, int], n: int) -> dict[int, int]:
         if not mass:
-            return {}
+            return chosen
         need_pos = np.fromiter(mass.keys(), np.int64, len(mass))
-        need_w = np.fromiter(mass.values(), float, len(mass)) / self._total
+        need_w = np.fromiter(mass.values(), float, len(mass)) / total
         # Any message start may serve the needs above it (a rewritten message starts there).
         cands = np.array(sorted({p for p in mass if start < p <= T} | {k for k in have if k <= T}
                                 | {b for b in starts if start < b < T}), np.int64)
         if len(cands) == 0:
-            return {}
+            return chosen
+        chosen = dict(chosen)
         served = np.zeros(len(need_pos), np.int64)     # position each need resumes at so far
+        for k in chosen:
+            served = np.where(k <= need_pos, np.maximum(served, k), served)
         usable = cands[:, None] <= need_pos[None, :]
-        chosen: dict[int, int] = {}
         # A swap costs the checkpoint's bytes only when it makes the cache evict: the evictions
         # per request (at most one per swap) price them (docs/policies.md, "adaptive").
         floor = self.min_tokens + self.cache_pct / 100.0 * self._ckpt_tokens * min(self._swaps, self._evictions) / self._total
-        for rank in range(self.keep):
+        rank0 = len(chosen)
+        for rank in range(rank0, rank0 + n):
             gain = (np.maximum(cands[:, None] - served[None, :], 0) * usable) @ need_w
             i = int(np.argmax(gain))
             if gain[i] < max(floor, 1e-9):
@@ -235,9 +297,9 @@ class AdaptiveRules:
         return chosen
 
     def place(self, v: PrefillView) -> PrefillPlan:
-        self._learn(v)
+        unedited = self._learn(v)
         starts = tuple(sorted(set(v.user_starts) | set(v.tool_starts)))
-        self._meta[v.request_id] = (v.n_prompt, starts)
+        self._meta[v.request_id] = (v.n_prompt, starts, unedited)
         if len(self._meta) > _MEMORY_PROMPTS:
             self._meta.popitem(last=False)
         if self._n_seen <= self.warmup:
@@ -262,6 +324,11 @@ class AdaptiveRules:
             ps = sorted(set(plan.positions) | set(extra))
             return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))
         self._want = self._select(v.n_prompt, starts, v.start, v.ckpt_n_tokens)
+        if self.first and unedited:
+            # a sequence only extended so far: where first edits land, after the rest, in the room
+            # the cap leaves (a victim before any of them: ``victim`` takes the last-ranked first)
+            self._want = self._select_first(v.n_prompt, starts, v.start, v.ckpt_n_tokens, self._want,
+                                            min(self.keep, self._cap - len(self._want)))
         have = set(v.ckpt_n_tokens)
         ps = sorted(p for p in self._want if v.start < p <= v.n_prompt and p not in have)
         return PrefillPlan(tuple(ps), *batch_counts(v.start, v.n_prompt, v.n_batch, v.n_ubatch, ps))

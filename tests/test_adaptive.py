@@ -176,6 +176,87 @@ def test_the_warm_up_adds_what_the_first_edits_teach():
     assert plan == server.place(v)
 
 
+def _elided_session_views(rid: int, prev: tuple | None, held: list, n_extended: int = 5, n_edits: int = 8):
+    """The views of one session as SWE-agent's history elision makes them, on a slot that holds
+    ``prev`` ((request, starts, T) of another session's last sequence, or None): the first request
+    shares only the system prompt with it, the next ``n_extended`` only extend the session (a
+    1000-token observation each, one message start), then ``n_edits`` requests each rewrite the
+    message 4 starts below the previous prompt's end: the first time, the session's first observation
+    (start 1, at 1000). Yields (k, view); the caller places each, and keeps ``held`` (the slot's
+    checkpoints) up to date, before the next is made."""
+    for k in range(n_extended + 1 + n_edits):
+        starts = [100] + [1000 * j for j in range(1, k + 1)]
+        T = 1000 * k + 900
+        if prev is None:
+            v = _view(rid, T, starts)
+        elif k == 0:             # a new session: the shared system prompt only
+            held[:] = [p for p in held if p <= 103]
+            v = _view(rid, T, starts, have=held, n_common=103, n_cached=prev[2] + 50, cached_task=prev[0])
+        elif k <= n_extended:    # a pure extension of the previous request
+            v = _view(rid, T, starts, have=held, start=prev[2] + 50, n_common=prev[2] + 50,
+                      n_cached=prev[2] + 50, cached_task=prev[0])
+        else:                    # an edit, 4 starts below the previous prompt's end
+            need = prev[1][-5] + 3
+            held[:] = [p for p in held if p <= need]
+            v = _view(rid, T, starts, have=held, start=max([0] + held), n_common=need, n_cached=prev[2] + 50,
+                      cached_task=prev[0])
+        yield k, v
+        prev = (rid, starts, T)
+        rid += 1
+
+
+def test_keeps_where_first_edits_land_while_a_session_is_only_extended():
+    """Each session's first edit lands at its first observation's start, prefilled as the prompt's
+    last start 5 requests earlier, when no edit had yet said to keep it; the later edits, 4 starts
+    from the end, the general classes serve. Once earlier sessions have shown where their first
+    edits land, a session keeps that start from the request that prefills it until its first
+    edit (restored there) and lets it go after; ``first=0`` (the policy before) never keeps it."""
+    for first in (1, 0):
+        pol = Adaptive(warmup=0, first=first)
+        rid, prev, held = 0, None, []
+        kept = {}
+        for session in range(9):
+            for k, v in _elided_session_views(rid, prev, held):
+                plan = pol.place(v)
+                held += plan.positions
+                dropped = pol.prune([Checkpoint(p, 62.8, 0) for p in held])
+                held[:] = [p for i, p in enumerate(held) if i not in dropped]
+                if session == 8:     # the last: what it placed and kept
+                    if k == 1:       # the request that prefills the first observation's start
+                        assert (1000 in plan.positions) == bool(first)
+                    if k == 6:       # the first edit restores there
+                        assert (v.start == 1000) == bool(first)
+                    kept[k] = 1000 in held
+                prev, rid = (v.request_id, v.user_starts, v.n_prompt), v.request_id + 1
+        if first:
+            # k = 1..5 only extend the session: kept; k = 6 edits it first: let go after
+            assert [kept[k] for k in range(1, 14)] == [True] * 5 + [False] * 8
+        else:
+            assert not any(kept.values())
+
+
+def test_a_long_prompt_met_by_its_head_only_is_not_taken_for_a_new_session():
+    """With hundreds of sessions on one slot, a session's prompt-cache entry is often gone: its
+    next prompt shares only the system prompt with the slot, like a new session's first, but has
+    many messages, edited or not before (the server cannot tell). Taken for an unedited sequence,
+    its later edits counted as first edits at every depth, and their checkpoints only took
+    prompt-cache room (the 500-session elided SWE trace: +3.4%). Only an opening prompt (at most
+    ``opening`` message starts) starts an unedited sequence."""
+    got = {}
+    for opening in (2, 99):
+        pol = Adaptive(warmup=0, opening=opening)
+        rid, prev, held = 0, None, []
+        for _ in range(8):
+            for k, v in _elided_session_views(rid, prev, held):
+                plan = pol.place(v)
+                held[:] = list(plan.positions)
+                prev, rid = (v.request_id, v.user_starts, v.n_prompt), v.request_id + 1
+        starts = [100] + [1000 * j for j in range(1, 12)]
+        v = _view(rid, 12900, starts, n_common=103, n_cached=prev[2] + 50, cached_task=prev[0])
+        got[opening] = pol.place(v).positions
+    assert 1000 not in got[2] and 1000 in got[99]
+
+
 @pytest.mark.parametrize("bad", ["adaptive:keep=0", "adaptive:half_life=0"])
 def test_bad_parameters(bad):
     with pytest.raises(ValueError, match="adaptive"):

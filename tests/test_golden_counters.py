@@ -18,8 +18,11 @@ Regenerate (only when a result is meant to change, and say why in the commit)::
 The real traces (``traces/real/``, every registered policy; ``data/golden_real.json``) are a
 second, slow set: issue #15's speed work is checked against them. ``--write --real`` writes it.
 Its adaptive, pr24035 and pr25592 cases were rewritten once (issue #14: the PR policies keep the
-build's supersede, #28302; adaptive shares an ambiguous need by evidence and learns in its warm-up);
-the file's ``rewritten`` list says so.
+build's supersede, #28302; adaptive shares an ambiguous need by evidence and learns in its warm-up),
+and its adaptive cases once more (issue #14 again: while a sequence has only been extended, adaptive
+keeps the message starts where other sequences' first edits landed; four cases moved, the elided
+SWE traces and mooncake-synthetic, each to fewer re-processed tokens; only the ``adaptive`` cases
+were recomputed, every other case is as recorded); the file's ``rewritten`` list says so.
 """
 from __future__ import annotations
 
