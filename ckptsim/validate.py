@@ -257,6 +257,7 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
     decisions += _left_out_decisions(lt)
     fork = {}
     if lt.log.stats.fork:
+        range_check = []     # mainline's rule groups date nothing in a relative's log
         # not mainline: its rules are not modelled, so no decision is settled by a mainline replay
         why = (f"{lt.log.stats.fork} log (line {lt.log.stats.fork_line}): its checkpoint rules are not "
                "modelled; a mainline replay would not be evidence")
@@ -336,7 +337,8 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
             obs = {**obs, "history_known": True, "seeded": True}
         elif root in why_not and not obs.get("history_known", False):
             obs = {**obs, "history_why": why_not[root]}
-        per_run = [compare_task(req.id, obs, res[req.id], ev.get(req.id, [])) for res, ev in runs]
+        per_run = [compare_task(req.id, obs, res[req.id], ev.get(req.id, []), partial_created=not user_era)
+                   for res, ev in runs]
         first_cut = root in seeds and seeds[root].decided_before_log and obs.get("task") == root
         cut = (("cache_n", "restored", "full", "erased") if seeds[root].erasures_before_log
                else ("cache_n", "restored", "full")) if first_cut else ()
@@ -433,7 +435,10 @@ def _best_in_range(lt: LogTrace, trace: Trace, config, prof, min_step: int | Non
 def restore_decided(obs: dict) -> bool:
     """Whether the log shows the task past its restore decision: anything logged after that point
     (a restore or reset line, a create, a prefill line, cache_n as timings print it, the finished
-    prompt)."""
+    prompt). A resume at T-1 ("n_past was set to", cache_n from need_one) is decided only once a
+    batch ran: before b9191 its truncate could still fail and clear the memory (``TaskObs.batch_ran``)."""
+    if obs.get("cache_n_source") == "need_one" and not obs.get("batch_ran", True):
+        return False
     return bool(obs.get("complete")) or obs.get("restored", -1) >= 0 or bool(obs.get("full_reprocess")) \
         or bool(obs.get("created")) or bool(obs.get("prefilling")) \
         or obs.get("cache_n_source", "") in ("seq_rm", "prompt_n", "need_one")
@@ -448,8 +453,13 @@ def _pct(pred: float, logged: float, digits: int = 1) -> float | None:
     return round(100.0 * (pred - logged) / logged, digits) if logged > 0 else None
 
 
-def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
-    """The five decisions of one task: logged (``obs``) against simulated (result + events)."""
+def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool = True) -> list[Decision]:
+    """The five decisions of one task: logged (``obs``) against simulated (result + events).
+
+    ``partial_created``: a task whose prompt the log does not finish may still settle the
+    checkpoints it created below ``seen_to`` -- not in the user-message eras (b9315+), where
+    where they go depends on the last user message's start, which is read off the checkpoints
+    created at it and may lie past the cut."""
     task, line = int(obs.get("task", -1)), int(obs.get("line", -1))
     lines: dict[str, int] = {}
     for k, _, ln in obs.get("events", []):
@@ -500,7 +510,15 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
         lines.get("full_reprocess", line), ends)
     why = why or unseen_why
     sim_created = [e.n_tokens for e in events if e.kind is EventKind.CREATED]
+    logged_created = list(obs.get("created", []))
     created_why = "" if complete else "the prompt was not finished inside the log"
+    seen_to = obs.get("seen_to")
+    if created_why and seen_to is not None and partial_created:
+        # The prompt goes on past the excerpt (or was cancelled), but every create below seen_to
+        # is in it (a create is logged before its batch is decoded, after the batch's seq_rm
+        # line): compare those.
+        created_why = ""
+        sim_created = [k for k in sim_created if k < seen_to]
     if not created_why and obs.get("n_prompt_source") == "inferred":
         created_why = "prompt length only inferred"
     # An excerpt that begins inside this task shows the checkpoints it created (and FIFO-erased)
@@ -512,8 +530,7 @@ def compare_task(rid: int, obs: dict, res, events: list) -> list[Decision]:
         created_why = ("the excerpt starts inside this task's prefill: checkpoints created before its "
                        "first line are not in it")
     created_why = created_why or pasted
-    add("created", list(obs.get("created", [])), sim_created, created_why,
-        lines.get("created", line))
+    add("created", logged_created, sim_created, created_why, lines.get("created", line))
     sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)
     erased_line = min((ln for k, _, ln in obs.get("events", []) if k.startswith("erased")
                        or k == "superseded"), default=line)

@@ -303,14 +303,68 @@ def test_task_0_and_a_never_used_slot_start_empty(tmp_path: Path) -> None:
     assert not next(t for t in read_tasks(p).tasks if t.task == 7).history_known
 
 
-def test_a_checkpoint_line_cut_before_its_numbers_still_shows_they_are_printed() -> None:
-    # 015 ends inside "created context checkpoint 1 of 32 (": the model takes checkpoints and the
-    # log prints them, so what is unknown about task 0's checkpoints is only that the paste ends
-    # before the prompt is done; its restore decision (slot never used, task 0) is settled
+def test_a_checkpoint_line_cut_before_its_numbers_is_placed_at_its_batch() -> None:
+    # 015 ends inside "created context checkpoint 1 of 32 (", right after "n_tokens = 349,
+    # memory_seq_rm [349, end)" and the progress line of the batch [349, 861) of a 865-token
+    # prompt: a create holds the state at its batch's start (spec §2.3), so it is at 349, and
+    # "1 of 32" gives the cap. Batches that break at T-(4+ub) = 349 and T-4 = 861 are #20288's
+    # (b8286); the older rules' checkpoint at T-64 = 801 would come after the excerpt, not at
+    # 349, so those builds are contradicted by the line the paste cut.
+    lt = read_tasks(_log("015"))
+    (t,) = lt.tasks
+    assert [n for n, _, _ in t.created] == [349] and t.seen_to == 350
+    assert lt.settings["ctx_checkpoints"] == 32 and lt.evidence["ctx_checkpoints"]["line"] == 15
     v = validate_log(_log("015"))
-    st = {d.decision: d for d in v.decisions}
-    assert all(st[k].status == "agreed" for k in ("cache_n", "restored", "full"))
-    assert st["created"].why == st["erased"].why == "the prompt was not finished inside the log"
+    st = _by_decision(v)
+    assert all(st[k].status == "agreed" for k in ("cache_n", "restored", "full", "created"))
+    assert st["created"].logged == st["created"].simulated == [349]
+    assert st["erased"].why == "the prompt was not finished inside the log"
+    by_group = {r["builds"]: r for r in v.build_range}
+    assert by_group["b6967-b7010"]["first_mismatch_line"] == 15
+    assert all(r["agreed"] == r["decisions"] for r in v.build_range if int(r["builds"][1:5]) >= 8271)
+
+
+@pytest.mark.parametrize("name,version", [
+    ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751"),
+    ("b7964-xllamacpp-0.2.11-lfm2-slots-np4-cache-evict.server.log.gz", "b7964"),
+    ("b8352-xllamacpp-0.2.13-cache-ram-off.server.log.gz", "b8352"),
+    ("b9093-extend-answer.server.log.gz", "b9093"),
+    ("b9294-extend-answer.server.log.gz", "b9294"),
+])
+def test_excerpts_cut_inside_a_prefill_settle_the_creates_they_show(tmp_path: Path, name: str,
+                                                                     version: str) -> None:
+    # A whole log of a real server cut after each seq_rm line (a paste that ends while a prompt
+    # is being processed): every create below that batch's start is in the excerpt, so the task's
+    # created decision is settled there and must agree with the whole log's; what the cut hides
+    # (the rest of the prompt, its erasures) stays unknown. Pre-#22929 builds: no user-message
+    # placement, which an excerpt could not see past its cut.
+    lines = _lines(name)
+    whole = tmp_path / "whole.log"
+    whole.write_text("".join(lines))
+    full = validate_log(whole, version=version)
+    logged = {(d.task, d.decision): d.logged for d in full.decisions}
+    cfg = dataclasses.asdict(config_from_log(read_tasks(whole).settings))
+    settled = cuts = 0
+    for i, ln in enumerate(lines):
+        if "memory_seq_rm" not in ln:
+            continue
+        p = tmp_path / f"to{i}.log"
+        p.write_text("".join(lines[:i + 1]))
+        v = validate_log(p, version=version, overrides=cfg)
+        bad = [(d.task, d.decision, d.logged, d.simulated) for d in v.decisions if d.status == "mismatch"]
+        assert not bad, f"excerpt to line {i + 1}: {bad}"
+        cut_task = int(re.search(r"task (\d+)", ln).group(1))
+        d = next((d for d in v.decisions if d.task == cut_task and d.decision == "created"), None)
+        if d is None or (cut_task, "created") not in logged:
+            continue
+        cuts += 1
+        if d.status == "agreed":
+            settled += 1
+            seen_to = int(re.search(r"\[(\d+), end\)", ln).group(1))
+            assert d.logged == [k for k in logged[(cut_task, "created")] if k < seen_to]
+        else:
+            assert d.why
+    assert cuts and settled >= cuts // 2, (settled, cuts)
 
 
 def test_a_pure_extension_is_read_from_the_absence_of_a_search(tmp_path: Path) -> None:

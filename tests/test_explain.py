@@ -111,6 +111,20 @@ def test_a_fork_is_named_not_replayed_as_mainline():
     assert r.exit_code == 0 and "ik_llama.cpp log" in r.stdout and "does not model" in r.stdout
 
 
+def test_an_unmerged_pr_branch_is_named_not_replayed_as_mainline():
+    """Corpus 020 ran PR #17428's branch (never merged): a checkpoint after every 2048-token batch,
+    printed as "created prompt processing context checkpoint N of 256". Replayed as mainline, its
+    creates at 4096 and 6144 (seen below the last batch start shown) read as a mismatch; it is a
+    relative whose rules the spec does not cover, so nothing is settled and no mainline build
+    range is dated from it."""
+    log = DATA / "logs" / "020_pr17428-granite-fork-pp-checkpoints-of-256.log"
+    v = validate_log(log)
+    assert v.fork == {"name": "unmerged llama.cpp PR #17428 branch", "line": 3, "modelled": False}
+    assert v.decisions and all(d.status == "unknown" for d in v.decisions) and v.build_range == []
+    r = CliRunner().invoke(app, ["explain", str(log)])
+    assert r.exit_code == 0 and "PR #17428" in r.stdout
+
+
 def test_ollama_runner_wording_is_recognised(tmp_path):
     from ckptsim.ingest.llama_log import _fork_of
     assert _fork_of('time=2026-05-01T10:00:00Z level=INFO source=runner.go:912 msg="llama runner started"') \

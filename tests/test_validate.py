@@ -33,7 +33,7 @@ def test_008_unknowns_are_not_counted_as_agreed(shared_dir: Path) -> None:
     # task 2322 was cancelled before its timings: its prompt length is only inferred; task 4815
     # is cut right after its probe line: no prompt length, so all five of its decisions are open
     lost = "the prompt length is not in the log (it starts or ends too close to the task to show it)"
-    assert why == {"the prompt was not finished inside the log": 2, lost: 5}
+    assert why == {"prompt length only inferred": 2, lost: 5}
     # 9 pure extensions: at -lv 3 this build prints no "cached n_tokens" line, but no restore or
     # reset line either, which it does print (a search always ends in one, spec §2.2), with
     # "f_keep = 1.000" on the selection: n_past = the slot's whole length. Task 596 (line 146)

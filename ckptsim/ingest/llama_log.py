@@ -667,7 +667,11 @@ _FORK_MARKS = (("ik_llama.cpp", re.compile(r"slot apply_checkp:|created context 
                ("ollama", re.compile(r"\bsource=\w+\.go:\d+|llama runner started|\bollama\b", re.I)),
                # llama-cpp-python's own checkpoint cache (corpus 043): no server, no slots or tasks,
                # its own rules (a checkpoint every 4096 tokens, its own eviction)
-               ("llama-cpp-python", re.compile(r"HybridCheckpointCache:|Llama\.eval: \[Periodic Checkpoint\]")))
+               ("llama-cpp-python", re.compile(r"HybridCheckpointCache:|Llama\.eval: \[Periodic Checkpoint\]")),
+               # the unmerged PR #17428 branch (corpus 020): a checkpoint at every batch of the
+               # prompt, printed as "created prompt processing context checkpoint N of 256";
+               # mainline never had that wording or rule (spec §3)
+               ("unmerged llama.cpp PR #17428 branch", re.compile(r"created prompt processing context checkpoint")))
 
 
 def _fork_of(body: str) -> str:
@@ -725,7 +729,17 @@ def _match_cut(msg: str, n: int, slot: int, task: int, t_s: float | None) -> Fac
     if cut.count("(") > cut.count(")"):
         cut += ")"
     fact = _match(cut, n, slot, task, t_s)
+    if isinstance(fact, Issue) and fact.kind == FactKind.CREATED.value:
+        # cut before its numbers ("created context checkpoint 1 of 32 ("): still a create, and
+        # its count and the cap; log_trace places it at the start of the batch it precedes
+        m = _CUT_CREATE.search(cut)
+        if m:
+            return Fact(FactKind.CREATED, n, slot, task, t_s,
+                        {"index": int(m.group(1)), "max": int(m.group(2)), "cut_before_position": True})
     return fact if isinstance(fact, Fact) else None
+
+
+_CUT_CREATE = re.compile(r"(?:created|saved) (?:prompt processing )?context checkpoint (\d+) of (\d+)")
 
 
 def _match(msg: str, n: int, slot: int, task: int, t_s: float | None) -> Fact | Issue | None:

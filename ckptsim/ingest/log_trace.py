@@ -111,6 +111,15 @@ class TaskObs:
     first_batch: int | None = None   # the first seq_rm line's position: where the excerpt's view of the prefill begins
     abbreviated: bool = False        # lines without their "id N | task M |" prefix: what is absent may be left out
     prefilling: bool = False         # a seq_rm or progress line shows the prompt being processed
+    # Every checkpoint this task created below this position is in the log (the prompt may not
+    # finish inside it): a create holds the state at its batch's start and is logged after that
+    # batch's seq_rm line, so all below the last batch start shown, and up to the last create
+    # shown, were logged. None: no prefill line after the restore decision.
+    seen_to: int | None = None
+    # A batch of the prompt ran (a progress line, a second seq_rm line, a create, or the end):
+    # before b9191 a "n_past was set to T-1" and its seq_rm line can still end in a failed
+    # truncate that clears the memory (spec §3), so until then that restore is not decided.
+    batch_ran: bool = True
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -136,7 +145,7 @@ class TaskObs:
                 "first_batch": self.first_batch,
                 "slot_empty": self.history_known and self.parent_task == -1 and self.parent_n_cache == 0,
                 "abbreviated": self.abbreviated, "prefilling": self.prefilling,
-                "events": ev}
+                "seen_to": self.seen_to, "batch_ran": self.batch_ran, "events": ev}
 
 
 @dataclass
@@ -184,6 +193,9 @@ class _Acc:
     started: bool = True
     held: tuple[int | None, int, int] | None = None   # (checkpoints, tokens, listing line) at the restore decision
     abbreviated: bool = False          # its lines have no "id N | task M |" prefix (a hand-edited paste)
+    batch_start: int | None = None     # the latest seq_rm line's position: the current batch's start
+    created_unplaced: int = 0          # creates cut before their numbers, with no batch to place them
+    n_seq_rm: int = 0                  # seq_rm lines seen (one per batch of the prompt)
 
 
 @dataclass(eq=False)
@@ -459,6 +471,15 @@ class _Builder:
         elif k is FactKind.SUPERSEDED:
             acc.erased.append((EventKind.SUPERSEDED.value, v["n_tokens"], f.line))
         elif k is FactKind.CREATED:
+            if "n_tokens" not in v:
+                # a last line cut before its numbers: the create is at the start of the batch its
+                # seq_rm line began (spec §2.3: the state before the batch is decoded)
+                if "max" in v and self.ckpt_max is None:
+                    self.ckpt_max, self.ckpt_max_line = v["max"], f.line
+                if acc.batch_start is None or any(n >= acc.batch_start for n, _, _ in acc.created):
+                    acc.created_unplaced += 1
+                    return
+                v = {**v, "n_tokens": acc.batch_start}
             acc.created.append((v["n_tokens"], float(v.get("size_mib", 0.0)), f.line))
             acc.created_index.append(int(v.get("index", -1)))
             if "size_mib" in v:
@@ -470,6 +491,8 @@ class _Builder:
         elif k is FactKind.SEQ_RM:
             if acc.seq_rm is None:
                 acc.seq_rm = v["n_cached"]
+            acc.batch_start = v["n_cached"]
+            acc.n_seq_rm += 1
         if k is FactKind.PROGRESS and v.get("n_batch_tokens"):
             nb = v["n_batch_tokens"]
             self.batch_sizes[nb] = self.batch_sizes.get(nb, 0) + 1
@@ -729,6 +752,15 @@ class _Builder:
         return [_finalize(self.tasks[tid], no_search_shows) for tid in self.order]
 
 
+def _seen_to(a: _Acc) -> int | None:
+    """``TaskObs.seen_to``: the latest batch start a seq_rm line shows, or just past the last
+    create shown, whichever is further (None when neither is in the log)."""
+    ends = [n + 1 for n, _, _ in a.created]
+    if a.batch_start is not None:
+        ends.append(a.batch_start)
+    return max(ends) if ends and not a.created_unplaced else None
+
+
 def _length_from_progress(pr: tuple[int, float, int] | None) -> int | None:
     """The prompt length from "progress = p" when the printed digits leave one integer.
 
@@ -831,7 +863,9 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
         n_cache_probe=a.probe[1] if a.probe is not None else None, seed_root=a.seed_root,
         started_in_log=a.started, truncate_failed=a.truncate_failed, n_ckpt_held=a.held[0] if a.held else None,
         n_ckpt_held_line=a.held[2] if a.held else -1, n_cache_held=a.held[1] if a.held else None,
-        first_batch=a.seq_rm, abbreviated=a.abbreviated, prefilling=a.seq_rm is not None or a.progress is not None)
+        first_batch=a.seq_rm, abbreviated=a.abbreviated, prefilling=a.seq_rm is not None or a.progress is not None,
+        seen_to=_seen_to(a),
+        batch_ran=a.progress is not None or a.n_seq_rm >= 2 or bool(a.created) or complete)
 
 
 # ---------------------------------------------------------------------------------------------
