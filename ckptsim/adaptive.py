@@ -39,6 +39,11 @@ position that does not move while a sequence is only extended) first edits land,
 such a sequence. While a sequence is unedited it keeps those starts too, at that chance, after
 the positions above and only in the room the cap leaves (``first``).
 
+A need in the previous prompt's last ubatch, more than 16 tokens below its end and not at a message
+start, also counts at the server's own break point there, ``T - 4 - n_ubatch`` (``near``): on the
+Claude Code traces such needs follow a request that re-rendered the conversation, at a depth that
+differs each time, and that one position serves them all.
+
 Everything it reads is something the server knows when a task starts (``PrefillView``): the
 common prefix of the slot's cache with the prompt (``lcp_n_tokens``, the server's ``n_past`` before
 the restore search), the slot's cache length (``cached_n_tokens``), which earlier task left that cache
@@ -96,6 +101,8 @@ class AdaptiveRules:
     warm_learn: int = 1       # 1: the warm-up adds the positions the needs seen so far are worth
     first: int = 1            # 1: while a sequence has only been extended, also keep the message
                               # starts where other sequences' first edits landed (in the cap's room)
+    near: int = 1             # 1: a need in the previous prompt's last ubatch (deeper than 16 tokens)
+                              # also counts at the server's break point there (T - 4 - n_ubatch)
     opening: int = 2          # a prompt sharing at most the head of the slot's first message opens
                               # an unedited sequence if it has at most this many message starts
     _meta: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
@@ -113,6 +120,7 @@ class AdaptiveRules:
     _evictions: float = field(default=0.0, init=False, repr=False)          # cache evictions x scale
     _n_evicted_seen: int = field(default=0, init=False, repr=False)
     _cap: int = field(default=32, init=False, repr=False)                  # --ctx-checkpoints
+    _near_depth: int = field(default=516, init=False, repr=False)           # 4 + n_ubatch
 
     def __post_init__(self) -> None:
         for k in ("keep", "half_life"):
@@ -208,7 +216,12 @@ class AdaptiveRules:
                 self._ftotal += self._scale
             return src[2]
         need = l if l < T else T - 1  # a fully cached prompt re-evaluates its last token
-        self._observe(self._classify(need, src[0], src[1]))
+        classes = self._classify(need, src[0], src[1])
+        self._observe(classes)
+        if self.near and classes[0][0] == "tok" and 16 < src[0] - need <= self._near_depth:
+            # a need in the previous prompt's last ubatch also counts at the server's break point
+            # there, which serves every such need whatever depth it recurs at
+            self._weights[("near", 0)] = self._weights.get(("near", 0), 0.0) + self._scale
         if swapped:
             self._swaps += self._scale
         self._evictions += n_new_evicted * self._scale
@@ -241,6 +254,8 @@ class AdaptiveRules:
             return starts[len(starts) - 1 - x] if x < len(starts) else -1
         if kind == "head":
             return starts[x] if x < len(starts) else -1
+        if kind == "near":
+            return T - self._near_depth
         if kind == "abs":
             return x if x < T else -1
         return T - x
@@ -266,6 +281,12 @@ class AdaptiveRules:
                 mass[starts[i]] = mass.get(starts[i], 0.0) + w
         return self._greedy(mass, self._ftotal, T, starts, start, have, chosen, room)
 
+    def _pressure(self) -> float:
+        """Tokens per request a kept checkpoint's bytes cost the prompt cache (step 2's bar)."""
+        if self._total <= 0:
+            return 0.0
+        return self.cache_pct / 100.0 * self._ckpt_tokens * min(self._swaps, self._evictions) / self._total
+
     def _greedy(self, mass: dict[int, float], total: float, T: int, starts: tuple[int, ...], start: int,
                 have: tuple[int, ...], chosen: dict[int, int], n: int) -> dict[int, int]:
         if not mass:
@@ -284,7 +305,7 @@ class AdaptiveRules:
         usable = cands[:, None] <= need_pos[None, :]
         # A swap costs the checkpoint's bytes only when it makes the cache evict: the evictions
         # per request (at most one per swap) price them (docs/policies.md, "adaptive").
-        floor = self.min_tokens + self.cache_pct / 100.0 * self._ckpt_tokens * min(self._swaps, self._evictions) / self._total
+        floor = self.min_tokens + self._pressure()
         rank0 = len(chosen)
         for rank in range(rank0, rank0 + n):
             gain = (np.maximum(cands[:, None] - served[None, :], 0) * usable) @ need_w
@@ -297,6 +318,7 @@ class AdaptiveRules:
         return chosen
 
     def place(self, v: PrefillView) -> PrefillPlan:
+        self._near_depth = 4 + max(1, min(v.n_batch, v.n_ubatch))
         unedited = self._learn(v)
         starts = tuple(sorted(set(v.user_starts) | set(v.tool_starts)))
         self._meta[v.request_id] = (v.n_prompt, starts, unedited)

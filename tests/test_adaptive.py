@@ -89,6 +89,26 @@ def test_resends_are_served_at_the_prompt_end():
     assert plan.positions == (T,)
 
 
+def test_needs_in_the_last_ubatch_also_count_at_the_servers_break_point():
+    """Needs a few hundred tokens below the previous prompt's end, not at a message start, at a
+    depth that changes from one to the next (Claude Code, weka-sample): besides its exact depth,
+    each counts at T - 4 - n_ubatch, the server's break point, which serves any such depth
+    (``near=1``); with ``near=0`` only the depths seen are served, not a deeper one next."""
+    def run(pol):
+        T = 20000
+        for rid, depth in enumerate([108, 336, 108, 336, 108, 336]):
+            v = _view(rid, T + 2000, [0], start=T - depth, n_common=T - depth, n_cached=T + 60,
+                      cached_task=rid - 1 if rid else -1)
+            plan = pol.place(v)
+            T += 2000
+        return T, plan.positions
+
+    T, ps = run(Adaptive(warmup=0))
+    assert T - 516 in ps                                  # serves the next need at depth 459 too
+    T, ps = run(Adaptive(warmup=0, near=0))
+    assert not any(T - 516 <= p <= T - 459 for p in ps)   # the deepest kept serves 336 at most
+
+
 def test_cache_pressure_raises_the_bar_only_when_the_cache_evicts():
     """With --cache-ram, slots that swap sequences through the prompt cache carry checkpoints into
     its entries. While the cache has room that costs nothing; once it evicts entries, a rarely

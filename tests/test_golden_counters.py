@@ -22,7 +22,11 @@ build's supersede, #28302; adaptive shares an ambiguous need by evidence and lea
 and its adaptive cases once more (issue #14 again: while a sequence has only been extended, adaptive
 keeps the message starts where other sequences' first edits landed; four cases moved, the elided
 SWE traces and mooncake-synthetic, each to fewer re-processed tokens; only the ``adaptive`` cases
-were recomputed, every other case is as recorded); the file's ``rewritten`` list says so.
+were recomputed, every other case is as recorded), and its adaptive cases a third time (issue #14:
+a need in the previous prompt's last ubatch also counts at the server's break point there,
+``near=1``; three cases moved: weka-sample 12,314,483 -> 12,175,913, weka-sample-strict
+12,489,060 -> 12,281,380, mooncake-synthetic 57,922,151 -> 57,935,432; recomputed with
+``counters()`` for the adaptive cases only); the file's ``rewritten`` list says so.
 """
 from __future__ import annotations
 
