@@ -135,6 +135,25 @@ def _story(t: TaskStory, step: int) -> str:
     return s
 
 
+_WHAT = {"cache_n": "cache_n", "restored": "the restore", "full": "the restore", "created": "what it created",
+         "erased": "what it erased"}
+
+
+def _why_text(why_unknown: dict[str, str]) -> str:
+    """The reasons a task's decisions are open; when only some are, which ones (a paste that
+    ends inside a prefill settles what it created there, not what it erased)."""
+    if not why_unknown:
+        return ""
+    if len(why_unknown) == len(_WHAT):
+        return "; ".join(sorted(set(why_unknown.values())))
+    by_why: dict[str, list[str]] = {}
+    for d, w in why_unknown.items():
+        what = by_why.setdefault(w, [])
+        if _WHAT.get(d, d) not in what:
+            what.append(_WHAT.get(d, d))
+    return "; ".join(f"{' and '.join(what)}: {w}" for w, what in sorted(by_why.items()))
+
+
 def explain_log(path: str | Path, version: str | None = None, profile: str | None = None) -> Explanation:
     """Explain every task of a log; ``version`` overrides the build the log is replayed as."""
     from .ingest.log_trace import excerpt_seeds, trace_from_log
@@ -163,7 +182,7 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
         cache_n = o.get("cache_n")
         lost = (n_past - cache_n) if (n_past is not None and cache_n is not None and n_past > cache_n) else 0
         p = per.get(r.id, {})
-        why = "; ".join(sorted(set(p.get("why_unknown", {}).values())))
+        why = _why_text(p.get("why_unknown", {}))
         decided = restore_decided(o)
         st = TaskStory(task=o.get("task", r.id), line=o.get("line", 0), slot=slot, n_prompt=r.n_prompt,
                        n_past=n_past, cache_n=cache_n, restored=int(o.get("restored", -1)),

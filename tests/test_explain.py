@@ -125,6 +125,17 @@ def test_an_unmerged_pr_branch_is_named_not_replayed_as_mainline():
     assert r.exit_code == 0 and "PR #17428" in r.stdout
 
 
+def test_a_story_names_which_decisions_the_excerpt_leaves_open():
+    """015 ends inside its prompt: what it created there is checked (349, placed by its batch),
+    what it erased is not; the story says which, not that the task went unchecked."""
+    from ckptsim.explain import explain_log
+    ex = explain_log(DATA / "logs" / "015_opencode15059-qwen35-router-task0-create.log")
+    (st,) = ex.tasks
+    assert st.created == [349] and st.simulator["created"] == "agreed"
+    assert st.text.endswith("created 349. [not checked: what it erased: the prompt was not finished "
+                            "inside the log]")
+
+
 def test_ollama_runner_wording_is_recognised(tmp_path):
     from ckptsim.ingest.llama_log import _fork_of
     assert _fork_of('time=2026-05-01T10:00:00Z level=INFO source=runner.go:912 msg="llama runner started"') \
