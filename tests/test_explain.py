@@ -128,7 +128,6 @@ def test_an_unmerged_pr_branch_is_named_not_replayed_as_mainline():
 def test_a_story_names_which_decisions_the_excerpt_leaves_open():
     """015 ends inside its prompt: what it created there is checked (349, placed by its batch),
     what it erased is not; the story says which, not that the task went unchecked."""
-    from ckptsim.explain import explain_log
     ex = explain_log(DATA / "logs" / "015_opencode15059-qwen35-router-task0-create.log")
     (st,) = ex.tasks
     assert st.created == [349] and st.simulator["created"] == "agreed"
