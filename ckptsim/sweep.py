@@ -300,24 +300,19 @@ def simulate_many(trace, specs: list[str], config: ServerConfig, profile, jobs: 
                   on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, object]]:
     """(index, ``sim.Run``) of each spec on one loaded trace, as each finishes (``compare``).
 
-    The policies that share a shadow replay (``shadow_key``: the oracle and ``none`` under the
-    same flags) run in one process, the makers first, as a serial run would order them; the rest
-    each alone, heaviest first, on ``jobs`` processes (default: all cores). The worker processes
-    are started here, before this returns, forked where that is safe (``_context``), so the caller
-    may start a progress-bar thread after it; else each worker is sent the trace once. With one
-    job the runs happen in this process, one after another, as the iterator is read.
+    The policies that share a shadow replay run in one process, the makers first, as a serial run
+    would order them (``shared_units``, as for a sweep); the rest each alone, heaviest first, on
+    ``jobs`` processes (default: all cores). The worker processes are started here, before this
+    returns, forked where that is safe (``_context``), so the caller may start a progress-bar
+    thread after it; else each worker is sent the trace once. With one job the runs happen in
+    this process, one after another, as the iterator is read.
     ``on_progress`` is called with requests done: per request chunk in this process, per whole
     run from workers. The runs are the same either way (``tests/test_compare_jobs.py``)."""
     from .sim import simulate
-    pols = [make_policy(s) for s in specs]
-    shared = [i for i, p in enumerate(pols) if p.makes_shadow or isinstance(p, NoCheckpoints)]
-    makers = [i for i in shared if pols[i].makes_shadow]
-    if makers:
-        units = [makers + [i for i in shared if i not in makers]]
-        units += [[i] for i in range(len(specs)) if i not in shared]
-    else:
-        units = [[i] for i in range(len(specs))]
-    weight = [sum(pols[i].relative_cost for i in u) for u in units]
+    # the sweep's own grouping (one trace, one config): only the specs differ
+    tasks = [SweepTask("", s, config) for s in specs]
+    units = shared_units(tasks, jobs or os.cpu_count() or 1)
+    weight = [sum(_weight(tasks[i]) for i in u) for u in units]
     units = [units[k] for k in sorted(range(len(units)), key=weight.__getitem__, reverse=True)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(units)))
     if jobs == 1:

@@ -94,15 +94,14 @@ class Validation:
 
     def to_json(self) -> dict:
         """The ``--json`` document."""
-        def errors(key: str) -> dict:
-            errs = [t[key + "_error_pct" if key != "predicted" else "error_pct"] for t in self.timings]
-            errs = [e for e in errs if e is not None]
+        def errors(ms_key: str, pct_key: str) -> dict:
+            errs = [t[pct_key] for t in self.timings if t[pct_key] is not None]
             tot_logged = sum(t["logged_ms"] for t in self.timings)
-            tot = sum(t[key + "_ms"] for t in self.timings)
+            tot = sum(t[ms_key] for t in self.timings)
             return {"mean_abs_error_pct": sum(abs(e) for e in errs) / len(errs) if errs else None,
                     # per-task errors carry machine noise; the total is what a replay's
                     # prefill-time figure depends on
-                    "total_logged_ms": round(tot_logged, 2), f"total_{key}_ms": round(tot, 2),
+                    "total_logged_ms": round(tot_logged, 2), f"total_{ms_key}": round(tot, 2),
                     "total_error_pct": _pct(tot, tot_logged, 2)}
         return {
             "log": self.log, "tasks": self.n_tasks, "decisions": len(self.known),
@@ -113,9 +112,9 @@ class Validation:
             "unknown_reasons": dict(Counter(d.why for d in self.decisions if d.status == "unknown")),
             "policy": self.policy, "config": self.config, "profile": self.profile,
             # the replay's prediction, and the cost model alone on the work the log shows
-            "prompt_time": {"tasks": self.timings, **errors("predicted"),
+            "prompt_time": {"tasks": self.timings, **errors("predicted_ms", "error_pct"),
                             "same_work_tasks": sum(t["simulated_n"] == t["prompt_n"] for t in self.timings),
-                            "logged_work": errors("logged_work")},
+                            "logged_work": errors("logged_work_ms", "logged_work_error_pct")},
             "left_out": self.left_out,
             "per_task": self.per_task(),
             "build_range": self.build_range,

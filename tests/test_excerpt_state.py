@@ -344,7 +344,7 @@ def test_excerpts_cut_inside_a_prefill_settle_the_creates_they_show(tmp_path: Pa
     full = validate_log(whole, version=version)
     logged = {(d.task, d.decision): d.logged for d in full.decisions}
     cfg = dataclasses.asdict(config_from_log(read_tasks(whole).settings))
-    settled = cuts = 0
+    settled = cuts = with_creates = 0
     for i, ln in enumerate(lines):
         if "memory_seq_rm" not in ln:
             continue
@@ -362,9 +362,14 @@ def test_excerpts_cut_inside_a_prefill_settle_the_creates_they_show(tmp_path: Pa
             settled += 1
             seen_to = int(re.search(r"\[(\d+), end\)", ln).group(1))
             assert d.logged == [k for k in logged[(cut_task, "created")] if k < seen_to]
+            with_creates += bool(d.logged)
         else:
             assert d.why
-    assert cuts and settled >= cuts // 2, (settled, cuts)
+    # settled where the cut shows a batch past the first; from #20288 (b8271) on, a create at
+    # T-(4+ub) comes a batch before the prompt's end, so some cuts show one (before it the only
+    # create is at the last batch's start, past every cut but the last)
+    assert cuts and settled >= cuts // 3, (settled, cuts)
+    assert with_creates or int(version[1:]) < 8271, (settled, with_creates, cuts)
 
 
 def test_a_pure_extension_is_read_from_the_absence_of_a_search(tmp_path: Path) -> None:

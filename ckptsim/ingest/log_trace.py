@@ -471,11 +471,13 @@ class _Builder:
         elif k is FactKind.SUPERSEDED:
             acc.erased.append((EventKind.SUPERSEDED.value, v["n_tokens"], f.line))
         elif k is FactKind.CREATED:
+            if "max" in v:
+                if self.ckpt_max is None:
+                    self.ckpt_max_line = f.line
+                self.ckpt_max = v["max"]
             if "n_tokens" not in v:
                 # a last line cut before its numbers: the create is at the start of the batch its
                 # seq_rm line began (spec §2.3: the state before the batch is decoded)
-                if "max" in v and self.ckpt_max is None:
-                    self.ckpt_max, self.ckpt_max_line = v["max"], f.line
                 if acc.batch_start is None or any(n >= acc.batch_start for n, _, _ in acc.created):
                     acc.created_unplaced += 1
                     return
@@ -484,10 +486,6 @@ class _Builder:
             acc.created_index.append(int(v.get("index", -1)))
             if "size_mib" in v:
                 self.ckpt_sizes.append((v["n_tokens"], v["size_mib"]))
-            if "max" in v:
-                if self.ckpt_max is None:
-                    self.ckpt_max_line = f.line
-                self.ckpt_max = v["max"]
         elif k is FactKind.SEQ_RM:
             if acc.seq_rm is None:
                 acc.seq_rm = v["n_cached"]
@@ -754,9 +752,11 @@ class _Builder:
 
 def _seen_to(a: _Acc) -> int | None:
     """``TaskObs.seen_to``: the latest batch start a seq_rm line shows, or just past the last
-    create shown, whichever is further (None when neither is in the log)."""
+    create shown, whichever is further; None when the log shows no batch after the first (no
+    create can lie below the prefill's start, so nothing would be seen) or a create it could not
+    place."""
     ends = [n + 1 for n, _, _ in a.created]
-    if a.batch_start is not None:
+    if a.batch_start is not None and a.n_seq_rm >= 2:
         ends.append(a.batch_start)
     return max(ends) if ends and not a.created_unplaced else None
 
