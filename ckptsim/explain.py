@@ -38,6 +38,7 @@ class TaskStory:
     prompt_n: int | None
     lost: int | None                 # common prefix re-processed for want of a checkpoint
     length_inferred: bool = False    # the prompt length is an estimate (progress lines, T-4, ...)
+    length_range: tuple[int, int] | None = None   # what two-decimal progress lines leave of it
     held_unnamed: str = ""           # first task of an excerpt: how many older ones its lines leave unnamed
     simulator: dict[str, str] = field(default_factory=dict)   # decision -> agreed | mismatch | unknown
     why_unknown: str = ""
@@ -89,13 +90,16 @@ def _name(task: int, slot: int | None, line: int) -> str:
 
 
 def _story(t: TaskStory, step: int) -> str:
-    head = f"{_name(t.task, t.slot, t.line)}: prompt {'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens"
+    size = (f"{_n(t.length_range[0])}-{_n(t.length_range[1])} tokens (its progress lines)" if t.length_range
+            else f"{'about ' if t.length_inferred else ''}{_n(t.n_prompt)} tokens")
+    head = f"{_name(t.task, t.slot, t.line)}: prompt {size}"
     held = (f"; the slot held checkpoints at {', '.join(_n(k) for k in t.held_before)}"
             if t.held_before else "")
     if t.held_unnamed:
         held += f" ({t.held_unnamed})" if held else f"; the slot held {t.held_unnamed}"
     rep = t.prompt_n if t.prompt_n is not None else (t.n_prompt - t.cache_n if t.cache_n is not None else None)
-    rep_s = f"{_n(rep)} tokens re-processed{_secs(t.prompt_ms)}" if rep is not None else "re-processed"
+    about = "about " if t.length_inferred and t.prompt_n is None else ""
+    rep_s = f"{about}{_n(rep)} tokens re-processed{_secs(t.prompt_ms)}" if rep is not None else "re-processed"
     if not t.decided:
         past = f"; n_past {_n(t.n_past)} (its common prefix with what the slot held)" if t.n_past is not None else ""
         body = f"{past}. The log ends before the server decided what to restore"
@@ -191,6 +195,7 @@ def explain_log(path: str | Path, version: str | None = None, profile: str | Non
                        prompt_ms=o.get("prompt_ms"),
                        prompt_n=o.get("prompt_n"), lost=lost,
                        length_inferred=o.get("n_prompt_source") == "inferred",
+                       length_range=tuple(o["n_prompt_range"]) if o.get("n_prompt_range") else None,
                        simulator=dict(p.get("status", {})), why_unknown=why, decided=decided)
         st.text = _story(st, step)
         stories.append(st)

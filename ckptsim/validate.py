@@ -295,6 +295,38 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
             ) -> tuple[dict, list[Decision]]:
     """Simulate ``trace`` under ``spec``: (result per request, the five decisions of each task).
 
+    A prompt length that the log gives only as a range (two-decimal progress lines,
+    ``n_prompt_range``) is replayed at both ends as well: a decision counts only where every
+    length gives the same result (spec §2.3: near-end checkpoints follow T; every-N ones do not).
+    """
+    ranged = {r.id: tuple((r.observed or {})["n_prompt_range"]) for r in trace
+              if lt is not None and (r.observed or {}).get("n_prompt_range")}
+    res, decisions = _replay_histories(trace, spec, config, prof, lt)
+    if not ranged:
+        return res, decisions
+    ends: list[list[Decision]] = []
+    for k in (0, 1):
+        reqs = [dataclasses.replace(r, n_prompt=ranged[r.id][k],
+                                    n_output=max(1, r.n_prompt + r.n_output - ranged[r.id][k]))
+                if r.id in ranged else r for r in trace]
+        ends.append(_replay_histories(Trace(trace.header, reqs), spec, config, prof,
+                                      dataclasses.replace(lt, requests=reqs))[1])
+    out = []
+    for i, d in enumerate(decisions):
+        if d.status != "unknown" and any(e[i].simulated != d.simulated for e in ends):
+            rid = d.request if d.request in ranged else next(iter(ranged))
+            lo, hi = ranged[rid]
+            whose = "" if rid == d.request else f" of task {(trace[rid].observed or {}).get('task')}"
+            d = dataclasses.replace(d, status="unknown", why=(
+                f"depends on the exact prompt length{whose}, which its progress lines give only as {lo}-{hi}"))
+        out.append(d)
+    return res, out
+
+
+def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
+                      ) -> tuple[dict, list[Decision]]:
+    """``_replay`` at one prompt length per request.
+
     An excerpt's slots held checkpoints before the log starts: each is stood in for by the
     histories its first task's lines allow (``log_trace.excerpt_seeds``), the log is replayed
     under each, and a decision counts only where every history gives the same result (else it is
@@ -518,7 +550,8 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
         # line): compare those.
         created_why = ""
         sim_created = [k for k in sim_created if k < seen_to]
-    if not created_why and obs.get("n_prompt_source") == "inferred":
+    if not created_why and obs.get("n_prompt_source") == "inferred" and not obs.get("n_prompt_range"):
+        # (a range is replayed at both ends: _replay)
         created_why = "prompt length only inferred"
     # An excerpt that begins inside this task shows the checkpoints it created (and FIFO-erased)
     # from its first line on: all of them only if that line is the prefill's first batch. (A
@@ -526,8 +559,18 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
     inside = not obs.get("started_in_log", True) and not obs.get("seeded") and \
         (obs.get("first_batch") is None or obs.get("first_batch") != obs.get("cache_n"))
     if inside and not created_why:
-        created_why = ("the excerpt starts inside this task's prefill: checkpoints created before its "
-                       "first line are not in it")
+        # A checkpoint at p is made once the prefill reaches p: past the first batch start the
+        # excerpt shows (its seq_rm line), or at or past the first create it shows, it is in the
+        # excerpt. (At the batch start itself builds before b8157 may log it before that line.)
+        fb, seen = obs.get("first_batch"), sorted(logged_created)
+        if fb is not None:
+            sim_created = [k for k in sim_created if k > fb]
+            logged_created = [k for k in logged_created if k > fb]
+        elif seen:
+            sim_created = [k for k in sim_created if k >= seen[0]]
+        else:
+            created_why = ("the excerpt starts inside this task's prefill: checkpoints created before its "
+                           "first line are not in it")
     created_why = created_why or pasted
     add("created", logged_created, sim_created, created_why, lines.get("created", line))
     sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)

@@ -120,6 +120,8 @@ class TaskObs:
     # before b9191 a "n_past was set to T-1" and its seq_rm line can still end in a failed
     # truncate that clears the memory (spec §3), so until then that restore is not decided.
     batch_ran: bool = True
+    # An inferred T that the progress lines bound: (lo, hi), both ends possible
+    n_prompt_range: tuple[int, int] | None = None
 
     def observed(self, visible: bool) -> dict:
         """The ``obs`` dict stored in the trace (EventKind vocabulary; lines for every event)."""
@@ -133,7 +135,8 @@ class TaskObs:
         ev += [[k, n, ln] for k, n, ln in self.cache]
         return {"task": self.task, "slot": self.slot, "line": self.line,
                 "visible": visible, "history_known": self.history_known, "complete": self.complete, "cancelled": self.cancelled,
-                "n_prompt_source": self.n_prompt_source, "seed_root": self.seed_root,
+                "n_prompt_source": self.n_prompt_source, "n_prompt_range": self.n_prompt_range,
+                "seed_root": self.seed_root,
                 "n_lcp": self.n_lcp, "n_lcp_source": self.n_lcp_source,
                 "cache_n": self.cache_n, "cache_n_source": self.cache_n_source,
                 "restored": self.restored, "full_reprocess": self.full_reprocess,
@@ -163,6 +166,7 @@ class _Acc:
     n_prompt_src: str = ""
     probe: tuple[int, int] | None = None              # (n_past, n_cache)
     progress: tuple[int, float, int] | None = None     # (tokens, fraction, its decimals) of the furthest progress line
+    progress_all: list[tuple[int, float, int]] = field(default_factory=list)   # every progress line, in order
     against: int | None = None
     restored: int = -1
     restored_n_past: int | None = None
@@ -496,9 +500,11 @@ class _Builder:
             self.batch_sizes[nb] = self.batch_sizes.get(nb, 0) + 1
             self.batch_lines.setdefault(nb, f.line)
         if k is FactKind.PROGRESS and v.get("progress"):
+            # b9160 and older print the fraction with %f (6 decimals), later builds with %.2f
+            pr = (v.get("n_cache", v.get("n_done", 0)), v["progress"], 6 if "n_cache" in v else 2)
+            acc.progress_all.append(pr)
             if acc.progress is None or v["progress"] >= acc.progress[1]:
-                # b9160 and older print the fraction with %f (6 decimals), later builds with %.2f
-                acc.progress = (v.get("n_cache", v.get("n_done", 0)), v["progress"], 6 if "n_cache" in v else 2)
+                acc.progress = pr
         elif k is FactKind.NEED_ONE:
             acc.need_one = (v["n_past"], v["n_prompt"])
         elif k is FactKind.N_PAST_SET:
@@ -778,6 +784,26 @@ def _length_from_progress(pr: tuple[int, float, int] | None) -> int | None:
     return a if a == b and a >= n else None
 
 
+def _length_range(lines: list[tuple[int, float, int]], base: int | None) -> tuple[int, int] | None:
+    """The prompt lengths every progress line of a task allows, (lo, hi), or None.
+
+    The line prints p = (the slot's cache length) / T rounded to its decimals (spec §6; b9161+:
+    ``f_progress = prompt.n_tokens() / task->n_tokens()`` while n_tokens counts only this
+    request's processed tokens, so the cache length is ``base`` = cache_n plus it). Each line
+    bounds T; together they narrow it (corpus 032: 0.55 at 18432 ... 0.79 at 26624 leave
+    33490-33820)."""
+    if not lines or base is None:
+        return None
+    lo, hi = 0, math.inf
+    for n, p, dec in lines:
+        have = n + (base if dec < 6 else 0)
+        half = 0.5 * 10.0 ** -dec
+        lo = max(lo, math.ceil(have / (p + half) - 1e-9), have)
+        if p > half:
+            hi = min(hi, math.floor(have / (p - half) + 1e-9))
+    return (int(lo), int(hi)) if lo <= hi < math.inf else None
+
+
 def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
     searched = a.probe is not None or a.against is not None or a.restored >= 0 or \
         (a.full_line >= 0 and not a.truncate_failed)
@@ -840,19 +866,23 @@ def _finalize(a: _Acc, no_search_shows: bool = False) -> TaskObs:
         n_lcp, lcp_src = cache_n, cn_src
     if T is None and cache_n is not None and a.prompt_n is not None:
         T, t_src = cache_n + a.prompt_n, "timings"
+    # "prompt processing ..., progress = p" (2 decimals): T about +-1%, an estimate. Where the
+    # resume point is known the lines bound it (validate replays both ends: a decision that the
+    # exact length could change stays unknown)
+    t_range = _length_range(a.progress_all, cache_n) if T is None else None
+    if t_range is not None:
+        T, t_src = (t_range[0] + t_range[1]) // 2, "inferred"
     if T is None and a.created:
         # near-end checkpoints sit at T-4 (spec §2.3): an inference, so placement becomes unknown
         T, t_src = max(n for n, _, _ in a.created) + 4, "inferred"
     if T is None and a.progress is not None and a.progress[1] > 0:
-        # "prompt processing ..., progress = p" (2 decimals): T from the furthest line, about +-1%;
-        # an estimate, so placement and the decisions that need the exact length stay unknown
         T, t_src = int(round(a.progress[0] / a.progress[1])), "inferred"
     if T is None and a.stop_n is not None and a.gen_n is not None:
         T, t_src = a.stop_n - a.gen_n + 1, "inferred"
     complete = (a.prompt_ms is not None or a.stop_n is not None or a.prefill_done) and \
         not (a.cancelled and a.prompt_ms is None)
     return TaskObs(
-        task=a.task, slot=a.slot, line=a.line, t_s=a.t_s, n_prompt=T, n_prompt_source=t_src,
+        task=a.task, slot=a.slot, line=a.line, t_s=a.t_s, n_prompt=T, n_prompt_source=t_src, n_prompt_range=t_range,
         n_lcp=n_lcp, n_lcp_source=lcp_src, cache_n=cache_n, cache_n_source=cn_src,
         restored=a.restored, restored_line=a.restored_line, full_reprocess=a.full_line >= 0,
         full_line=a.full_line, searched=searched, created=tuple(a.created), erased=tuple(a.erased),
