@@ -66,6 +66,7 @@ class Explanation:
         return {"log": self.log, "build": self.build, "settings": self.settings,
                 "settings_evidence": self.validation.settings_evidence,
                 "build_range": self.validation.build_range,
+                "build_wording": self.validation.build_wording or None,
                 "tasks": [t.to_json() for t in self.tasks], "left_out": self.left_out,
                 "totals": self.totals, "verdict": self.verdict,
                 "validation": {"decisions": len(self.validation.known), "agreed": self.validation.agreed,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .cost import CostProfile, load_profile
-from .ingest.log_trace import LogTrace, excerpt_seeds, n_seed_variants, seeded_requests, trace_from_log
+from .ingest.log_trace import LogTrace, build_range_text, excerpt_seeds, n_seed_variants, seeded_requests, trace_from_log
 from .records import EventKind
 from .server import count_batches
 from .trace import Trace
@@ -66,6 +66,9 @@ class Validation:
     left_out: list[dict]
     slots: dict[int, int] = dataclasses.field(default_factory=dict)     # request -> slot (log)
     build_range: list[dict] = dataclasses.field(default_factory=list)   # rule groups tried (build dated)
+    # the build as the log's wording dates it (build not printed, mainline): {"range", "text",
+    # "evidence": {"from"/"to": {"build", "line", "wording"}}}; empty otherwise
+    build_wording: dict = dataclasses.field(default_factory=dict)
     settings_evidence: dict = dataclasses.field(default_factory=dict)   # setting -> value, line, how
     fork: dict = dataclasses.field(default_factory=dict)                # a relative of llama-server
 
@@ -118,6 +121,7 @@ class Validation:
             "left_out": self.left_out,
             "per_task": self.per_task(),
             "build_range": self.build_range,
+            "build_wording": self.build_wording or None,
             "settings_evidence": self.settings_evidence,
             "fork": self.fork or None,
         }
@@ -262,12 +266,16 @@ def validate_log(path: str | Path, *, version: str | None = None, profile: str |
                "modelled; a mainline replay would not be evidence")
         decisions = [dataclasses.replace(d, status="unknown", why=why) for d in decisions]
         fork = {"name": lt.log.stats.fork, "line": lt.log.stats.fork_line, "modelled": False}
+    wording = {}
+    if not fork and not lt.header.meta.get("build_printed"):
+        lo, hi, ev = lt.log.build_lo, lt.log.build_hi, lt.log.build_evidence
+        wording = {"range": [lo, hi], "text": build_range_text(lo, hi, ev), "evidence": ev}
     cfg = {k: (v if not (isinstance(v, float) and math.isinf(v)) else "inf")
            for k, v in dataclasses.asdict(config).items()}
     return Validation(log=str(path), policy=spec, config=cfg, profile=prof.name, n_tasks=len(lt.log.tasks),
                       decisions=decisions, timings=timings, left_out=lt.left_out,
                       slots={r.id: (r.observed or {}).get("slot") for r in trace}, build_range=range_check,
-                      settings_evidence=lt.log.evidence, fork=fork)
+                      settings_evidence=lt.log.evidence, fork=fork, build_wording=wording)
 
 
 def _left_out_decisions(lt: LogTrace) -> list[Decision]:

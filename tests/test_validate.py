@@ -269,11 +269,42 @@ def test_inferred_settings_and_the_build_range_are_printed_with_their_lines() ->
     for cmd, r in outs.items():
         assert r.exit_code == 0, (cmd, r.output)
         assert want in " ".join(r.output.split()), (cmd, r.output)
-    assert "build dated from the log's wording: b8152-b8217: 0/1 agree, first mismatch at line 5" \
-        in outs["validate"].output
+    assert "rule group b8152-b8217: 0/1 agree, first mismatch at line 5" in outs["validate"].output
     assert "b8271-b8392: 0/0 agree (replayed as this)" in outs["validate"].output
     assert "rule groups tried: b8152-b8217 0/1" in " ".join(outs["explain"].output.split())
     assert "replayed as b8271" in outs["explain"].output
-    assert "wording fits b8152–b9150" in outs["parse"].output
+    # the range with the lines that bound it: the created line's n_tokens (line 5: b8152 on) and
+    # "n_tokens = 62983, memory_seq_rm" (line 1: up to b9150, spec §6), in all three
+    rng = ("wording fits b8152-b9150 (from b8152: line 5, a 'created context checkpoint' line with "
+           "n_tokens; to b9150: line 1, 'n_tokens = ..., memory_seq_rm')")
+    for cmd, r in outs.items():
+        assert rng in " ".join(r.output.split()), (cmd, r.output)
     doc = json.loads(runner.invoke(app, ["explain", log, "--json"]).stdout)
     assert doc["settings_evidence"]["ctx_checkpoints"]["line"] == 5 and doc["build_range"]
+
+
+def test_checkpoint_lines_without_n_tokens_date_a_log_before_b8152() -> None:
+    # 019 (issue #16416, 2025-10-04): "erased invalidated context checkpoint (pos_min = 5049,
+    # pos_max = 5049, n_swa = 1, size = 143.938 MiB)" reaches its size field without n_tokens,
+    # which builds print from b8152 on (spec §6: b6685-b8156 without it): it dates the log, with
+    # the line, where before it fitted every build from b6685.
+    from ckptsim.ingest.log_trace import read_tasks
+    lt = read_tasks(_shipped("019"))
+    assert (lt.build_lo, lt.build_hi) == (6685, 8151)
+    assert lt.build_evidence["to"]["line"] == 2 and "without n_tokens" in lt.build_evidence["to"]["wording"]
+    r = runner.invoke(app, ["validate", str(_shipped("019")), "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["build_wording"]["range"] == [6685, 8151] and doc["build_wording"]["evidence"]["to"]["line"] == 2
+    # a line cut before its size field proves nothing of the kind
+    from ckptsim.ingest.llama_log import FactKind, _format_feature
+    from ckptsim.ingest.llama_log import Fact
+    cut = Fact(FactKind.ERASED_INVALIDATED, 2, 0, 3666, None, {"pos_min": 5049, "pos_max": 5049,
+                                                               "n_tokens": 5050, "n_tokens_logged": False})
+    assert _format_feature(cut, "erased invalidated context checkpoint (pos_min = 5049, pos_max = 5049", "") is None
+
+
+def test_a_relatives_log_is_not_dated_or_replayed_as_mainline() -> None:
+    # 005 (ik_llama.cpp issue #2226): its wording dates no llama-server build
+    for cmd in ("parse", "validate", "explain"):
+        r = runner.invoke(app, [cmd, str(_shipped("005"))])
+        assert r.exit_code == 0 and "wording fits" not in r.output and "replayed as b" not in r.output, (cmd, r.output)

@@ -47,6 +47,7 @@ def _warn(lt, quiet: bool) -> None:
 
 
 def _summary(lt) -> dict:
+    from ..ingest.log_trace import build_range_text
     s = lt.log.stats
     ev = Counter()
     # from every task the log shows, the ones left out of the trace (no prompt length) included
@@ -70,6 +71,8 @@ def _summary(lt) -> dict:
             "fork": ({"name": s.fork, "line": s.fork_line, "modelled": False} if s.fork else None),
             "build": lt.log.build, "build_printed": bool(lt.log.settings.get("build")),
             "build_range": [lt.log.build_lo, lt.log.build_hi],
+            "build_wording": build_range_text(lt.log.build_lo, lt.log.build_hi, lt.log.build_evidence),
+            "build_evidence": lt.log.build_evidence,
             "checkpoint_lines_visible": lt.log.visible}
 
 
@@ -130,9 +133,13 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
         if s["fork"]:
             rows.append(("server", f"{s['fork']['name']} (line {s['fork']['line']}): a relative of llama-server "
                                    "whose checkpoint rules ckptsim does not model"))
-        rows.append(("build", f"b{s['build']}" + ("" if s["build_printed"] else
-                                                  f" (not printed; wording fits b{s['build_range'][0]}"
-                                                  f"–b{s['build_range'][1]})")))
+        if s["fork"]:
+            build = "not dated: a relative's wording dates no llama-server build"
+        elif s["build_printed"]:
+            build = f"b{s['build']}"
+        else:
+            build = f"b{s['build']} (not printed; wording fits {s['build_wording']})"
+        rows.append(("build", build))
         rows.append(("tasks", f"{s['tasks']} ({s['requests']} usable as requests)"))
         rows.append(("events", ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"))
         rows.append(("settings", _settings_text(s["settings"], s["settings_evidence"]) or "none"))
@@ -198,10 +205,12 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
             out.print(f"this is an {v.fork['name']} log (its wording, line {v.fork['line']}), not mainline "
                       f"llama-server: its checkpoint rules are not modelled, so no decision is settled",
                       highlight=False)
+        if v.build_wording:
+            out.print(f"build not printed; its wording fits {v.build_wording['text']}", highlight=False)
         for r in v.build_range:
             mark = "replayed as this" if v.policy.split("version=")[-1].split(",")[0] == r["as"] else ""
             bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
-            out.print(f"build dated from the log's wording: {r['builds']}: {r['agreed']}/{r['decisions']} "
+            out.print(f"  rule group {r['builds']}: {r['agreed']}/{r['decisions']} "
                       f"agree{bad}{' (' + mark + ')' if mark else ''}", highlight=False)
         if v.settings_evidence:
             out.print("settings read from the log: " + _settings_text(
@@ -250,9 +259,13 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
         print_json(ex.to_json())
         return
     rng = ex.validation.build_range
-    dated = ("; build dated from wording, rule groups tried: " + ", ".join(
-        f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)) if rng else ""
-    out.print(f"[bold]{escape(log)}[/] — replayed as {ex.build}{dated}", highlight=False)
+    bw = ex.validation.build_wording
+    dated = (f"; build not printed, its wording fits {bw['text']}" if bw else "") + (
+        "; rule groups tried: " + ", ".join(f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)
+        if rng else "")
+    fk = ex.validation.fork
+    how = f"an {fk['name']} log: not replayed as mainline" if fk else f"replayed as {ex.build}{dated}"
+    out.print(f"[bold]{escape(log)}[/] — {how}", highlight=False)
     evd = ex.validation.settings_evidence
     if evd:
         out.print("settings read from the log: " + _settings_text({k: e["value"] for k, e in evd.items()}, evd),

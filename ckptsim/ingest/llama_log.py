@@ -116,6 +116,7 @@ class LogStats:
     settings: dict[str, Any] = field(default_factory=dict)
     prefixes: set[str] = field(default_factory=set)   # which prefix styles were seen
     formats: set[str] = field(default_factory=set)    # wordings that date the build (log_trace)
+    format_lines: dict[str, int] = field(default_factory=dict)    # wording -> the first line printing it
     setting_lines: dict[str, int] = field(default_factory=dict)   # setting -> line that printed it
     fork: str = ""                    # "ik_llama.cpp" / "ollama" / "llama-cpp-python" when their wording is seen
     fork_line: int = 0
@@ -611,9 +612,11 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
                 stats.known += 1
                 if "min spacing" in body:
                     stats.formats.add("min_spacing_startup")
+                    stats.format_lines.setdefault("min_spacing_startup", n)
                 continue
             if "n_gen =" in msg:
                 stats.formats.add("n_gen")
+                stats.format_lines.setdefault("n_gen", n)
             if pending is not None:       # a bad line followed by more log: a real malformed line
                 stats.add_issue(pending.line, pending.kind, pending.message)
                 pending = None
@@ -632,6 +635,7 @@ def iter_facts(path: str | Path, stats: LogStats | None = None,
             ft = _format_feature(fact, msg, func)
             if ft:
                 stats.formats.add(ft)
+                stats.format_lines.setdefault(ft, n)
             if fact.kind in (FactKind.TIMING_PROMPT, FactKind.TIMING_EVAL, FactKind.TIMING_TOTAL) \
                     and fact.slot < 0:
                 fact = Fact(fact.kind, fact.line, last_timing_slot, last_timing_task, fact.t_s, fact.v)
@@ -688,10 +692,19 @@ def _format_feature(f: Fact, msg: str, func: str) -> str | None:
         if func == "create_check":
             return "create_check_func"
         return "created_n_tokens" if v.get("n_tokens_logged") else "created_no_n_tokens"
+    # a line that reaches its size field is whole: a field missing before it was not printed
+    old_fields = not v.get("n_tokens_logged") and "size_mib" in v
     if k is FactKind.RESTORED and v.get("n_tokens_logged"):
         return "restored_n_past" if "n_past" in v else "restored_no_n_past"
     if k is FactKind.ERASED_INVALIDATED and v.get("n_tokens_logged"):
         return "erased_pos_next" if "pos_next" in v else "erased_no_pos_next"
+    if k in (FactKind.RESTORED, FactKind.ERASED_INVALIDATED, FactKind.ERASED_OLD) and old_fields:
+        return "ckpt_no_n_tokens"
+    if k is FactKind.ERASED_OLD and v.get("n_tokens_logged"):
+        return "erased_old_n_tokens"
+    if k is FactKind.FULL_REPROCESS:
+        return "reset_hybrid" if "hybrid/recurrent" in msg else "reset_swa_only" if "likely due to SWA, see" in msg \
+            else None
     if k is FactKind.PROBE:
         return "probe_cache_tokens" if "cache_tokens" in msg else "probe_prompt_tokens"
     if k is FactKind.CHECKING:

@@ -31,6 +31,11 @@ from .llama_log import Fact, FactKind, LogStats, check_is_log, iter_facts
 _LATEST = 11549
 _FORMAT_RANGES: dict[str, tuple[int, int]] = {
     "created_no_n_tokens": (6685, 8151),
+    # restored / erased invalidated / erasing old without n_tokens (corpus 019, 030)
+    "ckpt_no_n_tokens": (6685, 8151),
+    "erased_old_n_tokens": (8152, _LATEST),
+    "reset_hybrid": (6685, _LATEST),
+    "reset_swa_only": (6173, 6684),
     "created_n_tokens": (8152, _LATEST),
     "restored_n_past": (8260, _LATEST),
     "restored_no_n_past": (8152, 8259),
@@ -226,6 +231,7 @@ class LogTasks:
     ckpt_sizes: list[tuple[int, float]] = field(default_factory=list)    # (n_tokens, MiB) created
     state_sizes: list[tuple[int, float]] = field(default_factory=list)   # (n_tokens, MiB) cache saves
     evidence: dict[str, dict] = field(default_factory=dict)   # setting -> {"value", "line", "how"}
+    build_evidence: dict[str, dict] = field(default_factory=dict)   # "from"/"to" -> the line setting that bound
 
     @property
     def build(self) -> int:
@@ -248,7 +254,7 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
         builder.add(f)
     check_is_log(stats)
     tasks = builder.finish(stats.cut_line_kind)
-    lo, hi = _build_range(stats.formats)
+    lo, hi, build_why = _build_range(stats.formats, stats.format_lines)
     visible = builder.visible(stats.cut_line_kind)
     settings = dict(stats.settings)
     evidence = {k: {"value": settings[k], "line": ln, "how": "printed at start-up"}
@@ -278,7 +284,7 @@ def read_tasks(path: str | Path, on_bytes: Callable[[int], None] | None = None) 
         evidence["n_slots"] = {"value": top + 1, "line": ln,
                                "how": f"inferred: slot {top} is used, so -np >= {top + 1}"}
     return LogTasks(tasks, stats, settings, lo, hi, visible, builder.ckpt_sizes, builder.state_sizes,
-                    evidence)
+                    evidence, build_why)
 
 
 # Task ids of tasks the log shows without one: UNNAMED_TASK, UNNAMED_TASK - 1, ... (printed "?")
@@ -298,13 +304,64 @@ _CKPT_KINDS = {FactKind.CREATED.value, FactKind.RESTORED.value, FactKind.ERASED_
                FactKind.ERASED_SPACING.value, FactKind.SUPERSEDED.value}
 
 
-def _build_range(features: set[str]) -> tuple[int, int]:
+# what each dating wording is, in the words a user can grep for
+_FORMAT_WORDS: dict[str, str] = {
+    "created_no_n_tokens": "a 'created context checkpoint' line without n_tokens",
+    "created_n_tokens": "a 'created context checkpoint' line with n_tokens",
+    "ckpt_no_n_tokens": "a restored or erased checkpoint line without n_tokens",
+    "erased_old_n_tokens": "'erasing old context checkpoint' with n_tokens",
+    "reset_hybrid": "'forcing full prompt re-processing ... hybrid/recurrent memory'",
+    "reset_swa_only": "'forcing full prompt re-processing ... (likely due to SWA, see'",
+    "restored_n_past": "'restored context checkpoint' with n_past",
+    "restored_no_n_past": "'restored context checkpoint' with n_tokens and no n_past",
+    "erased_pos_next": "'erased invalidated context checkpoint' with pos_next",
+    "erased_no_pos_next": "'erased invalidated context checkpoint' with n_tokens and no pos_next",
+    "probe_prompt_tokens": "'slot.prompt.tokens.size()'",
+    "probe_cache_tokens": "'cache_tokens.size()'",
+    "Checking_upper": "'Checking checkpoint with' (capital C)",
+    "checking_lower": "'checking checkpoint with' (lower case)",
+    "every_n": "'N tokens since last checkpoint'",
+    "create_check_func": "the 'create_check' function tag",
+    "pp_new_progress": "'prompt processing, n_tokens = ..., progress = 0.xx'",
+    "pp_old_progress": "'prompt processing progress, n_tokens = ..., batch.n_tokens'",
+    "prompt_processing_done": "'prompt processing done'",
+    "seq_rm_cached": "'cached n_tokens = ..., memory_seq_rm'",
+    "seq_rm_n_tokens": "'n_tokens = ..., memory_seq_rm'",
+    "new_prompt_task_n_tokens": "'new prompt, ... task.n_tokens'",
+    "min_spacing_startup": "'min spacing' at start-up",
+    "f_sim_best": "'f_sim_best'",
+    "sim_best": "'sim_best' (not f_sim_best)",
+    "check_sim": "'- checking sim = '",
+    "n_gen": "'n_gen = '",
+    "spacing_erase": "'erasing context checkpoint too close'",
+    "superseded": "'superseding context checkpoint'",
+}
+
+
+def _build_range(features: set[str], lines: dict[str, int] | None = None
+                 ) -> tuple[int, int, dict[str, dict]]:
+    """(lo, hi, evidence): the builds whose wording every dating line fits, and for each bound
+    that a line sets, {"build", "line", "wording"} of that line (parse, validate, explain)."""
+    lines = lines or {}
     lo, hi = 6685, _LATEST
-    for ft in features:
+    why: dict[str, dict] = {}
+    for ft in sorted(features, key=lambda f: (lines.get(f, 0), f)):
         a, b = _FORMAT_RANGES[ft]
         if max(lo, a) <= min(hi, b):      # a fork's mixture of wordings: keep what agrees so far
+            said = {"line": lines.get(ft), "wording": _FORMAT_WORDS.get(ft, ft)}
+            if a > lo:
+                why["from"] = {"build": a, **said}
+            if b < hi:
+                why["to"] = {"build": b, **said}
             lo, hi = max(lo, a), min(hi, b)
-    return lo, hi
+    return lo, hi, why
+
+
+def build_range_text(lo: int, hi: int, why: dict[str, dict]) -> str:
+    """'b6685-b8151 (to b8151: line 2, a restored or erased checkpoint line without n_tokens)'."""
+    parts = [f"{k} b{e['build']}: line {e['line']}, {e['wording']}" for k, e in
+             (("from", why.get("from")), ("to", why.get("to"))) if e and e.get("line")]
+    return f"b{lo}-b{hi}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 class _Builder:
