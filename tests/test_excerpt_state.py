@@ -326,6 +326,18 @@ def test_a_checkpoint_line_cut_before_its_numbers_is_placed_at_its_batch() -> No
     assert all(r["agreed"] == r["decisions"] for r in v.build_range if int(r["builds"][1:5]) >= 8271)
 
 
+def _whole_log(tmp_path: Path, name: str, version: str) -> tuple[list[str], dict, dict, dict]:
+    """A shipped whole log: its lines, what it logged per (task, decision), the server's flags
+    read off it, and its tasks by id."""
+    lines = _lines(name)
+    whole = tmp_path / "whole.log"
+    whole.write_text("".join(lines))
+    full = validate_log(whole, version=version)
+    lt = read_tasks(whole)
+    return (lines, {(d.task, d.decision): d.logged for d in full.decisions},
+            dataclasses.asdict(config_from_log(lt.settings)), {t.task: t for t in lt.tasks})
+
+
 @pytest.mark.parametrize("name,version", [
     ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751"),
     ("b7964-xllamacpp-0.2.11-lfm2-slots-np4-cache-evict.server.log.gz", "b7964"),
@@ -340,12 +352,7 @@ def test_excerpts_cut_inside_a_prefill_settle_the_creates_they_show(tmp_path: Pa
     # created decision is settled there and must agree with the whole log's; what the cut hides
     # (the rest of the prompt, its erasures) stays unknown. Pre-#22929 builds: no user-message
     # placement, which an excerpt could not see past its cut.
-    lines = _lines(name)
-    whole = tmp_path / "whole.log"
-    whole.write_text("".join(lines))
-    full = validate_log(whole, version=version)
-    logged = {(d.task, d.decision): d.logged for d in full.decisions}
-    cfg = dataclasses.asdict(config_from_log(read_tasks(whole).settings))
+    lines, logged, cfg, _ = _whole_log(tmp_path, name, version)
     settled = cuts = with_creates = 0
     for i, ln in enumerate(lines):
         if "memory_seq_rm" not in ln:
@@ -424,13 +431,7 @@ def test_excerpts_that_start_inside_a_prefill_settle_the_creates_past_it(tmp_pat
     # A paste that begins at a later batch of a prompt (its seq_rm line): a checkpoint past that
     # batch's start is made after the line, so the excerpt shows every one of them; below it the
     # excerpt is blind. Every cut must agree with the whole log on what it settles.
-    lines = _lines(name)
-    whole = tmp_path / "whole.log"
-    whole.write_text("".join(lines))
-    full = validate_log(whole, version=version)
-    logged = {(d.task, d.decision): d.logged for d in full.decisions}
-    cfg = dataclasses.asdict(config_from_log(read_tasks(whole).settings))
-    by_task = {t.task: t for t in read_tasks(whole).tasks}
+    lines, logged, cfg, by_task = _whole_log(tmp_path, name, version)
     first = next(i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln)
     head = [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
     started: set[int] = set()
