@@ -113,8 +113,9 @@ def _story(t: TaskStory, step: int) -> str:
     elif t.restored >= 0:
         above = [k for k in t.held_before if t.n_past is not None and k > t.n_past]
         why = (f"{', '.join(_n(k) for k in above)} lay past n_past, so " if above else "")
-        body = (f"; n_past {_n(t.n_past) if t.n_past is not None else '?'}{held}. {why}"
-                f"{_n(t.restored)} was restored (the newest at or below it) and {rep_s}")
+        past = f"n_past {_n(t.n_past)}" if t.n_past is not None else "n_past not in the log"
+        body = (f"; {past}{held}. {why}"
+                f"{_n(t.restored)} was restored (the newest at or below n_past) and {rep_s}")
     elif t.n_past == 0 or t.cache_n == 0:
         body = f"; nothing in common with what the slot held: {rep_s}"
     else:

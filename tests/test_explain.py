@@ -172,3 +172,17 @@ def test_a_task_without_length_still_gets_its_story(tmp_path):
     ex = explain_log(log)
     assert not ex.tasks and len(ex.left_out) == 1
     assert "whole prompt was re-processed" in ex.left_out[0]["text"] and "its prompt length" in ex.verdict
+
+
+def test_the_readme_explain_excerpt_is_what_explain_prints():
+    # README's "Diagnose your server" quotes `ckptsim explain` on 009: its task 23 story must be
+    # the command's own words (whitespace aside), so the README stays true
+    import re
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("## Diagnose your server", 1)[1].split("```", 2)[1]
+    story = " ".join(block.split("...")[0].split())
+    assert story.startswith("task 23 (line 93, slot 3)")
+    ex = explain_log(DATA / "logs" / "009_repo-qwen36-27b-mtp-docker-1slot-restore-erase-cycle.log")
+    said = " ".join(" ".join(t.text for t in ex.tasks).split())
+    assert story in said
+    assert re.search(r"reproduces 25 of 25 decisions", ex.verdict)
