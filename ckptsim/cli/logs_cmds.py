@@ -207,7 +207,11 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
                       highlight=False)
         if v.build_wording:
             out.print(f"build not printed; its wording fits {v.build_wording['text']}", highlight=False)
-        for r in v.build_range:
+        if len(v.build_range) > 1 and not any(r["decisions"] for r in v.build_range):
+            out.print(f"  rule groups {v.build_range[0]['builds'].split('-')[0]}-"
+                      f"{v.build_range[-1]['builds'].split('-')[-1]}: {len(v.build_range)} groups, none settles a "
+                      "decision of this log (nothing tells them apart)", highlight=False)
+        for r in v.build_range if any(r["decisions"] for r in v.build_range) else ():
             mark = "replayed as this" if v.policy.split("version=")[-1].split(",")[0] == r["as"] else ""
             bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
             out.print(f"  rule group {r['builds']}: {r['agreed']}/{r['decisions']} "
@@ -262,7 +266,8 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
     bw = ex.validation.build_wording
     dated = (f"; build not printed, its wording fits {bw['text']}" if bw else "") + (
         "; rule groups tried: " + ", ".join(f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)
-        if rng else "")
+        if any(r["decisions"] for r in rng) else
+        f"; none of its {len(rng)} rule groups settles a decision" if len(rng) > 1 else "")
     fk = ex.validation.fork
     how = f"an {fk['name']} log: not replayed as mainline" if fk else f"replayed as {ex.build}{dated}"
     out.print(f"[bold]{escape(log)}[/] — {how}", highlight=False)
