@@ -23,7 +23,7 @@ from ckptsim.validate import validate_log  # noqa: E402
 
 # why_unknown texts (validate.compare_task, log_trace.excerpt_seeds) -> what the log lacks
 _REASONS = (
-    ("not modelled", "a relative of llama-server (ik_llama.cpp, llama-cpp-python, an unmerged PR branch): rules not modelled"),
+    ("not modelled", "a relative of llama-server (ik_llama.cpp, llama-cpp-python, unmerged PR branches): rules not modelled"),
     ("prompt length is not in the log", "no prompt length (the excerpt starts or ends at the task)"),
     ("the log ends before the restore decision", "the excerpt ends before the restore decision"),
     ("after its restore decision", "the excerpt starts after the restore decision"),

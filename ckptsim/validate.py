@@ -391,7 +391,8 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
         # placement and eviction start from the restore: where it depends on unseen history, so do they
         vary = {d.decision for j, d in enumerate(live[0]) if any(ds[j].simulated != d.simulated for ds in live[1:])}
         if vary & {"cache_n", "restored", "full"}:
-            vary |= {"created", "erased"}
+            # (a prefill the excerpt joins late compares only creates every history placed alike)
+            vary |= {"erased"} if root in seeds and starts_inside_prefill(obs) else {"created", "erased"}
         users_unseen = -1
         if root in seeds and user_era and obs.get("cache_n") is not None:
             start = int(obs["cache_n"])
@@ -492,6 +493,15 @@ def _pct(pred: float, logged: float, digits: int = 1) -> float | None:
     return round(100.0 * (pred - logged) / logged, digits) if logged > 0 else None
 
 
+def starts_inside_prefill(obs: dict) -> bool:
+    """The excerpt begins past this task's prefill start: no line shows where it began (the task's
+    start, a restore or reset, or a first seq_rm line at cache_n), so the creates before its first
+    line are not in it."""
+    if obs.get("started_in_log", True) or obs.get("restored", -1) >= 0 or obs.get("full_reprocess"):
+        return False
+    return obs.get("first_batch") is None or obs.get("first_batch") != obs.get("cache_n")
+
+
 def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool = True) -> list[Decision]:
     """The five decisions of one task: logged (``obs``) against simulated (result + events).
 
@@ -564,12 +574,13 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
     # An excerpt that begins inside this task shows the checkpoints it created (and FIFO-erased)
     # from its first line on: all of them only if that line is the prefill's first batch. (A
     # seeded task is replayed from that batch on, so it compares what the excerpt shows.)
-    inside = not obs.get("started_in_log", True) and not obs.get("seeded") and \
-        (obs.get("first_batch") is None or obs.get("first_batch") != obs.get("cache_n"))
+    inside = starts_inside_prefill(obs)
     if inside and not created_why:
         # A checkpoint at p is made once the prefill reaches p: past the first batch start the
         # excerpt shows (its seq_rm line), or at or past the first create it shows, it is in the
         # excerpt. (At the batch start itself builds before b8157 may log it before that line.)
+        # A seeded task is replayed from there on: what its first batch creates depends on
+        # where the unseen checkpoints lie (every-N spacing), what follows it mostly does not.
         fb, seen = obs.get("first_batch"), sorted(logged_created)
         if fb is not None:
             sim_created = [k for k in sim_created if k > fb]
@@ -584,7 +595,9 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
     sim_erased = sorted(e.n_tokens for e in events if e.kind in _ERASE_KINDS)
     erased_line = min((ln for k, _, ln in obs.get("events", []) if k.startswith("erased")
                        or k == "superseded"), default=line)
+    erased_why = created_why or ("the prompt was not finished inside the log" if not complete else
+                                 "the excerpt starts inside this task's prefill: what it erased before its "
+                                 "first line is not in it" if inside else "")
     add("erased", sorted(obs.get("erased", [])), sim_erased,
-        "" if complete and not inside and not pasted else created_why or "the prompt was not finished inside the log",
-        erased_line)
+        "" if complete and not inside and not pasted else erased_why, erased_line)
     return out

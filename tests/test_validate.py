@@ -270,7 +270,7 @@ def test_inferred_settings_and_the_build_range_are_printed_with_their_lines() ->
         assert r.exit_code == 0, (cmd, r.output)
         assert want in " ".join(r.output.split()), (cmd, r.output)
     assert "rule group b8152-b8217: 0/1 agree, first mismatch at line 5" in outs["validate"].output
-    assert "b8271-b8392: 0/0 agree (replayed as this)" in outs["validate"].output
+    assert "b8271-b8392: 1/1 agree (replayed as this)" in outs["validate"].output
     assert "rule groups tried: b8152-b8217 0/1" in " ".join(outs["explain"].output.split())
     assert "replayed as b8271" in outs["explain"].output
     # the range with the lines that bound it: the created line's n_tokens (line 5: b8152 on) and
@@ -308,3 +308,13 @@ def test_a_relatives_log_is_not_dated_or_replayed_as_mainline() -> None:
     for cmd in ("parse", "validate", "explain"):
         r = runner.invoke(app, [cmd, str(_shipped("005"))])
         assert r.exit_code == 0 and "wording fits" not in r.output and "replayed as b" not in r.output, (cmd, r.output)
+
+
+def test_a_development_state_of_pr_22929_is_a_relative() -> None:
+    # 023: "skip checkpoint at 25055, expected boundary before user input = 30104" (line 7) is
+    # wording, and a rule (no every-N checkpoint below the last user message), that no merged
+    # build has: its decisions are not replayed as mainline's
+    v = validate_log(_shipped("023"))
+    assert v.fork == {"name": "development branch of llama.cpp PR #22929", "line": 7, "modelled": False}
+    assert v.decisions and all(d.status == "unknown" for d in v.decisions) and not v.build_range
+    assert not v.build_wording

@@ -202,7 +202,7 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
         show_table(f"{log}: {v.policy}", [Col("decision", "decision", "decision", text=True)]
                    + [Col(c, c, c) for c in ("agreed", "mismatch", "unknown")], rows, wide=wide)
         if v.fork:
-            out.print(f"this is an {v.fork['name']} log (its wording, line {v.fork['line']}), not mainline "
+            out.print(f"this log comes from {v.fork['name']} (its wording, line {v.fork['line']}), not mainline "
                       f"llama-server: its checkpoint rules are not modelled, so no decision is settled",
                       highlight=False)
         if v.build_wording:
@@ -269,14 +269,14 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
         if any(r["decisions"] for r in rng) else
         f"; none of its {len(rng)} rule groups settles a decision" if len(rng) > 1 else "")
     fk = ex.validation.fork
-    how = f"an {fk['name']} log: not replayed as mainline" if fk else f"replayed as {ex.build}{dated}"
+    how = f"from {fk['name']}: not replayed as mainline" if fk else f"replayed as {ex.build}{dated}"
     out.print(f"[bold]{escape(log)}[/] — {how}", highlight=False)
     evd = ex.validation.settings_evidence
     if evd:
         out.print("settings read from the log: " + _settings_text({k: e["value"] for k, e in evd.items()}, evd),
                   highlight=False, markup=False)
     if ex.validation.fork:
-        out.print(f"This is an {ex.validation.fork['name']} log (line {ex.validation.fork['line']}), not "
+        out.print(f"This log comes from {ex.validation.fork['name']} (line {ex.validation.fork['line']}), not "
                   "mainline llama-server: the stories below are what its log says; ckptsim does not model "
                   "its checkpoint rules, so the simulator's verdicts are left out.", highlight=False, markup=False)
     for t in ex.tasks:

@@ -675,7 +675,13 @@ _FORK_MARKS = (("ik_llama.cpp", re.compile(r"slot apply_checkp:|created context 
                # the unmerged PR #17428 branch (corpus 020): a checkpoint at every batch of the
                # prompt, printed as "created prompt processing context checkpoint N of 256";
                # mainline never had that wording or rule (spec §3)
-               ("unmerged llama.cpp PR #17428 branch", re.compile(r"created prompt processing context checkpoint")))
+               ("unmerged llama.cpp PR #17428 branch", re.compile(r"created prompt processing context checkpoint")),
+               # a development state of PR #22929 (corpus 023, its first test): it skipped the
+               # every-N checkpoints below the last user message ("skip checkpoint at 25055,
+               # expected boundary before user input = 30104"); neither the wording nor that rule
+               # is in any merged build (spec §2.5, §6)
+               ("development branch of llama.cpp PR #22929",
+                re.compile(r"expected boundary before user input|checkpoint before user input reached")))
 
 
 def _fork_of(body: str) -> str:
