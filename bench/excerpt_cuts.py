@@ -1,12 +1,14 @@
 """Excerpts of real whole logs, validated as users paste them: how much they settle, and never wrongly.
 
-    python bench/excerpt_cuts.py [LOG ...] [--every K] [--version bNNNN]
+    python bench/excerpt_cuts.py [LOG ...] [--every K] [--version bNNNN] [--at task|inside|end]
 
 Each LOG (default: the conformance logs under reports/conformance/*/, which `bench/conformance_all.py`
 writes, else the real-server logs shipped in tests/data/conformance/) is a whole `-lv 4` log of a
 real server that `validate` replays in full. It is cut at every K-th task start (from the slot
 selection lines on, without the start-up lines that show the slots starting empty) and each
-excerpt is validated with the server's real flags. A row per log: excerpts, decisions settled
+excerpt is validated with the server's real flags. `--at inside` cuts instead before every later
+batch of a prompt (its `seq_rm` line: a paste that begins inside a prefill), `--at end` after every
+`seq_rm` line (a paste that ends inside one, with the lines before it). A row per log: excerpts, decisions settled
 (of those shown), and mismatches -- which must be 0: a settled decision of an excerpt is one the
 whole log agrees with. The build is the one the log's conformance.json names (else its printed or
 dated build).
@@ -51,6 +53,27 @@ def cuts(lines: list[str], every: int) -> list[tuple[int, str]]:
     return out
 
 
+def cuts_in_prefills(lines: list[str], every: int, at: str) -> list[tuple[int, str]]:
+    """Excerpts that begin before (``inside``) or end after (``end``) a prefill's seq_rm lines:
+    ``inside`` skips each task's first one (that is the prefill's start, not inside it)."""
+    first = next((i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln), None)
+    if first is None:
+        return []
+    head = [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
+    seen: set[str] = set()
+    at_lines = []
+    for i, ln in enumerate(lines):
+        if "memory_seq_rm" not in ln:
+            continue
+        task = ln.split("| task", 1)[-1].split("|", 1)[0].strip()
+        if at == "inside" and task not in seen:
+            seen.add(task)
+            continue
+        at_lines.append(i)
+    return [(i, "".join(head + lines[i:]) if at == "inside" else "".join(lines[:i + 1]))
+            for i in at_lines[::every]]
+
+
 def build_of(p: Path, whole: Path) -> str:
     cj = p.parent / "conformance.json"
     b = json.loads(cj.read_text()).get("build") if cj.exists() else None
@@ -69,6 +92,8 @@ def main() -> int:
     ap.add_argument("logs", nargs="*", type=Path)
     ap.add_argument("--every", type=int, default=1, help="cut at every K-th task start")
     ap.add_argument("--version", default=None, help="replay as this build (default: the log's)")
+    ap.add_argument("--at", choices=("task", "inside", "end"), default="task",
+                    help="cut at task starts, before a prefill's later batches, or after its batches")
     a = ap.parse_args()
     logs = a.logs or sorted((REPO / "reports" / "conformance").glob("*/*.server.log")) \
         or sorted((REPO / "tests" / "data" / "conformance").glob("*.server.log.gz"))
@@ -87,7 +112,7 @@ def main() -> int:
             cfg = dataclasses.asdict(config_from_log(settings))
             ver = a.version or build_of(p, whole)
             n = known = shown = bad = 0
-            for j, text in cuts(lines, a.every):
+            for j, text in (cuts(lines, a.every) if a.at == "task" else cuts_in_prefills(lines, a.every, a.at)):
                 q = Path(td) / "cut.log"
                 q.write_text(text)
                 v = validate_log(q, version=ver, overrides=cfg, min_step=settings.get("min_step"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,11 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
     # a lineage reveals those past the resume point it prefilled from, not at or below it.
     # Whether the workload is chat at all the excerpt may not show, so both are tried.
     user_era = make_policy(spec).rules.era in ("last-user", "user")
+    # from b8157 a create at a batch's start is logged after that batch's seq_rm line (before it
+    # the prompt's checkpoint came after "prompt done", spec §6): an excerpt that begins at a
+    # seq_rm line then shows whether that batch got one
+    m = re.search(r"version=b(\d+)", spec)
+    start_shown = bool(m) and int(m.group(1)) >= 8157
     runs: list[tuple[dict, dict]] = []
     n_var = n_seed_variants(seeds) if seeds else 1
     meta = [(v, u) for u in ((False, True) if seeds and user_era else (False,)) for v in range(n_var)]
@@ -369,9 +375,16 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
     # A later task prefilling from at or below the lowest point its lineage prefilled from may meet
     # user starts from before the log.
     revealed_from: dict[int, int] = {}
+    # In the user-message eras a task the excerpt joins inside its prefill placed checkpoints at
+    # user starts below its first batch, which the excerpt cannot show: every later decision of
+    # its slot (or of a slot that loads from the prompt cache) may rest on them. slot -> why
+    blind: dict[int, str] = {}
     for req in trace:
         obs = req.observed or {}
         root = obs.get("seed_root", -1)
+        slot = obs.get("slot", -1)
+        loads = any(k == EventKind.CACHE_LOAD.value for k, _, _ in obs.get("events", []))
+        blind_why = blind.get(slot) or (next(iter(blind.values())) if loads and blind else "")
         if root in seeds:
             obs = {**obs, "history_known": True, "seeded": True}
         elif root in why_not and not obs.get("history_known", False):
@@ -410,6 +423,8 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
                 d = dataclasses.replace(d, status="unknown", why=(
                     f"follows task {t} (line {ln}), where every stand-in for the slot's unseen history "
                     "parted from the log"))
+            elif blind_why:
+                d = dataclasses.replace(d, status="unknown", why=blind_why)
             elif users_unseen >= 0 and d.decision in ("created", "erased"):
                 d = dataclasses.replace(d, status="unknown", why=(
                     f"user-message starts at or below {users_unseen} were prefilled before the log starts "
@@ -420,10 +435,23 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
                 d = dataclasses.replace(d, status="unknown", why=(
                     "depends on the checkpoints the slot held before the log starts" + how))
             decisions.append(d)
+        if user_era and root not in seeds and starts_inside_prefill(obs) and slot not in blind:
+            fb = obs.get("first_batch")
+            below = f"below {fb}" if fb is not None else "before its first line"
+            blind[slot] = (f"follows task {obs.get('task')} (line {obs.get('line')}), joined inside its prefill: "
+                           f"user-message starts {below} placed checkpoints the excerpt does not show (spec §2.3)")
         if root in seeds:
+            fb = obs.get("first_batch")
+            at_fb = start_shown and fb is not None and starts_inside_prefill(obs)
             for v, ds in enumerate(per_run):
                 forced = set(cut) | ({"created", "erased"} if users_unseen >= 0 else set())
-                if v not in gone and any(d.status == "mismatch" and d.decision not in forced for d in ds):
+                # a stand-in that gives the excerpt's first batch a checkpoint the log shows it did
+                # not get (or the reverse) was not the server's history (a decision outside the
+                # compared view, so checked here)
+                fb_odd = at_fb and (fb in {e.n_tokens for e in runs[v][1].get(req.id, [])
+                                           if e.kind is EventKind.CREATED}) != (fb in obs.get("created", []))
+                if v not in gone and (fb_odd or any(d.status == "mismatch" and d.decision not in forced
+                                                    for d in ds)):
                     parted.setdefault(root, {})[v] = (int(obs.get("task", -1)), int(obs.get("line", -1)))
     return runs[0][0], decisions
 
@@ -575,6 +603,9 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
     # from its first line on: all of them only if that line is the prefill's first batch. (A
     # seeded task is replayed from that batch on, so it compares what the excerpt shows.)
     inside = starts_inside_prefill(obs)
+    if inside and not created_why and not partial_created:
+        created_why = ("the excerpt starts inside this task's prefill: in the user-message eras (b9315+) "
+                       "where its checkpoints go depends on user starts read off the ones it shows")
     if inside and not created_why:
         # A checkpoint at p is made once the prefill reaches p: past the first batch start the
         # excerpt shows (its seq_rm line), or at or past the first create it shows, it is in the

@@ -425,6 +425,11 @@ def test_prompt_time_on_an_excerpt_keeps_the_cost_model_apart_from_the_replay(tm
     ("b8352-xllamacpp-0.2.13-cache-ram-off.server.log.gz", "b8352"),
     ("b9093-extend-answer.server.log.gz", "b9093"),
     ("b9294-extend-answer.server.log.gz", "b9294"),
+    # user-message eras: the cut task's creates stay open (placed at user starts read off them), and
+    # so does what follows on its slot (`bench/excerpt_cuts.py --at inside` found 3 mismatches
+    # here: a later restore of a checkpoint placed below the cut, a create a stand-in blocked)
+    ("b9538-chat-user-turns.server.log.gz", "b9538"),
+    ("b9538-extend-answer.server.log.gz", "b9538"),
 ])
 def test_excerpts_that_start_inside_a_prefill_settle_the_creates_past_it(tmp_path: Path, name: str,
                                                                          version: str) -> None:
@@ -460,8 +465,11 @@ def test_excerpts_that_start_inside_a_prefill_settle_the_creates_past_it(tmp_pat
             assert set(d.logged) <= set(shown) and {k for k in shown if k > first_batch} <= set(d.logged)
             assert set(d.logged) <= set(logged[(task, "created")])
     assert cuts, name
-    # a third or more (16/16, 4/9, 10/15, 11/11; before the rules for this: 9, 0, 0, 1)
-    assert settled * 3 >= cuts, (name, settled, cuts)
+    if int(version[1:]) >= 9315:
+        assert settled == 0, (name, settled, cuts)
+    else:
+        # a third or more (16/16, 4/9, 10/15, 11/11; before the rules for this: 9, 0, 0, 1)
+        assert settled * 3 >= cuts, (name, settled, cuts)
 
 
 def test_two_decimal_progress_lines_bound_the_length_and_both_ends_are_replayed(tmp_path: Path) -> None:
