@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,10 +307,10 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
     ``n_prompt_range``) is replayed at both ends as well: a decision counts only where every
     length gives the same result (spec §2.3: near-end checkpoints follow T; every-N ones do not).
     """
-    ranged = {r.id: tuple((r.observed or {})["n_prompt_range"]) for r in trace
-              if lt is not None and (r.observed or {}).get("n_prompt_range")}
     res, decisions = _replay_histories(trace, spec, config, prof, lt)
-    if not ranged:
+    ranged = {r.id: tuple((r.observed or {})["n_prompt_range"]) for r in trace
+              if (r.observed or {}).get("n_prompt_range")}
+    if not ranged or lt is None:
         return res, decisions
     ends: list[list[Decision]] = []
     for k in (0, 1):
@@ -323,11 +322,12 @@ def _replay(trace: Trace, spec: str, config, prof, lt: LogTrace | None = None
     out = []
     for i, d in enumerate(decisions):
         if d.status != "unknown" and any(e[i].simulated != d.simulated for e in ends):
-            rid = d.request if d.request in ranged else next(iter(ranged))
-            lo, hi = ranged[rid]
-            whose = "" if rid == d.request else f" of task {(trace[rid].observed or {}).get('task')}"
-            d = dataclasses.replace(d, status="unknown", why=(
-                f"depends on the exact prompt length{whose}, which its progress lines give only as {lo}-{hi}"))
+            if d.request in ranged:
+                lo, hi = ranged[d.request]
+                why = f"depends on the exact prompt length, which its progress lines give only as {lo}-{hi}"
+            else:
+                why = "depends on the exact prompt length of an earlier task, which its progress lines give as a range"
+            d = dataclasses.replace(d, status="unknown", why=why)
         out.append(d)
     return res, out
 
@@ -347,12 +347,12 @@ def _replay_histories(trace: Trace, spec: str, config, prof, lt: LogTrace | None
     # User-message starts are read off the checkpoints a prefill created (log_trace, #22929 eras):
     # a lineage reveals those past the resume point it prefilled from, not at or below it.
     # Whether the workload is chat at all the excerpt may not show, so both are tried.
-    user_era = make_policy(spec).rules.era in ("last-user", "user")
+    rules = make_policy(spec).rules
+    user_era = rules.era in ("last-user", "user")
     # from b8157 a create at a batch's start is logged after that batch's seq_rm line (before it
     # the prompt's checkpoint came after "prompt done", spec §6): an excerpt that begins at a
     # seq_rm line then shows whether that batch got one
-    m = re.search(r"version=b(\d+)", spec)
-    start_shown = bool(m) and int(m.group(1)) >= 8157
+    start_shown = rules.build >= 8157
     runs: list[tuple[dict, dict]] = []
     n_var = n_seed_variants(seeds) if seeds else 1
     meta = [(v, u) for u in ((False, True) if seeds and user_era else (False,)) for v in range(n_var)]
@@ -600,8 +600,7 @@ def compare_task(rid: int, obs: dict, res, events: list, partial_created: bool =
         # (a range is replayed at both ends: _replay)
         created_why = "prompt length only inferred"
     # An excerpt that begins inside this task shows the checkpoints it created (and FIFO-erased)
-    # from its first line on: all of them only if that line is the prefill's first batch. (A
-    # seeded task is replayed from that batch on, so it compares what the excerpt shows.)
+    # from its first line on, not those before it
     inside = starts_inside_prefill(obs)
     if inside and not created_why and not partial_created:
         created_why = ("the excerpt starts inside this task's prefill: in the user-message eras (b9315+) "

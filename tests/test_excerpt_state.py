@@ -83,11 +83,17 @@ def _lines(name: str) -> list[str]:
         return f.read().splitlines(keepends=True)
 
 
+def _head(lines: list[str]) -> tuple[int, list[str]]:
+    """(first task line, the start-up lines before it less those that show the slots starting
+    empty): settings lines are kept in an excerpt, the test passes the rest."""
+    first = next(i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln)
+    return first, [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
+
+
 def _cuts(lines: list[str]) -> list[tuple[int, str]]:
     """Excerpts as users paste them: from a task's slot selection on, with no start-up line that
-    would show the slots starting empty (settings lines are kept; the test passes the rest)."""
-    first = next(i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln)
-    head = [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
+    would show the slots starting empty."""
+    first, head = _head(lines)
     out = []
     for i, ln in enumerate(lines):
         if "processing task" not in ln or i <= first + 1:
@@ -338,6 +344,17 @@ def _whole_log(tmp_path: Path, name: str, version: str) -> tuple[list[str], dict
             dataclasses.asdict(config_from_log(lt.settings)), {t.task: t for t in lt.tasks})
 
 
+def _created_at_cut(p: Path, text: str, version: str, cfg: dict, task: int, logged: dict):
+    """Validate one cut (no decision may contradict the whole log) and return the cut task's
+    created decision, or None where the whole log shows none for it."""
+    p.write_text(text)
+    v = validate_log(p, version=version, overrides=cfg)
+    bad = [(d.task, d.decision, d.logged, d.simulated) for d in v.decisions if d.status == "mismatch"]
+    assert not bad, f"{p.name}: {bad}"
+    d = next((d for d in v.decisions if d.task == task and d.decision == "created"), None)
+    return d if d is not None and (task, "created") in logged else None
+
+
 @pytest.mark.parametrize("name,version", [
     ("b6751-xllamacpp-0.2.3-slots-np2.server.log.gz", "b6751"),
     ("b7964-xllamacpp-0.2.11-lfm2-slots-np4-cache-evict.server.log.gz", "b7964"),
@@ -357,14 +374,9 @@ def test_excerpts_cut_inside_a_prefill_settle_the_creates_they_show(tmp_path: Pa
     for i, ln in enumerate(lines):
         if "memory_seq_rm" not in ln:
             continue
-        p = tmp_path / f"to{i}.log"
-        p.write_text("".join(lines[:i + 1]))
-        v = validate_log(p, version=version, overrides=cfg)
-        bad = [(d.task, d.decision, d.logged, d.simulated) for d in v.decisions if d.status == "mismatch"]
-        assert not bad, f"excerpt to line {i + 1}: {bad}"
         cut_task = int(re.search(r"task (\d+)", ln).group(1))
-        d = next((d for d in v.decisions if d.task == cut_task and d.decision == "created"), None)
-        if d is None or (cut_task, "created") not in logged:
+        d = _created_at_cut(tmp_path / f"to{i + 1}.log", "".join(lines[:i + 1]), version, cfg, cut_task, logged)
+        if d is None:
             continue
         cuts += 1
         if d.status == "agreed":
@@ -437,8 +449,7 @@ def test_excerpts_that_start_inside_a_prefill_settle_the_creates_past_it(tmp_pat
     # batch's start is made after the line, so the excerpt shows every one of them; below it the
     # excerpt is blind. Every cut must agree with the whole log on what it settles.
     lines, logged, cfg, by_task = _whole_log(tmp_path, name, version)
-    first = next(i for i, ln in enumerate(lines) if "get_availabl" in ln or "processing task" in ln)
-    head = [ln for ln in lines[:first] if "n_slots" not in ln and "new slot" not in ln]
+    _, head = _head(lines)
     started: set[int] = set()
     settled = cuts = 0
     for i, ln in enumerate(lines):
@@ -448,13 +459,8 @@ def test_excerpts_that_start_inside_a_prefill_settle_the_creates_past_it(tmp_pat
         if task not in started:           # the task's first batch: that is no cut inside it
             started.add(task)
             continue
-        p = tmp_path / f"from{i}.log"
-        p.write_text("".join(head + lines[i:]))
-        v = validate_log(p, version=version, overrides=cfg)
-        bad = [(d.task, d.decision, d.logged, d.simulated) for d in v.decisions if d.status == "mismatch"]
-        assert not bad, f"excerpt from line {i + 1}: {bad}"
-        d = next((d for d in v.decisions if d.task == task and d.decision == "created"), None)
-        if d is None or (task, "created") not in logged:
+        d = _created_at_cut(tmp_path / f"from{i + 1}.log", "".join(head + lines[i:]), version, cfg, task, logged)
+        if d is None:
             continue
         cuts += 1
         if d.status == "agreed":

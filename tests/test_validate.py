@@ -296,8 +296,7 @@ def test_checkpoint_lines_without_n_tokens_date_a_log_before_b8152() -> None:
     doc = json.loads(r.stdout)
     assert doc["build_wording"]["range"] == [6685, 8151] and doc["build_wording"]["evidence"]["to"]["line"] == 2
     # a line cut before its size field proves nothing of the kind
-    from ckptsim.ingest.llama_log import FactKind, _format_feature
-    from ckptsim.ingest.llama_log import Fact
+    from ckptsim.ingest.llama_log import Fact, FactKind, _format_feature
     cut = Fact(FactKind.ERASED_INVALIDATED, 2, 0, 3666, None, {"pos_min": 5049, "pos_max": 5049,
                                                                "n_tokens": 5050, "n_tokens_logged": False})
     assert _format_feature(cut, "erased invalidated context checkpoint (pos_min = 5049, pos_max = 5049", "") is None

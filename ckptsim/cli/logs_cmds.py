@@ -151,6 +151,11 @@ def parse_cmd(logs: list[str] = typer.Argument(..., metavar="LOG...",
         out.print(f"wrote {n} requests to {output}")
 
 
+def _groups_settle(rows: list[dict]) -> bool:
+    """Whether any rule group of a dated build range settles a decision (else they are one line)."""
+    return any(r["decisions"] for r in rows)
+
+
 def _settings_text(settings: dict, evidence: dict) -> str:
     """'ctx_checkpoints=64 (line 12, inferred), n_slots=2 (line 10, inferred)': each setting read
     off the log with the line that shows it (parse, validate and explain print the same)."""
@@ -207,11 +212,15 @@ def validate_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-ser
                       highlight=False)
         if v.build_wording:
             out.print(f"build not printed; its wording fits {v.build_wording['text']}", highlight=False)
-        if len(v.build_range) > 1 and not any(r["decisions"] for r in v.build_range):
-            out.print(f"  rule groups {v.build_range[0]['builds'].split('-')[0]}-"
-                      f"{v.build_range[-1]['builds'].split('-')[-1]}: {len(v.build_range)} groups, none settles a "
-                      "decision of this log (nothing tells them apart)", highlight=False)
-        for r in v.build_range if any(r["decisions"] for r in v.build_range) else ():
+        if _groups_settle(v.build_range):
+            rows_to_print = v.build_range
+        else:
+            rows_to_print = []
+            if len(v.build_range) > 1:
+                out.print(f"  rule groups {v.build_range[0]['builds'].split('-')[0]}-"
+                          f"{v.build_range[-1]['builds'].split('-')[-1]}: {len(v.build_range)} groups, none "
+                          "settles a decision of this log (nothing tells them apart)", highlight=False)
+        for r in rows_to_print:
             mark = "replayed as this" if v.policy.split("version=")[-1].split(",")[0] == r["as"] else ""
             bad = f", first mismatch at line {r['first_mismatch_line']}" if r["first_mismatch_line"] else ""
             out.print(f"  rule group {r['builds']}: {r['agreed']}/{r['decisions']} "
@@ -264,10 +273,11 @@ def explain_cmd(log: str = typer.Argument(..., metavar="LOG", help="A llama-serv
         return
     rng = ex.validation.build_range
     bw = ex.validation.build_wording
-    dated = (f"; build not printed, its wording fits {bw['text']}" if bw else "") + (
-        "; rule groups tried: " + ", ".join(f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)
-        if any(r["decisions"] for r in rng) else
-        f"; none of its {len(rng)} rule groups settles a decision" if len(rng) > 1 else "")
+    dated = f"; build not printed, its wording fits {bw['text']}" if bw else ""
+    if _groups_settle(rng):
+        dated += "; rule groups tried: " + ", ".join(f"{r['builds']} {r['agreed']}/{r['decisions']}" for r in rng)
+    elif len(rng) > 1:
+        dated += f"; none of its {len(rng)} rule groups settles a decision"
     fk = ex.validation.fork
     how = f"from {fk['name']}: not replayed as mainline" if fk else f"replayed as {ex.build}{dated}"
     out.print(f"[bold]{escape(log)}[/] — {how}", highlight=False)

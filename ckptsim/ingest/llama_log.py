@@ -708,9 +708,6 @@ def _format_feature(f: Fact, msg: str, func: str) -> str | None:
         return "ckpt_no_n_tokens"
     if k is FactKind.ERASED_OLD and v.get("n_tokens_logged"):
         return "erased_old_n_tokens"
-    if k is FactKind.FULL_REPROCESS:
-        return "reset_hybrid" if "hybrid/recurrent" in msg else "reset_swa_only" if "likely due to SWA, see" in msg \
-            else None
     if k is FactKind.PROBE:
         return "probe_cache_tokens" if "cache_tokens" in msg else "probe_prompt_tokens"
     if k is FactKind.CHECKING:

@@ -34,8 +34,6 @@ _FORMAT_RANGES: dict[str, tuple[int, int]] = {
     # restored / erased invalidated / erasing old without n_tokens (corpus 019, 030)
     "ckpt_no_n_tokens": (6685, 8151),
     "erased_old_n_tokens": (8152, _LATEST),
-    "reset_hybrid": (6685, _LATEST),
-    "reset_swa_only": (6173, 6684),
     "created_n_tokens": (8152, _LATEST),
     "restored_n_past": (8260, _LATEST),
     "restored_no_n_past": (8152, 8259),
@@ -170,8 +168,7 @@ class _Acc:
     n_prompt_logged: int | None = None
     n_prompt_src: str = ""
     probe: tuple[int, int] | None = None              # (n_past, n_cache)
-    progress: tuple[int, float, int] | None = None     # (tokens, fraction, its decimals) of the furthest progress line
-    progress_all: list[tuple[int, float, int]] = field(default_factory=list)   # every progress line, in order
+    progress_all: list[tuple[int, float, int]] = field(default_factory=list)   # (tokens, fraction, its decimals) per progress line
     against: int | None = None
     restored: int = -1
     restored_n_past: int | None = None
@@ -205,6 +202,11 @@ class _Acc:
     batch_start: int | None = None     # the latest seq_rm line's position: the current batch's start
     created_unplaced: int = 0          # creates cut before their numbers, with no batch to place them
     n_seq_rm: int = 0                  # seq_rm lines seen (one per batch of the prompt)
+
+    @property
+    def progress(self) -> tuple[int, float, int] | None:
+        """The furthest progress line (the latest of equal fractions)."""
+        return max(reversed(self.progress_all), key=lambda p: p[1], default=None)
 
 
 @dataclass(eq=False)
@@ -310,8 +312,6 @@ _FORMAT_WORDS: dict[str, str] = {
     "created_n_tokens": "a 'created context checkpoint' line with n_tokens",
     "ckpt_no_n_tokens": "a restored or erased checkpoint line without n_tokens",
     "erased_old_n_tokens": "'erasing old context checkpoint' with n_tokens",
-    "reset_hybrid": "'forcing full prompt re-processing ... hybrid/recurrent memory'",
-    "reset_swa_only": "'forcing full prompt re-processing ... (likely due to SWA, see'",
     "restored_n_past": "'restored context checkpoint' with n_past",
     "restored_no_n_past": "'restored context checkpoint' with n_tokens and no n_past",
     "erased_pos_next": "'erased invalidated context checkpoint' with pos_next",
@@ -560,8 +560,6 @@ class _Builder:
             # b9160 and older print the fraction with %f (6 decimals), later builds with %.2f
             pr = (v.get("n_cache", v.get("n_done", 0)), v["progress"], 6 if "n_cache" in v else 2)
             acc.progress_all.append(pr)
-            if acc.progress is None or v["progress"] >= acc.progress[1]:
-                acc.progress = pr
         elif k is FactKind.NEED_ONE:
             acc.need_one = (v["n_past"], v["n_prompt"])
         elif k is FactKind.N_PAST_SET:
